@@ -1,0 +1,26 @@
+"""Jacobian Scopes (arXiv 2601.16407) for Hugging Face causal LMs, as a Captum extension.
+
+    >>> from captum_jscopes import SemanticScope, TemperatureScope, FisherScope
+    >>> scores = SemanticScope(model, tokenizer).attribute(input_ids, target=" Paris")
+"""
+
+from .fisher_scope import FisherScope
+from .llm_attribution import ChatTokenInput, LLMScopeAttribution, chat_input, chat_prompt
+from .result import ScopeResult, sink_share
+from .scope import JacobianScope
+from .semantic_scope import SemanticScope
+from .temperature_scope import TemperatureScope
+
+__all__ = [
+    "JacobianScope",
+    "SemanticScope",
+    "TemperatureScope",
+    "FisherScope",
+    "LLMScopeAttribution",
+    "ScopeResult",
+    "ChatTokenInput",
+    "chat_input",
+    "chat_prompt",
+    "sink_share",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,309 @@
+"""The one forward pass every scope shares.
+
+A Jacobian Scope scores input token t by ``||v^T J_t||`` (or a sum of such
+squares), where ``J_t = dy/dx_t`` is the Jacobian of the final hidden state ``y``
+(the input of the model's output-embedding module) w.r.t. the token embedding
+``x_t`` (the output of the model's own embedding lookup). This module runs that
+forward once, keeps the graph, and answers vector-Jacobian products for any
+directions ``v`` the scopes choose. Scopes differ only in their directions.
+
+Shapes used throughout: ``B`` prompts, ``n`` tokens, ``e`` embedding width,
+``P`` explained positions per prompt, ``d`` hidden width, ``V`` vocabulary,
+``m`` directions (probes).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+_BATCHED_VJP_WORKS: dict[type, bool] = {}
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Where a module computes: accelerate's execution device for dispatched or
+    offloaded modules, else the device of its first parameter."""
+    hook = getattr(module, "_hf_hook", None)
+    device = getattr(hook, "execution_device", None)
+    if device is not None:
+        return torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def head_weight(head: nn.Module) -> Tensor:
+    """The unembedding matrix ``W`` (V, d), detached, also when accelerate has
+    offloaded it (then the parameter lives on the meta device and the real tensor
+    in the hook's weights map)."""
+    weight = head.weight
+    if weight.device.type == "meta":
+        weights_map = getattr(getattr(head, "_hf_hook", None), "weights_map", None)
+        if weights_map is None:
+            raise RuntimeError("the output-embedding weight is on the meta device and no offload map holds it")
+        weight = weights_map["weight"].to(module_device(head))
+    return weight.detach()
+
+
+def accepts(model: nn.Module, argument: str) -> bool:
+    """Whether ``model.forward`` takes the keyword ``argument``."""
+    return argument in inspect.signature(model.forward).parameters
+
+
+def context_length(model: nn.Module) -> Optional[int]:
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def prepare_inputs(model: nn.Module, input_ids: Tensor, attention_mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """Validate ``input_ids`` (n,) or (B, n) and the mask; return both as (B, n)
+    on the device of the model's input embeddings."""
+    if not isinstance(input_ids, Tensor):
+        raise TypeError(f"input_ids must be a torch.LongTensor, got {type(input_ids).__name__}")
+    if input_ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+    if input_ids.dim() == 1:
+        input_ids = input_ids.unsqueeze(0)
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must have shape (seq,) or (batch, seq), got {tuple(input_ids.shape)}")
+    if input_ids.numel() == 0:
+        raise ValueError("empty prompt: input_ids holds no tokens")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    else:
+        if attention_mask.dim() == 1:
+            attention_mask = attention_mask.unsqueeze(0)
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
+            )
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError("attention_mask must hold only 0 and 1")
+        empty = (attention_mask.sum(-1) == 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"empty prompt: rows {empty} of attention_mask have no tokens")
+    embedding = model.get_input_embeddings()
+    vocab = getattr(embedding, "num_embeddings", None)
+    if vocab is not None and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
+        raise ValueError(f"input_ids hold unknown token ids outside [0, {vocab}): min {int(input_ids.min())}, max {int(input_ids.max())}")
+    limit = context_length(model)
+    if limit is not None and input_ids.shape[1] > limit:
+        raise ValueError(f"prompt of {input_ids.shape[1]} tokens is longer than the model's context of {limit} tokens")
+    device = module_device(embedding)
+    return input_ids.to(device), attention_mask.to(device, torch.long)
+
+
+def resolve_positions(position: int | Tensor, attention_mask: Tensor) -> Tensor:
+    """Absolute column index (B,) of the explained token in each row.
+
+    ``position`` counts real (unpadded) tokens of each row, Python style: 0 is the
+    first real token, -1 the last. An int applies to every row; a tensor gives one
+    position per row. This makes a padded batch behave like single prompts.
+    """
+    lengths = attention_mask.sum(-1)
+    batch = attention_mask.shape[0]
+    pos = torch.as_tensor(position, device=attention_mask.device).long().flatten()
+    if pos.numel() == 1:
+        pos = pos.expand(batch)
+    if pos.numel() != batch:
+        raise ValueError(f"position must be an int or hold one index per row ({batch}), got {pos.numel()}")
+    if bool(((pos >= lengths) | (pos < -lengths)).any()):
+        raise ValueError(f"position {pos.tolist()} is out of range for prompts of {lengths.tolist()} tokens")
+    pos = torch.where(pos < 0, pos + lengths, pos)
+    # rank of each column among the row's real tokens; the wanted column has rank == pos
+    rank = attention_mask.cumsum(-1) - 1
+    hit = (rank == pos[:, None]) & (attention_mask == 1)
+    return hit.float().argmax(-1)
+
+
+@dataclass
+class ScopeForward:
+    """A forward pass kept alive for vector-Jacobian products.
+
+    Attributes:
+        embeddings: (B, n, e) leaf tensor the scores differentiate against: the
+            output of the model's embedding lookup (with any scaling the lookup
+            module applies, e.g. Gemma's sqrt(d)).
+        hidden: (B, P, d) final hidden state ``y`` at the explained positions, where
+            the output-embedding module consumes it (after the final norm).
+        logits: (B, P, V) the model's logits at those positions, detached, float32
+            (float64 for a float64 model).
+        head_slope: (B, P, V) derivative of the model's logits w.r.t. the output of
+            the unembedding, for heads that post-process it elementwise (Gemma-2's
+            soft-capping, a logit scale); None for a linear head.
+        weight: (V, d) unembedding matrix, detached.
+        positions: (B, P) absolute index of each explained token.
+        attention_mask: (B, n).
+    """
+
+    embeddings: Tensor
+    hidden: Tensor
+    logits: Tensor
+    head_slope: Optional[Tensor]
+    weight: Tensor
+    positions: Tensor
+    attention_mask: Tensor
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """float32, or float64 for a float64 model: the precision of softmax, F and scores."""
+        return self.logits.dtype
+
+    def probs(self) -> Tensor:
+        """(B, P, V) next-token distribution."""
+        return torch.softmax(self.logits, dim=-1)
+
+    def head_rows(self, token_ids: Tensor) -> Tensor:
+        """Rows of the head's Jacobian ``dz_c/dy`` for token ids (B, P): returns
+        (B, P, d) in the compute dtype. For a linear head this is ``w_c``."""
+        rows = self.weight[token_ids.to(self.weight.device)].to(self.compute_dtype)
+        if self.head_slope is not None:
+            rows = rows * self.head_slope.gather(-1, token_ids.unsqueeze(-1).to(self.head_slope.device))
+        return rows.to(self.hidden.device)
+
+    def vjp(self, directions: Tensor) -> Tensor:
+        """Vector-Jacobian products ``v^T J_t`` for every token t.
+
+        Args:
+            directions: (m, B, P, d); direction ``directions[i, b, p]`` is applied at
+                explained position p of prompt b.
+        Returns:
+            (m, B, P, n, e) gradients w.r.t. the input embeddings.
+        """
+        m, batch, n_pos, _ = directions.shape
+        directions = directions.to(self.hidden.device, self.hidden.dtype)
+        # one backward per (probe, position): the direction sits at its position, zeros elsewhere
+        eye = torch.eye(n_pos, dtype=directions.dtype, device=directions.device)
+        grad_outputs = torch.einsum("mbpd,pq->mpbqd", directions, eye).reshape(m * n_pos, batch, n_pos, -1)
+        grads = self._batched_grad(grad_outputs)
+        return grads.view(m, n_pos, batch, *grads.shape[-2:]).transpose(1, 2)
+
+    def squared_norms(self, directions: Tensor, chunk_size: int = 32) -> Tensor:
+        """Per-token squared L2 norm of ``v^T J_t`` over the embedding dimension,
+        computed in chunks of ``chunk_size`` backward passes so memory stays bounded.
+
+        Args:
+            directions: (m, B, P, d).
+        Returns:
+            (m, B, P, n) in the compute dtype.
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        n_pos = directions.shape[2]
+        per_chunk = max(1, chunk_size // n_pos)
+        out = [
+            self.vjp(chunk).to(self.compute_dtype).pow(2).sum(-1)
+            for chunk in directions.split(per_chunk, dim=0)
+        ]
+        return torch.cat(out, dim=0)
+
+    def _batched_grad(self, grad_outputs: Tensor) -> Tensor:
+        """Backward of several output gradients at once (vmap over autograd), with a
+        plain loop for models whose ops vmap cannot batch."""
+        key = type(self.hidden.grad_fn)
+        if grad_outputs.shape[0] > 1 and _BATCHED_VJP_WORKS.get(key, True):
+            try:
+                (grads,) = torch.autograd.grad(
+                    self.hidden, self.embeddings, grad_outputs, retain_graph=True, is_grads_batched=True
+                )
+                return grads
+            except RuntimeError:
+                _BATCHED_VJP_WORKS[key] = False
+        return torch.stack(
+            [torch.autograd.grad(self.hidden, self.embeddings, g, retain_graph=True)[0] for g in grad_outputs]
+        )
+
+
+def run_forward(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    positions: Tensor,
+    embedding_scale: float = 1.0,
+) -> ScopeForward:
+    """Run the model once from its own embedding lookup, recording the final
+    hidden state where the output-embedding module consumes it.
+
+    Args:
+        model: a Hugging Face causal LM (already checked, inside ``preserved_state``).
+        input_ids, attention_mask: (B, n) from :func:`prepare_inputs`.
+        positions: (B, P) absolute indices of the explained tokens.
+        embedding_scale: multiplies the token embeddings (the path of the
+            path-integrated Semantic Scope); 1 for the scopes themselves.
+    """
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        embeddings = model.get_input_embeddings()(input_ids)
+    embeddings = (embeddings * embedding_scale).detach().requires_grad_(True)
+
+    kwargs = {"inputs_embeds": embeddings, "attention_mask": attention_mask, "use_cache": False}
+    if accepts(model, "position_ids"):
+        # positions count real tokens, so a left-padded row sees the positions it would see alone
+        kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    keep = torch.unique(positions)
+    if accepts(model, "logits_to_keep"):
+        # the head and softmax only at the explained positions: V x n logits would dominate memory
+        kwargs["logits_to_keep"] = keep
+    else:
+        keep = torch.arange(input_ids.shape[1], device=input_ids.device)
+
+    captured: dict[str, Tensor] = {}
+
+    def record_input(_module, args, kwargs_):
+        captured["y"] = args[0] if args else next(iter(kwargs_.values()))
+
+    def record_output(_module, _args, output):
+        captured["z"] = output
+
+    handles = [
+        head.register_forward_pre_hook(record_input, with_kwargs=True),
+        head.register_forward_hook(record_output),
+    ]
+    try:
+        output = model(**kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if "y" not in captured:
+        raise RuntimeError(f"{type(model).__name__}.forward never called its output embeddings")
+
+    logits = output.logits if hasattr(output, "logits") else output[0]
+    if logits.shape[1] != keep.numel():  # the model ignored logits_to_keep
+        keep = torch.arange(logits.shape[1], device=logits.device)
+    index = torch.searchsorted(keep, positions.to(keep.device))  # (B, P) rows of the kept positions
+    y, z = captured["y"], captured["z"]
+    hidden = _gather_rows(y, index.to(y.device))
+    compute_dtype = torch.promote_types(hidden.dtype, torch.float32)
+    picked = _gather_rows(logits, index.to(logits.device))
+    if not bool(torch.isfinite(picked).all()):
+        raise FloatingPointError(
+            "the model produced NaN or inf logits at the explained position; check its weights and dtype"
+        )
+    head_slope = None
+    if z is not logits:  # the model post-processes the unembedding (soft-capping, scaling)
+        (slope,) = torch.autograd.grad(logits, z, torch.ones_like(logits), retain_graph=True)
+        slope = _gather_rows(slope, index.to(slope.device)).to(compute_dtype)
+        if not bool((slope == 1).all()):
+            head_slope = slope
+    return ScopeForward(
+        embeddings=embeddings,
+        hidden=hidden,
+        logits=picked.detach().to(compute_dtype),
+        head_slope=head_slope,
+        weight=head_weight(head),
+        positions=positions,
+        attention_mask=attention_mask,
+    )
+
+
+def _gather_rows(values: Tensor, index: Tensor) -> Tensor:
+    """values (B, K, D), index (B, P) -> (B, P, D)."""
+    return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))

@@ -1,0 +1,148 @@
+"""Captum's LLM attribution wrapper, extended to the Jacobian Scopes.
+
+``LLMScopeAttribution`` is Captum's ``LLMGradientAttribution`` with the scopes
+added to its supported methods. Swapping a scope into an existing Captum script
+is one line::
+
+    attr = LLMGradientAttribution(LayerIntegratedGradients(model, emb), tokenizer)
+    attr = LLMScopeAttribution(SemanticScope(model, tokenizer), tokenizer)
+
+Captum's own gradient methods still run through it unchanged, so baselines and
+scopes are compared on identical inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+from captum.attr import LLMGradientAttribution
+from captum.attr._core.llm_attr import _convert_ids_to_pretty_tokens
+from captum.attr._utils.interpretable_input import InterpretableInput, TextTokenInput
+from torch import Tensor
+
+from .result import ScopeResult
+from .scope import JacobianScope
+from .semantic_scope import SemanticScope
+
+
+class LLMScopeAttribution(LLMGradientAttribution):
+    """Attribute a generated or given continuation of a prompt, token by token.
+
+    Args:
+        attr_method: a Jacobian Scope (Semantic, Temperature, Fisher) or one of
+            Captum's gradient methods that ``LLMGradientAttribution`` supports
+            (LayerIntegratedGradients, LayerGradientXActivation, LayerGradientShap).
+        tokenizer: the model's tokenizer.
+    """
+
+    SUPPORTED_METHODS = LLMGradientAttribution.SUPPORTED_METHODS + (JacobianScope,)
+
+    def attribute(  # type: ignore[override]
+        self,
+        inp: InterpretableInput,
+        target: Union[str, Tensor, None] = None,
+        gen_args: Optional[dict[str, Any]] = None,
+        **kwargs: Any,
+    ) -> ScopeResult:
+        """
+        Args:
+            inp: a Captum ``TextTokenInput`` (its ``skip_tokens`` are honoured:
+                those tokens are left out of the result), or :func:`chat_input`'s.
+            target: the continuation to explain, as a string or a tensor of token
+                ids; None generates it with ``gen_args`` as Captum does.
+            gen_args: generation arguments when ``target`` is None (Captum's
+                default: 25 greedy new tokens).
+            **kwargs: for a scope, its options (e.g. ``method="exact"`` for Fisher,
+                ``exclude_special_tokens=False``); for a Captum method, the
+                arguments of its ``attribute`` (e.g. ``n_steps``).
+        Returns:
+            :class:`ScopeResult` (a Captum ``LLMAttributionResult``): ``token_attr``
+            (n_target_tokens, n_input_tokens), ``seq_attr`` (their sum over target
+            tokens), ``output_probs`` (probability of each target token, scopes
+            only), input and output tokens. For a scope, every target token is
+            attributed from ONE teacher-forced forward pass over prompt + target,
+            and scores are L2 norms over the embedding dimension (Captum's methods
+            sum signed values).
+        """
+        if not isinstance(self.attr_method, JacobianScope):
+            result = super().attribute(inp, target, gen_args, **kwargs)
+            return ScopeResult.from_captum(result, {"method": type(self.attr_method).__name__})
+        target_tokens = self._get_target_tokens(inp, target, gen_args).flatten().long()
+        if target_tokens.numel() == 0:
+            raise ValueError("the target is empty: it encodes to no tokens")
+        prompt = self._format_model_input(inp.to_model_input())["input_ids"].to(self.device)
+        n_prompt, n_target = prompt.shape[1], target_tokens.numel()
+        target_tokens = target_tokens.to(prompt.device)
+        # teacher forcing: position n_prompt - 1 + k predicts target token k
+        ids = torch.cat([prompt, target_tokens[None, :-1]], dim=1)
+        positions = (n_prompt - 1 + torch.arange(n_target, device=prompt.device))[None]
+        targets = target_tokens[None] if isinstance(self.attr_method, SemanticScope) else None
+        output = self.attr_method._attribute(ids, positions, targets, None, **kwargs)
+        token_attr = output.scores[0, :, :n_prompt]
+        itp_mask = getattr(inp, "itp_mask", None)
+        if itp_mask is not None:
+            token_attr = token_attr[:, itp_mask[0].to(token_attr.device).bool()]
+        probs = torch.softmax(output.logits[0], dim=-1)
+        output_probs = probs.gather(-1, target_tokens[:, None].to(probs.device))[:, 0]
+        return ScopeResult(
+            input_tokens=list(inp.values),
+            output_tokens=_convert_ids_to_pretty_tokens(target_tokens, self.tokenizer),
+            seq_attr=token_attr.sum(0).detach().cpu(),
+            token_attr=token_attr.detach().cpu(),
+            output_probs=output_probs.detach().cpu(),
+            inp=inp,
+            metadata={
+                "scope": self.attr_method.name,
+                "method": type(self.attr_method).__name__,
+                "model": getattr(getattr(self.model, "config", None), "_name_or_path", "") or type(self.model).__name__,
+                "target": self.tokenizer.decode(target_tokens.tolist()),
+                "options": {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))},
+            },
+        )
+
+
+def chat_prompt(tokenizer: Any, message: str, *, system: Optional[str] = None) -> tuple[Tensor, Tensor]:
+    """Token ids of ``message`` wrapped in the tokenizer's chat template (with the
+    generation prompt), and a bool mask of the tokens of the user's message.
+
+    Returns:
+        input_ids (1, n) and user_mask (1, n). Pass ``token_mask=user_mask`` to a
+        scope's ``attribute`` to score only the user's words.
+    """
+    if not isinstance(message, str) or not message.strip():
+        raise ValueError("the chat message is empty")
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("this tokenizer has no chat template; build the prompt yourself")
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    start = text.rfind(message)
+    if start < 0:
+        raise ValueError("the chat template rewrote the message; cannot locate its tokens")
+    end = start + len(message)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, return_tensors="pt")
+    offsets = encoded["offset_mapping"][0]
+    user_mask = (offsets[:, 0] < end) & (offsets[:, 1] > start)
+    return encoded["input_ids"], user_mask[None]
+
+
+class ChatTokenInput(TextTokenInput):
+    """A Captum ``TextTokenInput`` for a chat-formatted prompt whose interpretable
+    tokens are only those of the user's message (template markers and the system
+    prompt are kept in the model input but not attributed)."""
+
+    def __init__(self, tokenizer: Any, message: str, *, system: Optional[str] = None, baselines: int = 0) -> None:
+        input_ids, user_mask = chat_prompt(tokenizer, message, system=system)
+        self.inp_tensor = input_ids
+        self.itp_mask = user_mask
+        self.itp_tensor = input_ids[user_mask].unsqueeze(0)
+        self.skip_tokens = None
+        self.values = tokenizer.convert_ids_to_tokens(self.itp_tensor[0].tolist())
+        self.tokenizer = tokenizer
+        self.n_itp_features = len(self.values)
+        self.baselines = baselines
+
+
+def chat_input(tokenizer: Any, message: str, *, system: Optional[str] = None) -> ChatTokenInput:
+    """The chat prompt as a Captum input for :class:`LLMScopeAttribution`."""
+    return ChatTokenInput(tokenizer, message, system=system)
