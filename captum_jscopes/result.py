@@ -1,0 +1,343 @@
+"""The result of an attribution: Captum's ``LLMAttributionResult`` plus free-form
+metadata, a lossless JSON form, inline display in Jupyter, and small helpers
+(top tokens, attention-sink share).
+
+A ``ScopeResult`` IS an ``LLMAttributionResult``, so Captum's own
+``plot_token_attr`` / ``plot_seq_attr`` keep working on it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from captum.attr import LLMAttributionResult
+from torch import Tensor
+
+PathLike = Union[str, Path]
+
+_FORMAT = "captum_jscopes.ScopeResult"
+_FORMAT_VERSION = 1
+
+# dtypes a JSON file can hold without loss: every value of these is exactly a
+# Python float / int / bool.
+_FLOAT_DTYPES = {"float16", "bfloat16", "float32", "float64"}
+_INT_DTYPES = {"uint8", "int8", "int16", "int32", "int64"}
+
+
+class ScopeResult(LLMAttributionResult):
+    """An ``LLMAttributionResult`` with a ``metadata`` dict.
+
+    Args (keyword only, as in Captum):
+        input_tokens: list[str], n tokens (raw tokenizer pieces, e.g. ``"Ġcat"``).
+        output_tokens: list[str], m explained (target) tokens.
+        seq_attr: 1-D tensor (n,): score of each input token for the whole output.
+        token_attr: optional 2-D tensor (m, n): one row per output token.
+        output_probs: optional 1-D tensor (m,): model probability of each output token.
+        inp: optional Captum ``InterpretableInput`` (not saved to JSON).
+        metadata: optional JSON-serialisable dict, free-form. Usual keys:
+            "scope", "model", "settings", "versions", "prediction" ({"token", "prob"}),
+            "position", "target". Default: empty dict.
+
+    Raises:
+        TypeError / ValueError when tokens are not lists of str or the tensors
+        do not have the shapes above.
+    """
+
+    # The parent is a dataclass whose generated __eq__ compares tensors with
+    # ``==`` and fails; ours compares them bitwise. Mutable: not hashable.
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        *,
+        input_tokens: Sequence[str],
+        output_tokens: Sequence[str],
+        seq_attr: Any,
+        token_attr: Any = None,
+        output_probs: Any = None,
+        inp: Any = None,
+        metadata: Optional[dict] = None,
+    ) -> None:
+        input_tokens = _check_tokens(input_tokens, "input_tokens")
+        output_tokens = _check_tokens(output_tokens, "output_tokens")
+        n, m = len(input_tokens), len(output_tokens)
+        seq_attr = _check_shape(seq_attr, "seq_attr", (n,))
+        token_attr = _check_shape(token_attr, "token_attr", (m, n))
+        output_probs = _check_shape(output_probs, "output_probs", (m,))
+        if metadata is not None and not isinstance(metadata, dict):
+            raise TypeError(f"metadata must be a dict or None, not {type(metadata).__name__}")
+        super().__init__(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            seq_attr=seq_attr,
+            token_attr=token_attr,
+            output_probs=output_probs,
+            inp=inp,
+        )
+        # A copy, so later edits of the caller's dict do not change the result.
+        self.metadata: dict = dict(metadata or {})
+
+    # ------------------------------------------------------------------ wrap
+    @classmethod
+    def from_captum(
+        cls, result: LLMAttributionResult, metadata: Optional[dict] = None
+    ) -> "ScopeResult":
+        """Wrap any Captum ``LLMAttributionResult`` (e.g. a baseline's).
+
+        Tensors are shared, not copied. If ``result`` is already a ScopeResult,
+        its metadata is kept and updated with ``metadata``.
+        """
+        if not isinstance(result, LLMAttributionResult):
+            raise TypeError(
+                f"from_captum expects a captum LLMAttributionResult, not {type(result).__name__}"
+            )
+        merged = dict(getattr(result, "metadata", None) or {})
+        merged.update(metadata or {})
+        return cls(
+            input_tokens=list(result.input_tokens),
+            output_tokens=list(result.output_tokens),
+            seq_attr=result.seq_attr,
+            token_attr=result.token_attr,
+            output_probs=result.output_probs,
+            inp=result.inp,
+            metadata=merged,
+        )
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict:
+        """Plain JSON-ready dict. Tensors become {"dtype", "shape", "data"} with
+        the values as float64 (exact for float16/bfloat16/float32/float64).
+        ``inp`` is not stored.
+
+        Raises ValueError if a tensor holds NaN/inf, TypeError if the metadata
+        is not JSON-serialisable.
+        """
+        _check_metadata_json(self.metadata)
+        return {
+            "format": _FORMAT,
+            "version": _FORMAT_VERSION,
+            "input_tokens": list(self.input_tokens),
+            "output_tokens": list(self.output_tokens),
+            "seq_attr": _tensor_to_dict(self.seq_attr, "seq_attr"),
+            "token_attr": _tensor_to_dict(self.token_attr, "token_attr"),
+            "output_probs": _tensor_to_dict(self.output_probs, "output_probs"),
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ScopeResult":
+        """Inverse of ``to_dict`` (tensors come back on CPU with their dtype)."""
+        if not isinstance(data, dict):
+            raise TypeError(f"from_dict expects a dict, not {type(data).__name__}")
+        if data.get("format") != _FORMAT:
+            raise ValueError(f"not a saved ScopeResult: 'format' is {data.get('format')!r}")
+        if data.get("version") != _FORMAT_VERSION:
+            raise ValueError(
+                f"unsupported ScopeResult format version {data.get('version')!r} "
+                f"(this library reads version {_FORMAT_VERSION})"
+            )
+        missing = {"input_tokens", "output_tokens", "seq_attr"} - data.keys()
+        if missing:
+            raise ValueError(f"saved ScopeResult lacks the keys {sorted(missing)}")
+        return cls(
+            input_tokens=data["input_tokens"],
+            output_tokens=data["output_tokens"],
+            seq_attr=_tensor_from_dict(data["seq_attr"], "seq_attr"),
+            token_attr=_tensor_from_dict(data.get("token_attr"), "token_attr"),
+            output_probs=_tensor_from_dict(data.get("output_probs"), "output_probs"),
+            metadata=data.get("metadata") or {},
+        )
+
+    def save_json(self, path: PathLike, *, indent: Optional[int] = None) -> Path:
+        """Write ``to_dict()`` as JSON (parent folders are created). Returns the path.
+
+        Raises ValueError if a score is NaN/inf (JSON has no NaN)."""
+        text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    @classmethod
+    def load_json(cls, path: PathLike) -> "ScopeResult":
+        """Read a file written by ``save_json``; equal to the saved result."""
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+    # --------------------------------------------------------------- helpers
+    def top_tokens(self, k: int = 5, row: Optional[int] = None) -> list[tuple[int, str, float]]:
+        """The k highest-scoring input tokens, best first, as (index, token, score).
+
+        Args:
+            k: how many (fewer if the prompt is shorter). Default 5.
+            row: None ranks by ``seq_attr``; an int ranks by ``token_attr[row]``
+                (the scores for output token ``row``).
+        Ties keep the earlier token first.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        scores = self.scores(row).detach().to("cpu", torch.float64)
+        order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+        return [(i, self.input_tokens[i], float(scores[i])) for i in order[:k]]
+
+    def scores(self, row: Optional[int] = None) -> Tensor:
+        """``seq_attr`` (row=None) or ``token_attr[row]``: 1-D tensor (n,)."""
+        if row is None:
+            return self.seq_attr
+        if self.token_attr is None:
+            raise ValueError("row was given but this result has no token_attr")
+        m = self.token_attr.shape[0]
+        if isinstance(row, bool) or not isinstance(row, int) or not -m <= row < m:
+            raise ValueError(f"row must be an int in [0, {m}), got {row!r}")
+        return self.token_attr[row]
+
+    def _repr_html_(self) -> str:
+        # Imported here: visualize pulls in matplotlib, not needed to hold results.
+        from .visualize import render_html
+
+        return render_html(self)
+
+    def __repr__(self) -> str:
+        scope = self.metadata.get("scope", "?")
+        return (
+            f"ScopeResult(scope={scope!r}, n_input_tokens={len(self.input_tokens)}, "
+            f"output_tokens={self.output_tokens!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        """Same tokens, metadata, and tensors equal bitwise with the same dtype."""
+        if not isinstance(other, ScopeResult):
+            return NotImplemented
+        return (
+            list(self.input_tokens) == list(other.input_tokens)
+            and list(self.output_tokens) == list(other.output_tokens)
+            and self.metadata == other.metadata
+            and _same_tensor(self.seq_attr, other.seq_attr)
+            and _same_tensor(self.token_attr, other.token_attr)
+            and _same_tensor(self.output_probs, other.output_probs)
+        )
+
+
+def sink_share(scores: Any, k: int = 1) -> Tensor:
+    """Share of the total score held by the first k positions (the attention sinks).
+
+    It is literally the first k positions: excluded tokens (e.g. a BOS scored 0)
+    are NOT skipped, so drop them from ``scores`` first if you want the first k
+    scored tokens.
+
+    Args:
+        scores: non-negative scores, 1-D (seq,) or 2-D (batch, seq); tensor or array-like.
+        k: number of leading positions, 1 <= k <= seq. Default 1.
+    Returns:
+        float64 tensor: 0-d for 1-D input, (batch,) for 2-D input. Values in
+        [0, 1]; NaN where all scores of a row are zero (share undefined).
+    Raises:
+        ValueError for other shapes, negative or NaN scores, or a bad k.
+    """
+    s = torch.as_tensor(scores).detach().to("cpu", torch.float64)
+    if s.ndim not in (1, 2):
+        raise ValueError(f"scores must be 1-D (seq,) or 2-D (batch, seq), got shape {tuple(s.shape)}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= s.shape[-1]:
+        raise ValueError(f"k must be an int in [1, {s.shape[-1]}] (the sequence length), got {k!r}")
+    if torch.isnan(s).any():
+        raise ValueError("scores contain NaN")
+    if (s < 0).any():
+        raise ValueError("sink_share needs non-negative scores (take .abs() of signed attributions)")
+    return s[..., :k].sum(-1) / s.sum(-1)
+
+
+# ---------------------------------------------------------------- internals
+def _check_tokens(tokens: Any, name: str) -> list[str]:
+    if isinstance(tokens, str) or not isinstance(tokens, Sequence):
+        raise TypeError(f"{name} must be a list of str, not {type(tokens).__name__}")
+    bad = [t for t in tokens if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"{name} must hold only str, found {type(bad[0]).__name__} {bad[0]!r}")
+    return list(tokens)
+
+
+def _check_shape(values: Any, name: str, shape: tuple[int, ...]) -> Optional[Tensor]:
+    """Tensor of ``values`` (None stays None), or ValueError if its shape is not ``shape``."""
+    if values is None:
+        return None
+    t = values if isinstance(values, Tensor) else torch.as_tensor(values)
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    return t
+
+
+def _check_metadata_json(metadata: dict) -> None:
+    try:
+        json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"metadata is not JSON-serialisable: {err}") from err
+
+
+def _dtype_name(t: Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def _tensor_to_dict(t: Optional[Tensor], name: str) -> Optional[dict]:
+    """{"dtype", "shape", "data" (flat list)}; floats stored as float64, which
+    holds every float16/bfloat16/float32 value exactly (json writes the
+    shortest repr that reads back to the same float64)."""
+    if t is None:
+        return None
+    t = t.detach().cpu()
+    dtype = _dtype_name(t)
+    if dtype in _FLOAT_DTYPES:
+        flat = t.to(torch.float64).flatten()
+        if not torch.isfinite(flat).all():
+            raise ValueError(f"{name} contains NaN or inf; refusing to save it (JSON has no NaN)")
+        data: list = flat.tolist()
+    elif dtype in _INT_DTYPES or dtype == "bool":
+        data = t.flatten().tolist()
+    else:
+        raise TypeError(f"{name} has dtype {dtype}, which cannot be saved to JSON without loss")
+    return {"dtype": dtype, "shape": list(t.shape), "data": data}
+
+
+def _tensor_from_dict(d: Optional[dict], name: str) -> Optional[Tensor]:
+    if d is None:
+        return None
+    if not isinstance(d, dict) or not {"dtype", "shape", "data"} <= d.keys():
+        raise ValueError(f"saved {name} must be a dict with 'dtype', 'shape' and 'data'")
+    dtype = d["dtype"]
+    if dtype in _FLOAT_DTYPES:
+        # Parse as float64 first: the stored values are exact float64 images of
+        # the original values, so the cast back is exact.
+        t = torch.tensor(d["data"], dtype=torch.float64).to(getattr(torch, dtype))
+    elif dtype in _INT_DTYPES or dtype == "bool":
+        t = torch.tensor(d["data"], dtype=getattr(torch, dtype))
+    else:
+        raise ValueError(f"saved {name} has unsupported dtype {dtype!r}")
+    shape = tuple(d["shape"])
+    if t.numel() != math.prod(shape):
+        raise ValueError(f"saved {name} has {t.numel()} values, which do not fill shape {shape}")
+    return t.reshape(shape)
+
+
+# Integer dtype of the same width, to compare floats bit by bit (so -0.0 != 0.0).
+_SAME_WIDTH_INT = {
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+}
+
+
+def _same_tensor(a: Optional[Tensor], b: Optional[Tensor]) -> bool:
+    """True if both are None, or same dtype, shape and bits."""
+    if a is None or b is None:
+        return a is None and b is None
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    a, b = a.detach().cpu(), b.detach().cpu()
+    as_int = _SAME_WIDTH_INT.get(a.dtype)
+    if as_int is not None:
+        a, b = a.contiguous().view(as_int), b.contiguous().view(as_int)
+    return torch.equal(a, b)

@@ -1,0 +1,262 @@
+"""Token heatmaps (PNG), HTML and the time-series figure."""
+
+import re
+
+import matplotlib
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+from captum.attr import LLMAttributionResult
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyBboxPatch
+
+from captum_jscopes.result import ScopeResult
+from captum_jscopes.visualize import (
+    DIVERGING_CMAP,
+    TARGET_COLOR,
+    _colors,
+    display_token,
+    plot_series_influence,
+    plot_token_heatmap,
+    render_html,
+    save_heatmap,
+    save_html,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+HOSTILE = "<script>alert(1)</script>"
+WORDS = ["Bob", "Ġwas", "Ġp", "ensive", "Ġfor", "Ġthe", "Ġrest", "Ġof", "Ġthe", "Ġevening", ","]
+
+
+def prompt(n):
+    return [WORDS[i % len(WORDS)] for i in range(n)]
+
+
+def boxes(fig):
+    return [p for ax in fig.axes for p in ax.patches if isinstance(p, FancyBboxPatch)]
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 50
+
+
+def captum_result(negative=True):
+    seq = torch.tensor([0.5, -1.0 if negative else 1.0, 2.0, 0.0])
+    return LLMAttributionResult(
+        input_tokens=["The", "Ġcat", HOSTILE, "Ċ"],
+        output_tokens=["Ġsat", "Ġdown"],
+        seq_attr=seq,
+        token_attr=torch.stack([seq, seq.flip(0)]),
+    )
+
+
+# ------------------------------------------------------------------ tokens and colours
+@pytest.mark.parametrize(
+    "raw, text",
+    [
+        ("Ġthe", " the"),
+        ("Ċ", "\n"),
+        ("ĊĊ", "\n\n"),
+        ("▁the", " the"),
+        ("<0x0A>", "\n"),
+        ("âĢĻ", "\u2019"),  # byte-level pieces of a right quote
+        ("hello", "hello"),
+        ("<|endoftext|>", "<|endoftext|>"),
+        ("ĠâĢ", " âĢ"),  # half a character: raw form, spaces still shown
+    ],
+)
+def test_display_token(raw, text):
+    assert display_token(raw) == text
+
+
+def test_colors_sequential_from_zero():
+    rgba, mappable = _colors([0.0, 1.0, 2.0], "Blues")
+    blues = matplotlib.colormaps["Blues"]
+    assert np.allclose(rgba[0], blues(0.0)) and np.allclose(rgba[2], blues(1.0))
+    assert mappable.norm.vmin == 0.0 and mappable.norm.vmax == 2.0
+
+
+def test_colors_diverging_centred_at_zero():
+    rgba, mappable = _colors([-1.0, 0.0, 3.0], "Blues")
+    div = matplotlib.colormaps[DIVERGING_CMAP]
+    assert mappable.norm.vmin == -3.0 and mappable.norm.vmax == 3.0
+    assert np.allclose(rgba[1], div(0.5))
+    assert np.allclose(rgba[2], div(1.0))
+
+
+def test_colors_vmax_clips():
+    rgba, _ = _colors([1.0, 10.0], "Blues", vmax=1.0)
+    assert np.allclose(rgba[0], rgba[1])
+
+
+# ------------------------------------------------------------------ heatmap
+def test_heatmap_draws_one_box_per_token_plus_red_target():
+    tokens = prompt(12)
+    scores = torch.linspace(0, 1, 12, requires_grad=True)
+    fig = plot_token_heatmap(tokens, scores, target="Ġnight", title="t")
+    assert isinstance(fig, Figure)
+    drawn = boxes(fig)
+    assert len(drawn) == 13
+    expected, _ = _colors(scores.detach(), "Blues")
+    for box, color in zip(drawn, expected):
+        assert np.allclose(box.get_facecolor(), color)
+    assert np.allclose(drawn[-1].get_edgecolor(), matplotlib.colors.to_rgba(TARGET_COLOR))
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts[-1] == "night"
+    assert not any("Ġ" in t for t in texts)
+    assert texts[1] == "was"  # the leading space became a gap, not a 'Ġ'
+
+
+def _lines(fig):
+    """{y: [(x0, x1)]} of the token boxes, in data units (points)."""
+    rows = {}
+    for box in boxes(fig):
+        rows.setdefault(round(box.get_y(), 3), []).append((box.get_x(), box.get_x() + box.get_width()))
+    return rows
+
+
+def test_boxes_never_overlap_and_stay_inside():
+    fig = plot_token_heatmap(prompt(120), torch.rand(120), target="Ġx")
+    ax = fig.axes[0]
+    right = ax.get_xlim()[1]
+    for spans in _lines(fig).values():
+        spans.sort()
+        for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
+            assert a1 < b0
+        assert spans[0][0] >= 0 and spans[-1][1] <= right + 1e-6
+
+
+def test_long_prompt_wraps_and_figure_grows():
+    short = plot_token_heatmap(prompt(20), torch.rand(20), target="Ġx")
+    long = plot_token_heatmap(prompt(500), torch.rand(500), target="Ġx")
+    assert len(_lines(long)) > 10
+    assert long.get_size_inches()[1] > 3 * short.get_size_inches()[1]
+    assert long.get_size_inches()[0] <= 10.0
+
+
+def test_newline_token_breaks_the_line():
+    fig = plot_token_heatmap(["a", "Ċ", "b"], [1.0, 1.0, 1.0])
+    ys = [box.get_y() for box in boxes(fig)]
+    assert ys[0] == ys[1] < ys[2]
+    assert fig.axes[0].texts[1].get_text() == "⏎"
+
+
+def test_heatmap_into_given_axes():
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    out = plot_token_heatmap(prompt(200), torch.rand(200), target="Ġx", ax=ax)
+    assert out is fig
+    assert len(ax.patches) == 201
+    # all lines fit into the axes (the font shrank to make room)
+    assert max(b.get_y() + b.get_height() for b in ax.patches) <= ax.get_ylim()[0] + 1e-6
+
+
+def test_heatmap_rejects_bad_input():
+    with pytest.raises(ValueError, match="3 values for 2 tokens"):
+        plot_token_heatmap(["a", "b"], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="NaN"):
+        plot_token_heatmap(["a", "b"], [1.0, float("nan")])
+    with pytest.raises(ValueError, match="empty"):
+        plot_token_heatmap([], [])
+    with pytest.raises(TypeError):
+        plot_token_heatmap("ab", [1.0, 2.0])
+
+
+def test_save_heatmap_png_for_scope_result(tmp_path):
+    r = ScopeResult(
+        input_tokens=prompt(30),
+        output_tokens=["Ġnight"],
+        seq_attr=torch.rand(30),
+        metadata={"scope": "temperature"},
+    )
+    path = save_heatmap(r, tmp_path / "out" / "heat.png", title="Temperature scope")
+    assert_png(path)
+
+
+def test_save_heatmap_png_for_plain_captum_result_with_negative_scores(tmp_path):
+    r = captum_result()
+    assert_png(save_heatmap(r, tmp_path / "seq.png"))
+    assert_png(save_heatmap(r, tmp_path / "row.png", row=1))
+    fig = plot_token_heatmap(r.input_tokens, r.seq_attr, target="Ġsat")
+    faces = [b.get_facecolor() for b in boxes(fig)]
+    div = matplotlib.colormaps[DIVERGING_CMAP]
+    assert np.allclose(faces[3], div(0.5))  # 0 sits in the middle of the diverging map
+    assert np.allclose(faces[1], div(0.25))  # -1 of [-2, 2]
+    with pytest.raises(ValueError, match="row"):
+        save_heatmap(r, tmp_path / "bad.png", row=2)
+    with pytest.raises(TypeError):
+        save_heatmap({"seq_attr": [1.0]}, tmp_path / "bad.png")
+
+
+def test_tokens_with_dollar_signs_are_not_tex(tmp_path):
+    fig = plot_token_heatmap(["$", "Ġ$\\frac{", "x$", "$$"], [1.0, 2.0, 3.0, 4.0], target="$")
+    fig.savefig(tmp_path / "dollars.png")
+    assert_png(tmp_path / "dollars.png")
+
+
+# ------------------------------------------------------------------ HTML
+def test_html_escapes_hostile_tokens_and_metadata():
+    r = ScopeResult.from_captum(
+        captum_result(), metadata={"scope": "semantic", "target": "<img src=x onerror=alert(1)>"}
+    )
+    out = render_html(r, title="<b>title</b>")
+    assert "<script" not in out.lower()
+    assert "<img" not in out and "<b>" not in out
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in out
+    assert "&lt;img src=x onerror=alert(1)&gt;" in out
+    assert "&lt;b&gt;title&lt;/b&gt;" in out
+
+
+def test_html_is_self_contained(tmp_path):
+    page = save_html(captum_result(), tmp_path / "r.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    assert not re.search(r"https?:", page)
+    assert not re.search(r"<(script|link|img|iframe)\b", page, flags=re.I)
+    assert " src=" not in page
+    assert "&lt;script&gt;" in page
+
+
+def _span_colors(fragment):
+    return re.findall(r'<span title="#\d+[^"]*" style="background: (#[0-9a-f]{6})', fragment)
+
+
+def test_html_one_line_per_output_token_and_same_colours_as_png():
+    r = captum_result(negative=False)
+    out = render_html(r)
+    assert out.count(f"border: 1.5px solid {TARGET_COLOR}") == 2  # a red target per line
+    assert ">sat</span>" in out and ">down</span>" in out
+    colors = _span_colors(out)
+    assert len(colors) == 2 * 4
+    # one colour scale over both lines, the same one the PNG uses
+    expected, _ = _colors(torch.cat([r.token_attr[0], r.token_attr[1]]), "Blues")
+    assert colors == [to_hex(c) for c in expected]
+    fig = plot_token_heatmap(r.input_tokens, r.token_attr[0], target="Ġsat")
+    assert [to_hex(b.get_facecolor()) for b in boxes(fig)[:4]] == colors[:4]
+
+
+def test_html_from_tuple_and_single_line():
+    out = render_html((["a", "Ġb"], [0.0, 1.0], "Ġc"))
+    assert len(_span_colors(out)) == 2 and ">c</span>" in out
+    r = ScopeResult(input_tokens=["a", "Ġb"], output_tokens=["Ġc"], seq_attr=[0.0, 1.0], token_attr=[[0.0, 1.0]])
+    assert out.count("solid #d62728") == render_html(r).count("solid #d62728") == 1
+    with pytest.raises(ValueError):
+        render_html((["a"],))
+
+
+# ------------------------------------------------------------------ time series
+def test_series_influence_figure(tmp_path):
+    values = torch.sin(torch.arange(30) / 3.0)
+    fig = plot_series_influence(values, torch.rand(30), title="series", target=0.2)
+    assert isinstance(fig, Figure)
+    ax, twin = fig.axes
+    assert len(ax.patches) == 30  # one bar per value
+    assert np.allclose(twin.lines[0].get_ydata(), values.numpy())
+    fig.savefig(tmp_path / "series.png", dpi=100)
+    assert_png(tmp_path / "series.png")
+    with pytest.raises(ValueError, match="value_scores"):
+        plot_series_influence([1.0, 2.0], [1.0])
