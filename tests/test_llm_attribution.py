@@ -1,0 +1,161 @@
+"""The Captum wrapper: multi-token targets from one forward, Captum's own
+methods through it, skip_tokens, chat prompts, Captum's plots, and models
+dispatched with accelerate."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest
+import torch
+from captum.attr import (
+    LayerGradientXActivation,
+    LayerIntegratedGradients,
+    LLMAttributionResult,
+    LLMGradientAttribution,
+    TextTokenInput,
+)
+from conftest import assert_unchanged, make_model, snapshot
+
+from captum_jscopes import (
+    FisherScope,
+    LLMScopeAttribution,
+    ScopeResult,
+    SemanticScope,
+    TemperatureScope,
+    chat_input,
+    chat_prompt,
+)
+
+PROMPT = "Tom liked the food . he went to the"
+
+
+@pytest.mark.parametrize("scope_cls", [SemanticScope, TemperatureScope, FisherScope])
+def test_multi_token_target_equals_one_call_per_token(scope_cls, llama, tokenizer):
+    attr = LLMScopeAttribution(scope_cls(llama, tokenizer), tokenizer)
+    inp = TextTokenInput(PROMPT, tokenizer)
+    result = attr.attribute(inp, target="big red house")
+    assert isinstance(result, LLMAttributionResult) and isinstance(result, ScopeResult)
+    prompt_ids = inp.to_model_input()
+    target_ids = tokenizer.encode("big red house", add_special_tokens=False)
+    assert result.token_attr.shape == (3, prompt_ids.shape[1])
+    scope = scope_cls(llama, tokenizer)
+    for k, token in enumerate(target_ids):
+        ids = torch.cat([prompt_ids, torch.tensor([target_ids[:k]], dtype=torch.long)], dim=1)
+        kwargs = {"target": token} if scope_cls is SemanticScope else {}
+        alone = scope.attribute(ids, **kwargs)[0, : prompt_ids.shape[1]]
+        torch.testing.assert_close(result.token_attr[k], alone, rtol=1e-5, atol=1e-7)
+        logits = llama(ids).logits[0, -1]
+        torch.testing.assert_close(result.output_probs[k], torch.softmax(logits, -1)[token], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(result.seq_attr, result.token_attr.sum(0))
+    assert result.output_tokens == ["big", "red", "house"]
+
+
+def test_one_forward_pass_for_all_target_tokens(llama, tokenizer):
+    calls = []
+    handle = llama.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        LLMScopeAttribution(SemanticScope(llama, tokenizer), tokenizer).attribute(
+            TextTokenInput(PROMPT, tokenizer), target="big red house on the mat"
+        )
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+
+
+def test_swap_in_is_one_line_and_captum_methods_still_run(llama, tokenizer):
+    inp = TextTokenInput(PROMPT, tokenizer, skip_tokens=["<bos>"])
+    emb = llama.get_input_embeddings()
+    baseline = LLMScopeAttribution(LayerIntegratedGradients(llama, emb), tokenizer).attribute(
+        inp, target="big red", n_steps=5
+    )
+    reference = LLMGradientAttribution(LayerIntegratedGradients(llama, emb), tokenizer).attribute(
+        inp, target="big red", n_steps=5
+    )
+    torch.testing.assert_close(baseline.token_attr, reference.token_attr)
+    gxa = LLMScopeAttribution(LayerGradientXActivation(llama, emb), tokenizer).attribute(inp, target="big red")
+    assert gxa.token_attr.shape == baseline.token_attr.shape
+    # the swap: same wrapper call, a scope instead of the Captum method
+    scoped = LLMScopeAttribution(SemanticScope(llama, tokenizer), tokenizer).attribute(inp, target="big red")
+    assert scoped.token_attr.shape == baseline.token_attr.shape
+    assert scoped.input_tokens == baseline.input_tokens
+    assert torch.all(scoped.token_attr >= 0) and scoped.token_attr.sum() > 0
+
+
+def test_skip_tokens_are_left_out(llama, tokenizer):
+    attr = LLMScopeAttribution(TemperatureScope(llama, tokenizer), tokenizer)
+    full = attr.attribute(TextTokenInput(PROMPT, tokenizer), target="big")
+    skipped = attr.attribute(TextTokenInput(PROMPT, tokenizer, skip_tokens=["the", "."]), target="big")
+    keep = [tok not in ("the", ".") for tok in full.input_tokens]
+    assert skipped.input_tokens == [t for t, k in zip(full.input_tokens, keep) if k]
+    torch.testing.assert_close(skipped.token_attr, full.token_attr[:, torch.tensor(keep)])
+
+
+def test_generated_target_when_none(llama, tokenizer):
+    attr = LLMScopeAttribution(FisherScope(llama, tokenizer), tokenizer)
+    result = attr.attribute(TextTokenInput(PROMPT, tokenizer), gen_args={"max_new_tokens": 3, "do_sample": False})
+    assert result.token_attr.shape[0] == 3 and len(result.output_tokens) == 3
+    assert torch.isfinite(result.token_attr).all()
+
+
+def test_captum_plots_work_on_our_result(llama, tokenizer):
+    result = LLMScopeAttribution(SemanticScope(llama, tokenizer), tokenizer).attribute(
+        TextTokenInput(PROMPT, tokenizer), target="big red"
+    )
+    fig, _ = result.plot_token_attr()
+    assert fig is not None
+    fig, _ = result.plot_seq_attr()
+    assert fig is not None
+
+
+def test_chat_prompt_scores_only_the_users_message(llama, tokenizer):
+    message = "the cat sat on the mat"
+    ids, user = chat_prompt(tokenizer, message, system="she liked food")
+    words = tokenizer.convert_ids_to_tokens(ids[0][user[0]].tolist())
+    assert words == message.split()
+    scores = TemperatureScope(llama, tokenizer).attribute(ids, token_mask=user)
+    assert torch.all(scores[~user] == 0) and torch.all(scores[user] > 0)
+    result = LLMScopeAttribution(TemperatureScope(llama, tokenizer), tokenizer).attribute(
+        chat_input(tokenizer, message, system="she liked food"), target="big"
+    )
+    assert result.input_tokens == message.split()
+    torch.testing.assert_close(result.token_attr[0], scores[0][user[0]])
+
+
+def test_chat_prompt_bad_input(tokenizer):
+    with pytest.raises(ValueError, match="empty"):
+        chat_prompt(tokenizer, "  ")
+
+
+def test_wrapper_leaves_the_model_unchanged(tokenizer):
+    model = make_model("llama").train()
+    before = snapshot(model)
+    LLMScopeAttribution(FisherScope(model, tokenizer), tokenizer).attribute(
+        TextTokenInput(PROMPT, tokenizer), target="big red"
+    )
+    with pytest.raises(ValueError):
+        LLMScopeAttribution(SemanticScope(model, tokenizer), tokenizer).attribute(
+            TextTokenInput(PROMPT, tokenizer), target=""
+        )
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("offload", ["cpu", "disk"])
+def test_model_dispatched_by_accelerate_gives_the_same_scores(offload, tmp_path):
+    from accelerate import cpu_offload, dispatch_model
+
+    plain = make_model("llama")
+    dispatched = make_model("llama")  # same seed: same weights
+    if offload == "cpu":
+        # weights held in a CPU map, parameters on the meta device, loaded at each forward
+        dispatched = cpu_offload(dispatched, execution_device=torch.device("cpu"))
+    else:
+        device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+                      "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "disk"}
+        dispatched = dispatch_model(dispatched, device_map=device_map, offload_dir=str(tmp_path), main_device="cpu")
+    assert dispatched.lm_head.weight.device.type == "meta"
+    ids = torch.tensor([[5, 9, 12, 30, 41, 7]])
+    for scope_cls in (SemanticScope, TemperatureScope, FisherScope):
+        torch.testing.assert_close(scope_cls(dispatched).attribute(ids), scope_cls(plain).attribute(ids))
