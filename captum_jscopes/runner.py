@@ -1,0 +1,537 @@
+"""Dataset runner shared by the benchmarks: load prompts, run a function over them on one or several
+processes, keep the results on disk so an interrupted run resumes where it stopped.
+
+Typical use::
+
+    prompts = load_prompts(n=100)                       # the default LAMBADA prompts
+    path = run_sharded(prompts, score_one, "out/speed", meta={"model": "smollm2", "n": 100})
+    records = read_records(path)                        # one dict per prompt, in prompt order
+
+Several processes share the prompts when launched with accelerate. On a machine without a GPU use
+``accelerate launch --multi_gpu --num_processes 2 script.py`` (or ``torchrun --nproc_per_node 2 script.py``):
+``accelerate launch --cpu --num_processes 2`` starts a single process unless an MPI host file is given.
+
+Layout of ``out_dir``:
+
+- ``run.json``: the caller's settings (``meta``); a rerun with other settings is refused.
+- ``shard-{index:03d}-of-{num:03d}.jsonl``: the records written by process ``index`` of ``num``, one JSON
+  object per line with the prompt ``"id"``; appended and fsync'd after every prompt.
+- ``records.jsonl``: all records merged, deduplicated by id, in prompt order (written at the end).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tqdm import tqdm
+
+#: The prompt set of the paper's benchmarks, in the shared folder next to the repository.
+DEFAULT_PROMPTS_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lambada_1000.json"
+
+RUN_FILE = "run.json"
+RECORDS_FILE = "records.jsonl"
+_SHARD_GLOB = "shard-*-of-*.jsonl"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt of a dataset.
+
+    Attributes:
+        id: stable identifier (the index in the source as a string, or the source's "id" field); the key
+            under which results are stored and resumed.
+        text: the prompt text (non-empty).
+    """
+
+    id: str
+    text: str
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading prompts
+# --------------------------------------------------------------------------------------------------
+
+
+def load_prompts(source: str | os.PathLike | None = None, n: int | None = None, *, offset: int = 0) -> list[Prompt]:
+    """Load prompts from a file or a Hugging Face dataset.
+
+    Args:
+        source: where the prompts come from (default ``None``):
+
+            - ``None``: the shared LAMBADA set, ``DEFAULT_PROMPTS_PATH`` (1000 prompts);
+            - a ``.json`` file holding a list of ``{"text": ...}`` objects;
+            - a ``.jsonl`` file with one ``{"text": ...}`` object per line (blank lines are skipped);
+            - ``"hf:NAME[:SPLIT[:FIELD]]"``, or any string that is not an existing path and does not end in
+              ``.json``/``.jsonl``: ``datasets.load_dataset(NAME, split=SPLIT)``, text taken from column
+              FIELD (default ``"text"``); without SPLIT the dataset must have a single split.
+
+            Ids are the entry's ``"id"`` field (string or integer) when present, else its 0-based index.
+        n: keep only the first ``n`` prompts after ``offset`` (default ``None``: all). Like slicing, fewer are
+            returned when the source is shorter.
+        offset: number of prompts skipped at the start (default 0).
+
+    Returns:
+        list of ``Prompt``, in source order.
+
+    Raises:
+        ValueError: a missing or unreadable source, an entry without a non-empty string ``"text"``, an empty
+            source, duplicate ids, or no prompt left after ``offset``; the message names the file (and the line
+            for JSONL).
+        ImportError: a hub dataset was asked for but ``datasets`` is not installed.
+    """
+    _check_slice(n, offset)
+    if source is None:
+        source = _default_prompts_path()
+    if isinstance(source, os.PathLike):
+        source = Path(source)
+    elif isinstance(source, str):
+        source = _path_or_hub_name(source)
+    else:
+        raise TypeError(f"source must be None, a path or a dataset name, got {type(source).__name__}")
+
+    if isinstance(source, Path):
+        entries = _read_prompt_file(source)
+        origin = str(source)
+    else:
+        entries = _read_hub_dataset(*source)
+        origin = f"hub dataset {source[0]!r}"
+    prompts = _prompts_from_entries(entries, origin)
+    end = None if n is None else offset + n
+    selected = prompts[offset:end]
+    if not selected:
+        raise ValueError(f"{origin}: no prompt left after offset={offset} (it holds {len(prompts)})")
+    return selected
+
+
+def _check_slice(n: int | None, offset: int) -> None:
+    # bool is an int subclass; load_prompts(path, True) is almost surely a mistake.
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ValueError(f"n must be a positive integer or None, got {n!r}")
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
+
+
+def _default_prompts_path() -> Path:
+    if not DEFAULT_PROMPTS_PATH.is_file():
+        raise ValueError(
+            f"default prompts file {DEFAULT_PROMPTS_PATH} not found (expected ../shared/data next to the "
+            "repository); pass source= explicitly"
+        )
+    return DEFAULT_PROMPTS_PATH
+
+
+def _path_or_hub_name(source: str) -> Path | tuple[str, str | None, str]:
+    """Tell a local file from a hub dataset name; hub names are returned as (name, split, field)."""
+    if source.startswith("hf:"):
+        return _parse_hub_name(source[len("hf:"):])
+    path = Path(source).expanduser()
+    # A name ending in .json(l) is meant as a file: report it missing rather than asking the hub for it.
+    if path.exists() or path.suffix.lower() in (".json", ".jsonl"):
+        return path
+    return _parse_hub_name(source)
+
+
+def _parse_hub_name(spec: str) -> tuple[str, str | None, str]:
+    """``"NAME[:SPLIT[:FIELD]]"`` -> (name, split or None, field, default "text")."""
+    parts = spec.split(":")
+    if len(parts) > 3 or not parts[0]:
+        raise ValueError(f"hub dataset must be given as 'hf:NAME[:SPLIT[:FIELD]]', got {spec!r}")
+    name = parts[0]
+    split = parts[1] if len(parts) > 1 and parts[1] else None
+    field = parts[2] if len(parts) > 2 and parts[2] else "text"
+    return name, split, field
+
+
+def _read_prompt_file(path: Path) -> list[tuple[str, Any]]:
+    """Raw entries of a JSON or JSONL file as (location for messages, entry) pairs."""
+    if not path.exists():
+        raise ValueError(f"prompts file {path} not found")
+    if not path.is_file():
+        raise ValueError(f"prompts file {path} is not a file")
+    try:
+        content = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"prompts file {path} cannot be read: {e}") from e
+    if path.suffix.lower() == ".jsonl":
+        return _parse_jsonl(content, path)
+    return _parse_json_list(content, path)
+
+
+def _parse_json_list(content: str, path: Path) -> list[tuple[str, Any]]:
+    try:
+        data = json.loads(content)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"prompts file {path} is not valid JSON: {e}") from e
+    if not isinstance(data, list):
+        raise ValueError(f"prompts file {path} must hold a JSON list of objects, got {type(data).__name__}")
+    return [(f"entry {i}", entry) for i, entry in enumerate(data)]
+
+
+def _parse_jsonl(content: str, path: Path) -> list[tuple[str, Any]]:
+    entries = []
+    for line_no, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entries.append((f"line {line_no}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"prompts file {path}, line {line_no}: not valid JSON: {e}") from e
+    return entries
+
+
+def _read_hub_dataset(name: str, split: str | None, field: str) -> list[tuple[str, Any]]:
+    """Rows of a Hugging Face dataset as (location, {"text", "id"?}) pairs; ``datasets`` is imported lazily."""
+    try:
+        import datasets
+    except ImportError as e:
+        raise ImportError(
+            f"loading the hub dataset {name!r} needs the 'datasets' package: pip install datasets"
+        ) from e
+    try:
+        loaded = datasets.load_dataset(name, split=split)
+    except Exception as e:  # network, unknown name, bad split: all mean "this source is not usable"
+        raise ValueError(
+            f"could not load hub dataset {name!r} (split={split!r}) with datasets.load_dataset; is the "
+            f"name right and the hub reachable? {type(e).__name__}: {e}"
+        ) from e
+    if split is None:
+        loaded = _single_split(loaded, name)
+    if field not in loaded.column_names:
+        raise ValueError(f"hub dataset {name!r} has no column {field!r}; columns: {loaded.column_names}")
+    ids = loaded["id"] if "id" in loaded.column_names else None
+    texts = loaded[field]
+    return [
+        (f"row {i}", {"text": text} if ids is None else {"text": text, "id": ids[i]}) for i, text in enumerate(texts)
+    ]
+
+
+def _single_split(dataset_dict: Any, name: str) -> Any:
+    splits = list(dataset_dict.keys())
+    if len(splits) != 1:
+        raise ValueError(f"hub dataset {name!r} has splits {splits}; choose one with 'hf:{name}:SPLIT'")
+    return dataset_dict[splits[0]]
+
+
+def _prompts_from_entries(entries: list[tuple[str, Any]], origin: str) -> list[Prompt]:
+    """Validate raw entries and turn them into prompts with unique ids."""
+    if not entries:
+        raise ValueError(f"{origin}: holds no prompt (empty list)")
+    prompts, seen = [], set()
+    for index, (where, entry) in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{origin}, {where}: expected an object with a 'text' field, got {type(entry).__name__}")
+        text = entry.get("text")
+        if not isinstance(text, str):
+            raise ValueError(f"{origin}, {where}: missing a string 'text' field")
+        if not text.strip():
+            raise ValueError(f"{origin}, {where}: empty text")
+        prompt_id = _entry_id(entry, index, origin, where)
+        if prompt_id in seen:
+            raise ValueError(f"{origin}, {where}: duplicate id {prompt_id!r}")
+        seen.add(prompt_id)
+        prompts.append(Prompt(id=prompt_id, text=text))
+    return prompts
+
+
+def _entry_id(entry: dict, index: int, origin: str, where: str) -> str:
+    if "id" not in entry:
+        return str(index)
+    value = entry["id"]
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise ValueError(f"{origin}, {where}: 'id' must be a non-empty string or an integer, got {value!r}")
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Running over prompts, sharded and resumable
+# --------------------------------------------------------------------------------------------------
+
+
+def run_sharded(
+    prompts: Sequence[Prompt],
+    fn: Callable[[Prompt], dict],
+    out_dir: str | os.PathLike,
+    *,
+    desc: str = "prompts",
+    state: Any = None,
+    meta: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Run ``fn`` over ``prompts``, sharing them between processes, and merge the results.
+
+    Every process of the launch calls this with the same arguments. Prompts not done yet (no record under
+    their id in any ``shard-*.jsonl`` of ``out_dir``, whatever number of processes wrote it) are dealt
+    round-robin, in prompt order, to the processes; each appends ``{"id": prompt.id, **fn(prompt)}`` to its
+    own shard file and fsyncs it, so an interruption loses at most the prompt in flight, and a rerun
+    (with any number of processes) only computes what is missing. A half-written last line left by a crash
+    is cut from its shard when the next run starts (that prompt is computed again).
+
+    Args:
+        prompts: the prompts (unique ids), e.g. from ``load_prompts``.
+        fn: ``fn(prompt) -> dict``, a JSON-serialisable record without an ``"id"`` key of its own
+            (or with the prompt's id). An exception stops this process after the records written so far;
+            in a multi-process launch the other processes then wait at the final barrier until the
+            process-group timeout.
+        out_dir: output folder, created if missing.
+        desc: label of the progress bar (default ``"prompts"``).
+        state: object with ``process_index``, ``num_processes``, ``is_main_process`` and
+            ``wait_for_everyone()`` (default ``None``: ``accelerate.PartialState()``, which is a single
+            process without a launcher). For runs whose processes may wait on each other longer than the
+            default 30 minutes, pass ``PartialState(timeout=datetime.timedelta(hours=...))``.
+        meta: settings of the run (JSON-serialisable dict, default ``None`` = ``{}``), stored in
+            ``run.json``; a rerun into the same folder with different settings raises ``ValueError``.
+        overwrite: delete the shards, ``records.jsonl`` and ``run.json`` of a previous run first
+            (default ``False``: resume it).
+
+    Returns:
+        path of ``out_dir/records.jsonl``: one record per prompt, in prompt order, on every process
+        (all return after the main process has written it).
+    """
+    prompts = _check_prompts(prompts)
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    meta = _normalise_meta(meta)
+    state = _default_state() if state is None else state
+    out_dir = Path(out_dir)
+    _start_run(out_dir, meta, overwrite, state)
+
+    done_ids = set(_read_shard_records(out_dir))
+    # Nobody appends before every process has listed what is done, so all see the same pending list and
+    # the round-robin deal below is consistent.
+    state.wait_for_everyone()
+
+    own_shard = out_dir / f"shard-{state.process_index:03d}-of-{state.num_processes:03d}.jsonl"
+    pending = [p for p in prompts if p.id not in done_ids]
+    mine = pending[state.process_index :: state.num_processes]
+    resumed = _share(len(prompts) - len(pending), state.process_index, state.num_processes)
+    _run_and_append(mine, fn, own_shard, desc=desc, state=state, resumed=resumed)
+
+    state.wait_for_everyone()
+    records_path = out_dir / RECORDS_FILE
+    if state.is_main_process:
+        _merge_shards(out_dir, prompts, records_path)
+    state.wait_for_everyone()
+    return records_path
+
+
+def _start_run(out_dir: Path, meta: dict, overwrite: bool, state: Any) -> None:
+    """Check or reset the previous run in ``out_dir``, record ``meta`` and repair the shards (all processes)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Every process checks run.json itself so that all of them raise together instead of some of them
+    # waiting forever at the barrier below.
+    if not overwrite:
+        _check_run_settings(out_dir, meta)
+    if state.is_main_process:
+        if overwrite:
+            _clear_previous_run(out_dir)
+        # An old merged file would look like the result of this run until it is merged again.
+        (out_dir / RECORDS_FILE).unlink(missing_ok=True)
+        _write_json_atomic(out_dir / RUN_FILE, meta)
+        # No process writes before the barrier, so the shards can be repaired safely here.
+        for shard in out_dir.glob(_SHARD_GLOB):
+            _drop_partial_tail(shard)
+    state.wait_for_everyone()
+
+
+def _default_state() -> Any:
+    """``accelerate.PartialState``, made to see a multi-process CPU launch (torchrun, accelerate --multi_gpu)."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    # Without cpu=True, PartialState treats a launch of several CPU processes as one single process each
+    # (every process would then compute every prompt); cpu=True changes nothing else on a CPU-only machine.
+    has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not has_accelerator)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if state.num_processes != world_size:
+        raise RuntimeError(
+            f"WORLD_SIZE={world_size} but accelerate's PartialState sees {state.num_processes} process(es); "
+            "it was probably created earlier without cpu=True on a CPU-only launch: create "
+            "PartialState(cpu=True) first, or pass state="
+        )
+    return state
+
+
+def _check_prompts(prompts: Sequence[Prompt]) -> list[Prompt]:
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts is empty")
+    for p in prompts:
+        if not isinstance(p, Prompt):
+            raise TypeError(f"prompts must hold Prompt objects (see load_prompts), got {type(p).__name__}")
+    ids = [p.id for p in prompts]
+    if len(set(ids)) != len(ids):
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"prompt ids must be unique, duplicated: {duplicates}")
+    return prompts
+
+
+def _normalise_meta(meta: dict | None) -> dict:
+    """JSON round trip, so that e.g. a tuple and the list read back from run.json compare equal."""
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise TypeError(f"meta must be a dict or None, got {type(meta).__name__}")
+    try:
+        return json.loads(json.dumps(meta, sort_keys=True))
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"meta must be JSON-serialisable: {e}") from e
+
+
+def _check_run_settings(out_dir: Path, meta: dict) -> None:
+    run_file = out_dir / RUN_FILE
+    if not run_file.exists():
+        return
+    try:
+        previous = json.loads(run_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{run_file} is unreadable ({e}); pass overwrite=True to start afresh") from e
+    if previous != meta:
+        raise ValueError(
+            f"{run_file} holds other settings than this run: {previous} != {meta}; use another out_dir, "
+            "or pass overwrite=True to discard the previous results"
+        )
+
+
+def _clear_previous_run(out_dir: Path) -> None:
+    # Only the runner's own files: out_dir may hold other things of the caller's.
+    for path in [*out_dir.glob(_SHARD_GLOB), out_dir / RECORDS_FILE, out_dir / RUN_FILE]:
+        path.unlink(missing_ok=True)
+
+
+def _share(count: int, index: int, num: int) -> int:
+    """Number of items process ``index`` of ``num`` gets when ``count`` items are dealt round-robin."""
+    return count // num + (index < count % num)
+
+
+def _run_and_append(
+    prompts: list[Prompt], fn: Callable[[Prompt], dict], shard: Path, *, desc: str, state: Any, resumed: int
+) -> None:
+    """Compute and append one record per prompt to ``shard``, durably, with a progress bar."""
+    label = desc if state.num_processes == 1 else f"{desc} [{state.process_index + 1}/{state.num_processes}]"
+    # disable=None turns the bar off when stderr is not a terminal (logs of batch jobs stay readable).
+    with tqdm(
+        total=resumed + len(prompts), initial=resumed, desc=label, position=state.process_index, disable=None
+    ) as bar, shard.open("a", encoding="utf-8") as f:
+        for prompt in prompts:
+            line = _record_line(prompt, fn(prompt))
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+            bar.update(1)
+
+
+def _record_line(prompt: Prompt, result: Any) -> str:
+    if not isinstance(result, dict):
+        raise TypeError(f"fn must return a dict, got {type(result).__name__} for prompt {prompt.id!r}")
+    if result.get("id", prompt.id) != prompt.id:
+        raise ValueError(f"fn returned id {result['id']!r} for prompt {prompt.id!r}; leave 'id' to the runner")
+    record = {"id": prompt.id, **result}
+    try:
+        # json.dumps escapes newlines inside strings, so one record is always exactly one line.
+        return json.dumps(record, ensure_ascii=False) + "\n"
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"record of prompt {prompt.id!r} is not JSON-serialisable: {e}") from e
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading and merging records
+# --------------------------------------------------------------------------------------------------
+
+
+def read_records(out_dir_or_file: str | os.PathLike) -> list[dict]:
+    """Records of a finished run.
+
+    Args:
+        out_dir_or_file: the ``out_dir`` given to ``run_sharded`` (its ``records.jsonl`` is read) or a
+            JSONL file.
+
+    Returns:
+        one dict per line, in file order (prompt order for ``records.jsonl``).
+
+    Raises:
+        ValueError: missing file, or a line that is not a JSON object (the message gives the line).
+    """
+    path = Path(out_dir_or_file)
+    if path.is_dir():
+        path = path / RECORDS_FILE
+    if not path.is_file():
+        raise ValueError(f"records file {path} not found (has run_sharded finished?)")
+    records, partial_tail = _parse_record_lines(path.read_bytes(), path)
+    if partial_tail:
+        raise ValueError(f"records file {path}: last line is incomplete")
+    return records
+
+
+def _parse_record_lines(data: bytes, path: Path) -> tuple[list[dict], bool]:
+    """Parse JSONL bytes; a last line without its newline is reported, not parsed (it may be half-written).
+
+    Returns:
+        (records, whether an incomplete last line was found).
+    """
+    *lines, tail = data.split(b"\n")
+    records = []
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}, line {line_no}: not valid JSON ({e})") from e
+        if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+            raise ValueError(f"{path}, line {line_no}: expected a JSON object with a string 'id'")
+        records.append(record)
+    return records, bool(tail.strip())
+
+
+def _read_shard_records(out_dir: Path) -> dict[str, dict]:
+    """Records of every shard in ``out_dir`` by id (first one kept), skipping half-written last lines."""
+    by_id: dict[str, dict] = {}
+    for shard in sorted(out_dir.glob(_SHARD_GLOB)):
+        records, _ = _parse_record_lines(shard.read_bytes(), shard)
+        for record in records:
+            by_id.setdefault(record["id"], record)
+    return by_id
+
+
+def _drop_partial_tail(shard: Path) -> None:
+    """Cut a half-written last line (a crash mid-write) so that the next append starts on a fresh line."""
+    if not shard.exists():
+        return
+    data = shard.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    with shard.open("r+b") as f:
+        f.truncate(data.rfind(b"\n") + 1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _merge_shards(out_dir: Path, prompts: list[Prompt], records_path: Path) -> None:
+    by_id = _read_shard_records(out_dir)
+    missing = [p.id for p in prompts if p.id not in by_id]
+    if missing:
+        raise RuntimeError(
+            f"{len(missing)} prompt(s) have no record in {out_dir} (first: {missing[:5]}); rerun to complete them"
+        )
+    lines = "".join(json.dumps(by_id[p.id], ensure_ascii=False) + "\n" for p in prompts)
+    _write_text_atomic(records_path, lines)
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    _write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so readers never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,431 @@
+"""Tests of captum_jscopes.runner: prompt loading, sharded resumable runs, multi-process runs."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from captum_jscopes import runner
+from captum_jscopes.runner import Prompt, load_prompts, read_records, run_sharded
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).resolve().parent / "_runner_worker.py"
+
+
+def write_json(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj), encoding="utf-8")
+    return path
+
+
+def make_prompts(n: int) -> list[Prompt]:
+    return [Prompt(id=f"p{i}", text=f"text number {i}") for i in range(n)]
+
+
+class CountingFn:
+    """fn for run_sharded that records which prompts it saw and can fail after `fail_after` calls."""
+
+    def __init__(self, fail_after: int | None = None):
+        self.fail_after = fail_after
+        self.seen: list[str] = []
+
+    def __call__(self, prompt: Prompt) -> dict:
+        if self.fail_after is not None and len(self.seen) == self.fail_after:
+            raise KeyboardInterrupt("simulated interruption")
+        self.seen.append(prompt.id)
+        return {"length": len(prompt.text)}
+
+
+def shard_lines(out_dir: Path) -> dict[str, list[str]]:
+    return {p.name: p.read_text(encoding="utf-8").splitlines() for p in sorted(out_dir.glob("shard-*.jsonl"))}
+
+
+# --------------------------------------------------------------------------------------------------
+# load_prompts
+# --------------------------------------------------------------------------------------------------
+
+
+def test_json_list_ids_are_indices(tmp_path):
+    path = write_json(tmp_path / "p.json", [{"text": "a b"}, {"text": "c", "extra": 1}])
+    assert load_prompts(path) == [Prompt("0", "a b"), Prompt("1", "c")]
+    assert load_prompts(str(path)) == load_prompts(path)
+
+
+def test_json_id_field_is_used(tmp_path):
+    path = write_json(tmp_path / "p.json", [{"id": "x", "text": "a"}, {"id": 7, "text": "b"}])
+    assert [p.id for p in load_prompts(path)] == ["x", "7"]
+
+
+def test_jsonl_skips_blank_lines(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"text": "first"}\n\n{"text": "second", "id": "s"}\n', encoding="utf-8")
+    assert load_prompts(path) == [Prompt("0", "first"), Prompt("s", "second")]
+
+
+def test_default_source_is_the_shared_lambada_file():
+    assert runner.DEFAULT_PROMPTS_PATH == REPO_ROOT.parent / "shared" / "data" / "lambada_1000.json"
+    prompts = load_prompts()
+    assert len(prompts) == 1000
+    assert [p.id for p in prompts[:3]] == ["0", "1", "2"]
+    assert all(p.text.strip() for p in prompts)
+
+
+def test_n_and_offset(tmp_path):
+    path = write_json(tmp_path / "p.json", [{"text": f"t{i}"} for i in range(10)])
+    assert [p.id for p in load_prompts(path, 3)] == ["0", "1", "2"]
+    assert [p.id for p in load_prompts(path, 3, offset=4)] == ["4", "5", "6"]
+    assert [p.id for p in load_prompts(path, offset=8)] == ["8", "9"]
+    assert [p.id for p in load_prompts(path, 50, offset=7)] == ["7", "8", "9"]  # slicing semantics
+    assert [p.id for p in load_prompts(None, 2, offset=10)] == ["10", "11"]
+
+
+def test_offset_past_the_end_raises(tmp_path):
+    path = write_json(tmp_path / "p.json", [{"text": "a"}])
+    with pytest.raises(ValueError, match="offset=1"):
+        load_prompts(path, offset=1)
+
+
+@pytest.mark.parametrize("n, offset", [(0, 0), (-1, 0), (2.0, 0), (True, 0), (None, -1), (None, 1.5)])
+def test_bad_n_or_offset_raises(tmp_path, n, offset):
+    path = write_json(tmp_path / "p.json", [{"text": "a"}, {"text": "b"}])
+    with pytest.raises(ValueError, match="n must|offset must"):
+        load_prompts(path, n, offset=offset)
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("bad.json", "{not json", "not valid JSON"),
+        ("dict.json", '{"text": "a"}', "JSON list"),
+        ("empty.json", "[]", "empty list"),
+        ("str.json", '["just a string"]', "entry 0: expected an object"),
+        ("notext.json", '[{"text": "ok"}, {"body": "x"}]', "entry 1: missing a string 'text'"),
+        ("numtext.json", '[{"text": 3}]', "entry 0: missing a string 'text'"),
+        ("emptytext.json", '[{"text": ""}]', "entry 0: empty text"),
+        ("blanktext.json", '[{"text": "  \\n"}]', "entry 0: empty text"),
+        ("dupid.json", '[{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]', "duplicate id 'a'"),
+        ("badid.json", '[{"id": null, "text": "x"}]', "'id' must be"),
+        ("bad.jsonl", '{"text": "a"}\n{"text": \n', "line 2: not valid JSON"),
+        ("notext.jsonl", '{"text": "a"}\n\n{"txt": "b"}\n', "line 3: missing a string 'text'"),
+        ("emptytext.jsonl", '{"text": "a"}\n{"text": ""}\n', "line 2: empty text"),
+        ("empty.jsonl", "\n\n", "empty list"),
+    ],
+)
+def test_bad_file_raises_naming_the_file(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError) as info:
+        load_prompts(path)
+    assert str(path) in str(info.value)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["missing.json", "missing.jsonl"])
+def test_missing_file_raises(tmp_path, name):
+    path = tmp_path / name
+    with pytest.raises(ValueError, match="not found") as info:
+        load_prompts(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_directory_is_not_a_prompts_file(tmp_path):
+    with pytest.raises(ValueError, match="is not a file"):
+        load_prompts(tmp_path)
+
+
+def test_missing_default_file_raises(tmp_path, monkeypatch):
+    absent = tmp_path / "shared" / "data" / "lambada_1000.json"
+    monkeypatch.setattr(runner, "DEFAULT_PROMPTS_PATH", absent)
+    with pytest.raises(ValueError, match="default prompts file") as info:
+        load_prompts()
+    assert str(absent) in str(info.value)
+
+
+def test_wrong_source_type_raises():
+    with pytest.raises(TypeError, match="source"):
+        load_prompts(42)
+
+
+@pytest.mark.parametrize("source", ["hf:some/dataset", "hf:some/dataset:test:sentence", "some/dataset"])
+def test_hub_source_without_datasets_package_raises_import_error(monkeypatch, source):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail, installed or not
+    with pytest.raises(ImportError, match="pip install datasets"):
+        load_prompts(source)
+
+
+@pytest.mark.parametrize("source", ["hf:", "hf::test", "hf:a:b:c:d"])
+def test_malformed_hub_spec_raises(source):
+    with pytest.raises(ValueError, match="hf:NAME"):
+        load_prompts(source)
+
+
+def test_unreachable_hub_dataset_raises_value_error(monkeypatch):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="could not load hub dataset"):
+        load_prompts("hf:no-such-owner-jscopes/no-such-dataset")
+
+
+# --------------------------------------------------------------------------------------------------
+# run_sharded, single process
+# --------------------------------------------------------------------------------------------------
+
+
+def test_single_process_writes_every_record_once_in_prompt_order(tmp_path):
+    prompts = [Prompt("b", "bb"), Prompt("a", "a"), Prompt("c", "ccc")]  # prompt order is not id order
+    fn = CountingFn()
+    path = run_sharded(prompts, fn, tmp_path / "out", meta={"model": "tiny", "n": 3})
+
+    assert path == tmp_path / "out" / "records.jsonl"
+    assert fn.seen == ["b", "a", "c"]
+    assert read_records(path) == [{"id": "b", "length": 2}, {"id": "a", "length": 1}, {"id": "c", "length": 3}]
+    assert read_records(tmp_path / "out") == read_records(path)
+    assert list(shard_lines(tmp_path / "out")) == ["shard-000-of-001.jsonl"]
+    assert json.loads((tmp_path / "out" / "run.json").read_text()) == {"model": "tiny", "n": 3}
+
+
+def test_rerun_of_a_finished_run_computes_nothing(tmp_path):
+    prompts = make_prompts(4)
+    first = read_records(run_sharded(prompts, CountingFn(), tmp_path))
+    fn = CountingFn()
+    assert read_records(run_sharded(prompts, fn, tmp_path)) == first
+    assert fn.seen == []
+
+
+def test_resume_after_interruption_computes_only_the_rest(tmp_path):
+    prompts = make_prompts(10)
+    interrupted = CountingFn(fail_after=4)
+    with pytest.raises(KeyboardInterrupt):
+        run_sharded(prompts, interrupted, tmp_path)
+    assert interrupted.seen == ["p0", "p1", "p2", "p3"]
+    assert not (tmp_path / "records.jsonl").exists()
+
+    rest = CountingFn()
+    records = read_records(run_sharded(prompts, rest, tmp_path))
+    assert rest.seen == [f"p{i}" for i in range(4, 10)]
+    assert [r["id"] for r in records] == [p.id for p in prompts]
+
+
+def test_truncated_last_line_is_dropped_and_recomputed(tmp_path):
+    prompts = make_prompts(6)
+    with pytest.raises(KeyboardInterrupt):
+        run_sharded(prompts, CountingFn(fail_after=3), tmp_path)
+    shard = tmp_path / "shard-000-of-001.jsonl"
+    with shard.open("a", encoding="utf-8") as f:
+        f.write('{"id": "p3", "len')  # a crash in the middle of writing p3's record
+
+    rest = CountingFn()
+    records = read_records(run_sharded(prompts, rest, tmp_path))
+    assert rest.seen == ["p3", "p4", "p5"]
+    assert records == [{"id": p.id, "length": len(p.text)} for p in prompts]
+    assert [json.loads(line)["id"] for line in shard_lines(tmp_path)["shard-000-of-001.jsonl"]] == [
+        p.id for p in prompts
+    ]
+
+
+def test_longer_prompt_list_reuses_the_records_of_a_shorter_run(tmp_path):
+    run_sharded(make_prompts(3), CountingFn(), tmp_path)
+    fn = CountingFn()
+    records = read_records(run_sharded(make_prompts(5), fn, tmp_path))
+    assert fn.seen == ["p3", "p4"]
+    assert len(records) == 5
+
+
+def test_interrupted_rerun_leaves_no_stale_merged_file(tmp_path):
+    run_sharded(make_prompts(3), CountingFn(), tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        run_sharded(make_prompts(5), CountingFn(fail_after=1), tmp_path)
+    with pytest.raises(ValueError, match="not found"):
+        read_records(tmp_path)  # the 3-record file must not pass for the result of the 5-prompt run
+
+
+def test_settings_mismatch_raises_and_overwrite_starts_afresh(tmp_path):
+    prompts = make_prompts(3)
+    run_sharded(prompts, CountingFn(), tmp_path, meta={"model": "a"})
+    with pytest.raises(ValueError, match="run.json"):
+        run_sharded(prompts, CountingFn(), tmp_path, meta={"model": "b"})
+    with pytest.raises(ValueError, match="run.json"):
+        run_sharded(prompts, CountingFn(), tmp_path)  # no meta is {} and differs too
+
+    fn = CountingFn()
+    run_sharded(prompts, fn, tmp_path, meta={"model": "b"}, overwrite=True)
+    assert fn.seen == ["p0", "p1", "p2"]
+    assert json.loads((tmp_path / "run.json").read_text()) == {"model": "b"}
+
+
+def test_same_settings_in_another_python_type_resume(tmp_path):
+    prompts = make_prompts(2)
+    run_sharded(prompts, CountingFn(), tmp_path, meta={"layers": (1, 2)})
+    fn = CountingFn()
+    run_sharded(prompts, fn, tmp_path, meta={"layers": [1, 2]})  # what run.json reads back
+    assert fn.seen == []
+
+
+def test_overwrite_keeps_unrelated_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    run_sharded(make_prompts(2), CountingFn(), tmp_path, meta={"v": 1})
+    run_sharded(make_prompts(2), CountingFn(), tmp_path, meta={"v": 2}, overwrite=True)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "fn, error, message",
+    [
+        (lambda p: [1, 2], TypeError, "must return a dict"),
+        (lambda p: {"value": object()}, TypeError, "not JSON-serialisable"),
+        (lambda p: {"id": "other"}, ValueError, "leave 'id' to the runner"),
+    ],
+)
+def test_bad_records_raise(tmp_path, fn, error, message):
+    with pytest.raises(error, match=message):
+        run_sharded(make_prompts(2), fn, tmp_path)
+    assert (tmp_path / "shard-000-of-001.jsonl").read_text() == ""  # nothing half-written
+
+
+@pytest.mark.parametrize(
+    "prompts, error, message",
+    [
+        ([], ValueError, "empty"),
+        (["a text"], TypeError, "Prompt objects"),
+        ([Prompt("a", "x"), Prompt("a", "y")], ValueError, "unique"),
+    ],
+)
+def test_bad_prompts_raise(tmp_path, prompts, error, message):
+    with pytest.raises(error, match=message):
+        run_sharded(prompts, CountingFn(), tmp_path)
+
+
+def test_bad_meta_raises(tmp_path):
+    with pytest.raises(TypeError, match="meta"):
+        run_sharded(make_prompts(1), CountingFn(), tmp_path, meta=["not", "a", "dict"])
+    with pytest.raises(TypeError, match="JSON-serialisable"):
+        run_sharded(make_prompts(1), CountingFn(), tmp_path, meta={"x": object()})
+
+
+def test_read_records_errors(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        read_records(tmp_path)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a"}\n[1]\n')
+    with pytest.raises(ValueError, match="line 2"):
+        read_records(bad)
+
+
+# --------------------------------------------------------------------------------------------------
+# run_sharded, two real processes
+# --------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_two_workers(tmp_path: Path, *worker_args: str) -> subprocess.CompletedProcess:
+    """Run tests/_runner_worker.py as two CPU processes with accelerate launch (torchrun underneath).
+
+    `--multi_gpu` is what makes accelerate start several processes; `--cpu --num_processes 2` would start
+    only one. CUDA is hidden so the processes use gloo on the CPU even on a GPU machine, and HF_HOME points to
+    an empty folder so that no user accelerate config changes the launch.
+    """
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HOME": str(tmp_path / "hf_home"), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+        str(WORKER), *worker_args,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # lets a hung launch be killed with its workers
+    )  # fmt: skip
+    try:
+        output, _ = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"the two-process launch hung:\n{output}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, output)
+
+
+def write_prompts_file(tmp_path: Path, n: int) -> tuple[Path, list[Prompt]]:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"text": "word " * (i + 1)}) + "\n" for i in range(n)), encoding="utf-8")
+    return path, load_prompts(path)
+
+
+def records_by_shard(out_dir: Path) -> dict[str, list[dict]]:
+    return {name: [json.loads(line) for line in lines] for name, lines in shard_lines(out_dir).items()}
+
+
+def test_two_processes_share_the_prompts(tmp_path):
+    prompts_file, prompts = write_prompts_file(tmp_path, 12)
+    out = tmp_path / "out"
+    result = launch_two_workers(tmp_path, "--prompts", str(prompts_file), "--out", str(out), "--tag", "two")
+    assert result.returncode == 0, result.stdout
+
+    shards = records_by_shard(out)
+    assert sorted(shards) == ["shard-000-of-002.jsonl", "shard-001-of-002.jsonl"]
+    ids = {name: [r["id"] for r in records] for name, records in shards.items()}
+    assert len(ids["shard-000-of-002.jsonl"]) == len(ids["shard-001-of-002.jsonl"]) == 6
+    assert set(ids["shard-000-of-002.jsonl"]).isdisjoint(ids["shard-001-of-002.jsonl"])
+    for rank, name in enumerate(sorted(shards)):
+        assert all(r["rank"] == rank and r["num"] == 2 for r in shards[name])
+
+    merged = read_records(out)
+    assert [r["id"] for r in merged] == [p.id for p in prompts]
+    assert all(r["chars"] == len(p.text) for r, p in zip(merged, prompts))
+
+
+def test_one_interrupted_process_then_two_processes_finish(tmp_path):
+    prompts_file, prompts = write_prompts_file(tmp_path, 12)
+    out = tmp_path / "out"
+
+    def first_run(prompt):
+        return {"tag": "first", "rank": 0, "num": 1, "chars": len(prompt.text)}
+
+    calls = []
+
+    def interrupted(prompt):
+        if len(calls) == 5:
+            raise KeyboardInterrupt("simulated interruption")
+        calls.append(prompt.id)
+        return first_run(prompt)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sharded(prompts, interrupted, out)
+    with (out / "shard-000-of-001.jsonl").open("a", encoding="utf-8") as f:
+        f.write('{"id": "5", "tag": "fir')  # died while writing prompt 5
+
+    result = launch_two_workers(tmp_path, "--prompts", str(prompts_file), "--out", str(out), "--tag", "second")
+    assert result.returncode == 0, result.stdout
+
+    merged = read_records(out)
+    assert [r["id"] for r in merged] == [p.id for p in prompts]
+    assert [r["id"] for r in merged if r["tag"] == "first"] == ["0", "1", "2", "3", "4"]
+    second = [r for r in merged if r["tag"] == "second"]
+    assert [r["id"] for r in second] == [str(i) for i in range(5, 12)]
+    # the 7 remaining prompts were dealt to both processes
+    assert sorted(r["rank"] for r in second) == [0, 0, 0, 0, 1, 1, 1]
+    shards = records_by_shard(out)
+    assert [len(shards[f"shard-00{i}-of-002.jsonl"]) for i in (0, 1)] == [4, 3]
+    # the shard of the first run lost its half-written line and kept its 5 records
+    assert [r["id"] for r in shards["shard-000-of-001.jsonl"]] == ["0", "1", "2", "3", "4"]
+    assert (out / "shard-000-of-001.jsonl").read_text().endswith("}\n")
+
+
+def test_two_processes_refuse_other_settings_without_hanging(tmp_path):
+    prompts_file, _ = write_prompts_file(tmp_path, 4)
+    out = tmp_path / "out"
+    run_sharded(load_prompts(prompts_file), CountingFn(), out, meta={"model": "a"})
+    result = launch_two_workers(
+        tmp_path, "--prompts", str(prompts_file), "--out", str(out), "--tag", "x", "--meta", '{"model": "b"}'
+    )
+    assert result.returncode != 0
+    assert "run.json holds other settings" in result.stdout
