@@ -6,6 +6,7 @@
 
 from .fisher_scope import FisherScope
 from .llm_attribution import ChatTokenInput, LLMScopeAttribution, chat_input, chat_prompt
+from .models import DEFAULT_MODEL, ModelNotAvailableError, describe_model, load_model, load_tokenizer
 from .result import ScopeResult, sink_share
 from .scope import JacobianScope
 from .semantic_scope import SemanticScope
@@ -22,5 +23,10 @@ __all__ = [
     "chat_input",
     "chat_prompt",
     "sink_share",
+    "load_model",
+    "load_tokenizer",
+    "describe_model",
+    "DEFAULT_MODEL",
+    "ModelNotAvailableError",
 ]
 __version__ = "0.1.0"
