@@ -1,0 +1,8 @@
+"""``python -m captum_jscopes ...``: the same as the ``jscopes`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

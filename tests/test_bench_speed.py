@@ -1,0 +1,66 @@
+"""The speed benchmark end to end on a tiny model (timings are not asserted:
+speed is measured by the benchmark itself, never in unit tests)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import make_model, make_tokenizer
+
+from captum_jscopes import bench_speed
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    folder = tmp_path / "tiny"
+    model = make_model("llama")
+    model.config.max_position_embeddings = 512
+    model.save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    texts = ["the cat sat on the mat and the dog ran to the red house", "Tom liked the food . he went home to Paris"]
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps([{"text": t} for t in texts]))
+    return path
+
+
+def test_speed_benchmark_writes_every_table(tiny_model_dir, prompts_file, tmp_path):
+    out = tmp_path / "out"
+    code = bench_speed.main(
+        ["--model", str(tiny_model_dir), "--data", str(prompts_file), "--n", "2", "--n-slow", "1",
+         "--repeats", "1", "--lengths", "16,32", "--multi-token", "3", "--fisher-n", "2", "--out", str(out)]
+    )
+    assert code == 0
+    results = json.loads((out / "speed.json").read_text())
+    assert set(results["single_token"]) == set(bench_speed.SINGLE_TOKEN_METHODS)
+    for row in results["single_token"].values():
+        assert row["seconds"] > 0 and row["peak_extra_mib"] is not None
+    assert set(results["lengths"]["semantic"]) == {"16", "32"}
+    assert results["multi_token"]["ours_semantic"] > 0
+    accuracy = results["fisher_accuracy"]
+    # the tiny model's hidden size (16) is <= the default's k: the default is exact there
+    assert accuracy["fisher"]["median_rel_l2"] < 1e-5
+    assert accuracy["fisher_eig1"]["median_rel_l2"] > accuracy["fisher_eig4"]["median_rel_l2"]
+    table = (out / "speed.md").read_text()
+    assert "| semantic |" in table and "x floor" in table
+    assert (out / "speed.png").stat().st_size > 0 and (out / "fisher_accuracy.png").stat().st_size > 0
+
+
+def test_fisher_method_names():
+    assert bench_speed.fisher_options("fisher_eig16") == {"method": "eig", "k": 16}
+    assert bench_speed.fisher_options("fisher_deflated_8_16") == {"method": "deflated", "k": 8, "n_probes": 16}
+    assert bench_speed.n_vjps("fisher", 576) == 48 and bench_speed.n_vjps("fisher_exact", 576) == 576
+    with pytest.raises(ValueError, match="unknown Fisher method"):
+        bench_speed.fisher_options("fisher_magic")
+
+
+def test_bad_arguments_exit_with_an_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench_speed.parse_args(["--methods", "semantic,nope"])
+    assert exc.value.code == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err

