@@ -131,7 +131,7 @@ def n_vjps(name: str, hidden_size: int) -> int:
     if method == "exact":
         return hidden_size
     k = options.get("k", 1 if method == "eig" else 16)
-    return k if method == "eig" else k + options.get("n_probes", 32)
+    return k if method == "eig" else k + options.get("n_probes", 24)
 
 
 # -- measuring -------------------------------------------------------------------
@@ -460,7 +460,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fisher-n", type=int, default=0, help="prompts for the Fisher accuracy study (0: skip)")
     parser.add_argument(
         "--fisher-methods",
-        default="fisher,fisher_eig1,fisher_eig4,fisher_eig16,fisher_eig64,fisher_deflated_8_16,fisher_deflated_16_32",
+        default="fisher,fisher_eig1,fisher_eig4,fisher_eig16,fisher_eig64,fisher_deflated_8_16,fisher_deflated_16_16,fisher_deflated_16_32",
     )
     parser.add_argument("--skip-speed", action="store_true", help="only the Fisher accuracy study")
     parser.add_argument("--skip-memory", action="store_true")

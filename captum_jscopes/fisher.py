@@ -52,23 +52,24 @@ def eigen(fisher: Tensor) -> tuple[Tensor, Tensor]:
 class FisherProbes:
     """Directions whose squared VJP norms estimate the Fisher score.
 
-    ``exact`` (k, B, P, d) count with weight 1; ``random`` (m, B, P, d) are
-    averaged. Score = sum over exact + mean over random; the standard error comes
-    from the spread of the random ones.
+    ``exact`` (k, B, P, d) and ``sampled`` (m, B, P, d) both count with weight 1
+    (the sampled ones are pre-scaled by their importance weight). Consecutive
+    pairs of sampled directions come from neighbouring strata, which gives the
+    error estimate.
     """
 
     exact: Tensor
-    random: Optional[Tensor] = None
+    sampled: Optional[Tensor] = None
 
 
 def probes(
     fisher: Tensor,
     method: str = "deflated",
     k: Optional[int] = None,
-    n_probes: int = 32,
+    n_probes: int = 24,
     seed: int = 0,
 ) -> FisherProbes:
-    """Probe directions for an estimator of ``tr(J_t^T F J_t)``.
+    """Probe directions for an estimator of ``tr(J_t^T F J_t) = sum_i l_i ||u_i^T J_t||^2``.
 
     Args:
         fisher: (B, P, d, d) from :func:`fisher_matrix`.
@@ -76,17 +77,19 @@ def probes(
             ``"exact"``: every eigen-direction ``sqrt(l_i) u_i`` (d backward passes).
             ``"eig"``: the reference's truncation to the top ``k`` (default 1):
             biased low by the dropped eigenvalues' share.
-            ``"deflated"`` (default): the top ``k`` (default 16) exactly plus
-            ``n_probes`` Rademacher probes ``sum_{i>k} s_i sqrt(l_i) u_i`` on the
-            remainder (Hutch++ style): unbiased, with a standard error.
-        seed: seeds the Rademacher signs; the same signs serve every prompt, so a
+            ``"deflated"`` (default): the top ``k`` (default 16) eigen-directions
+            exactly, plus ``n_probes`` eigen-directions of the remainder drawn with
+            probability proportional to their eigenvalue (stratified over the
+            eigenvalue mass, one draw per stratum) and weighted by the inverse
+            probability. Unbiased; consecutive strata give a (conservative)
+            standard error.
+        seed: seeds the draws; the same uniform draws serve every prompt, so a
             batch gives the same scores as its prompts one at a time.
     """
     if method not in METHODS:
         raise ValueError(f"unknown Fisher method {method!r}; choose one of {METHODS}")
     values, vectors = eigen(fisher)
     d = values.shape[-1]
-    scaled = vectors * values.sqrt()[..., None, :]  # columns sqrt(l_i) u_i
     if method == "exact":
         k = d
     elif k is None:
@@ -94,22 +97,30 @@ def probes(
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     k = min(k, d)
-    exact = scaled[..., :k].movedim(-1, 0)  # (k, B, P, d)
+    exact = (vectors[..., :k] * values[..., None, :k].sqrt()).movedim(-1, 0)  # (k, B, P, d)
     if method != "deflated" or k == d:
         return FisherProbes(exact=exact)
-    if not isinstance(n_probes, int) or n_probes < 2:
-        raise ValueError(f"n_probes must be an int >= 2 (the error estimate needs two), got {n_probes!r}")
+    if not isinstance(n_probes, int) or n_probes < 2 or n_probes % 2:
+        raise ValueError(f"n_probes must be an even int >= 2 (pairs give the error estimate), got {n_probes!r}")
+    rest = values[..., k:]  # (B, P, d - k)
+    mass = rest.sum(-1, keepdim=True)
+    cdf = (rest / mass.clamp_min(torch.finfo(rest.dtype).tiny)).cumsum(-1)
     generator = torch.Generator().manual_seed(seed)
-    signs = torch.randint(0, 2, (n_probes, d - k), generator=generator).to(scaled) * 2 - 1
-    random = torch.einsum("bpdi,mi->mbpd", scaled[..., k:], signs)
-    return FisherProbes(exact=exact, random=random)
+    strata = (torch.rand(n_probes, generator=generator, dtype=torch.float64) + torch.arange(n_probes)) / n_probes
+    strata = strata.to(cdf).expand(*cdf.shape[:-1], n_probes).contiguous()
+    index = torch.searchsorted(cdf, strata).clamp(max=d - k - 1)  # (B, P, m)
+    chosen = vectors[..., k:].gather(-1, index[..., None, :].expand(*vectors.shape[:-1], n_probes))
+    # weight l_i / p_i = mass / m for every draw: sqrt of it scales the unit eigenvectors
+    sampled = (chosen * (mass[..., None, :] / n_probes).sqrt()).movedim(-1, 0)  # (m, B, P, d)
+    return FisherProbes(exact=exact, sampled=sampled)
 
 
 def fisher_scores(forward: ScopeForward, found: FisherProbes, chunk_size: int) -> tuple[Tensor, Optional[Tensor]]:
     """(B, P, n) Fisher scores and their standard error (None when exact)."""
     scores = forward.squared_norms(found.exact, chunk_size).sum(0)
-    if found.random is None:
+    if found.sampled is None:
         return scores, None
-    samples = forward.squared_norms(found.random, chunk_size)  # (m, B, P, n)
-    error = samples.std(dim=0) / samples.shape[0] ** 0.5
-    return scores + samples.mean(0), error
+    samples = forward.squared_norms(found.sampled, chunk_size)  # (m, B, P, n)
+    # collapsed strata: each pair of neighbouring strata estimates its own variance
+    error = (samples[0::2] - samples[1::2]).pow(2).sum(0).sqrt()
+    return scores + samples.sum(0), error

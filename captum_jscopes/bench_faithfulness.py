@@ -1,0 +1,993 @@
+"""The paper's faithfulness benchmark (AOPC by deletion on LAMBADA, optional
+leave-one-out agreement) for the Jacobian Scopes and Captum baselines.
+
+Run it with ``jscopes bench faithfulness ...``, ``python benchmarks/faithfulness.py ...``
+or, on several processes sharing the prompts (CPU: ``--multi_gpu`` with
+``CUDA_VISIBLE_DEVICES=""`` makes accelerate use torchrun; ``--cpu --num_processes 2``
+starts only ONE process in accelerate 1.15)::
+
+    CUDA_VISIBLE_DEVICES="" accelerate launch --multi_gpu --num_processes 2 benchmarks/faithfulness.py --n 1000
+    torchrun --nproc_per_node 2 benchmarks/faithfulness.py --n 1000
+
+Protocol per prompt (../shared/PAPER.md, "Evaluation protocol of the paper"):
+
+1. Tokenise the passage with the tokenizer's special tokens (a BOS only if the
+   tokenizer adds one; SmolLM2's adds none) and drop the last token: it is the
+   target (the last sub-token of the final word). The explained position is the
+   last remaining token.
+2. y* = the model's own top-1 prediction on the intact prompt; ``correct`` says
+   whether y* is the true last token.
+3. Every method scores every token (one score per token, higher = more relevant);
+   :func:`captum_jscopes.faithfulness.deletion_curve` ablates the top tokens
+   (input embedding -> 0) and measures ``log p(y*)`` at the AOPC fractions
+   (5/10/20%) and the plot's (0, 0.05, ..., 0.5) in one go; the AOPC is the
+   trapezoid area at 5/10/20% (:func:`~captum_jscopes.faithfulness.trapezoid_area`,
+   equal to :func:`~captum_jscopes.faithfulness.aopc`); with ``--loo-n K`` the first
+   K prompts also get leave-one-out ground truth and
+   :func:`~captum_jscopes.faithfulness.loo_agreement` for every method.
+
+Methods (:data:`METHODS`): the three scopes (Fisher twice: default unbiased
+estimator and the reference's top-1 eigen-direction), Captum's InputXGradient,
+Saliency and IntegratedGradients (50 and 5 steps) on the LOGIT of y* w.r.t. the
+input embeddings, and random scores. Captum attributions are reduced to one score
+per token with the L2 norm over the embedding dimension, like the scopes.
+
+Outputs in ``--out`` (default ``benchmarks/results/faithfulness-<model>``): the
+runner's ``run.json``, ``shard-*.jsonl`` and ``records.jsonl`` (one record per
+prompt, resumable), then ``summary.json``, ``report.md``, ``deletion_curves.png``
+and ``aopc.png``. ``--report-only`` rebuilds the report from the records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import Tensor, nn
+
+from .faithfulness import ablated_log_probs, deletion_curve, leave_one_out, loo_agreement, trapezoid_area
+from .fisher_scope import FisherScope
+from .forward import accepts
+from .model_state import preserved_state
+from .models import DEFAULT_MODEL, EMBEDDED_MODELS, ModelNotAvailableError, load_model
+from .runner import RECORDS_FILE, Prompt, _read_shard_records, load_prompts, read_records, run_sharded
+from .semantic_scope import SemanticScope
+from .temperature_scope import TemperatureScope
+
+__all__ = [
+    "METHODS",
+    "SCOPES",
+    "PAPER_AOPC",
+    "PAPER_LOO",
+    "Settings",
+    "build_parser",
+    "main",
+    "prepare_prompt",
+    "method_scores",
+    "evaluate_prompt",
+    "summarize",
+    "render_report",
+    "write_report",
+]
+
+# ====================================================================== constants
+#: Every method, in the order of the report's tables.
+METHODS = ("semantic", "temperature", "fisher", "fisher_eig1", "grad_x_input", "saliency", "ig50", "ig5", "random")
+#: The Jacobian Scopes among them (compared pairwise against the baselines below).
+SCOPES = ("semantic", "temperature", "fisher", "fisher_eig1")
+PAIRED_BASELINES = ("ig50", "grad_x_input")
+
+METHOD_LABELS = {
+    "semantic": "Semantic Scope (target y*)",
+    "temperature": "Temperature Scope",
+    "fisher": "Fisher Scope (default: top-16 exact + 32 probes)",
+    "fisher_eig1": "Fisher Scope (eig, k=1)",
+    "grad_x_input": "gradient x input (Captum InputXGradient)",
+    "saliency": "saliency (Captum Saliency)",
+    "ig50": "Integrated Gradients, 50 steps (Captum)",
+    "ig5": "Integrated Gradients, 5 steps (Captum)",
+    "random": "random",
+}
+
+AOPC_FRACTIONS = (0.05, 0.10, 0.20)
+#: Fractions of the deletion curve plotted in deletion_curves.png: 0, 0.05, ..., 0.5.
+CURVE_FRACTIONS = tuple(round(0.05 * i, 2) for i in range(11))
+IG_INTERNAL_BATCH = 10
+RECORD_FORMAT = 1
+
+#: Published AOPC, LAMBADA-1000 (PAPER.md), keyed by OUR method name.
+PAPER_MODELS = ("Llama-3.2-1B", "Llama-3.2-3B", "Qwen2.5-1.5B", "gemma-3-1b-pt")
+PAPER_AOPC = {
+    "random": (-0.261, -0.229, -0.349, -0.418),
+    "ig5": (-1.095, -0.672, -1.714, -0.639),
+    "grad_x_input": (-1.284, -1.119, -1.720, -1.561),
+    "semantic": (-1.298, -1.162, -1.682, -1.635),
+    "temperature": (-1.317, -1.173, -1.861, -1.662),
+    "fisher_eig1": (-1.320, -1.175, -1.775, -1.670),
+}
+PAPER_AOPC_NAMES = {
+    "random": "random",
+    "ig5": "IG (5 steps, weak)",
+    "grad_x_input": "gradient x input",
+    "semantic": "Semantic",
+    "temperature": "Temperature",
+    "fisher_eig1": "Fisher k=1",
+}
+#: Published LOO agreement, LAMBADA-1000, Llama-3.2-1B: (paper's row name,
+#: top-1 LOO percentile, Spearman rho), keyed by the closest method of ours.
+#: The paper's Fisher row is k=4 and its IG row 10 steps: neither is run here exactly.
+PAPER_LOO = {
+    "fisher": ("Fisher k=4", 5.45, 0.590),
+    "semantic": ("Semantic", 6.55, 0.562),
+    "grad_x_input": ("gradient x input", 5.71, 0.556),
+    "temperature": ("Temperature", 7.96, 0.550),
+    "ig5": ("IG (10 steps)", 29.5, 0.300),
+    "random": ("random", 48.9, 0.0),
+}
+
+
+# ====================================================================== settings
+@dataclass(frozen=True)
+class Settings:
+    """What one benchmark run computes per prompt.
+
+    Attributes:
+        methods: method names, a subset of :data:`METHODS` in that order.
+        loo_ids: ids of the prompts that get leave-one-out agreement.
+        seed: seeds the random method (per prompt) and the Fisher probes. Default 0.
+        aopc_fractions: fractions of the AOPC. Default (0.05, 0.10, 0.20).
+        curve_fractions: fractions of the deletion curve. Default 0, 0.05, ..., 0.5.
+        batch_size: ablated variants per forward in the metrics. Default 16.
+        ig_batch: Integrated Gradients steps per forward. Default 10.
+    """
+
+    methods: tuple[str, ...] = METHODS
+    loo_ids: frozenset = frozenset()
+    seed: int = 0
+    aopc_fractions: tuple[float, ...] = AOPC_FRACTIONS
+    curve_fractions: tuple[float, ...] = CURVE_FRACTIONS
+    batch_size: int = 16
+    ig_batch: int = IG_INTERNAL_BATCH
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """"all" or a comma-separated list of method names -> names in :data:`METHODS` order.
+
+    Raises:
+        ValueError: an unknown or missing name (the message lists the valid ones).
+    """
+    names = [name.strip() for name in str(text).split(",") if name.strip()]
+    if names == ["all"]:
+        return METHODS
+    unknown = [name for name in names if name not in METHODS]
+    if unknown or not names:
+        what = f"unknown method(s) {', '.join(map(repr, unknown))}" if unknown else "no method given"
+        raise ValueError(f"{what}; choose among {', '.join(METHODS)} (comma-separated) or 'all'")
+    return tuple(m for m in METHODS if m in names)
+
+
+def model_short_name(name: Optional[str]) -> str:
+    """Short model name for the output folder: the embedded model's key
+    (None, "default", "smollm2" -> "smollm2-135m-instruct"), else the last part
+    of the path or Hub name ("meta-llama/Llama-3.2-1B" -> "Llama-3.2-1B")."""
+    if name is None:
+        return DEFAULT_MODEL
+    key = str(name).strip().lower()
+    for spec in EMBEDDED_MODELS.values():
+        if key == spec.key or key in spec.aliases:
+            return spec.key
+    return str(name).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def _model_id(name: Optional[str]) -> str:
+    """The model as recorded in run.json: embedded key, absolute local path, or Hub name."""
+    short = model_short_name(name)
+    if name is None or short in EMBEDDED_MODELS:
+        return short
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else str(name)
+
+
+def _data_id(data: str) -> str:
+    """The prompt source as recorded in run.json ("lambada", an absolute path, or a Hub spec)."""
+    if data == "lambada":
+        return data
+    path = Path(data).expanduser()
+    return str(path.resolve()) if path.exists() else data
+
+
+# ====================================================================== prompts
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """A LAMBADA passage ready to explain.
+
+    Attributes:
+        input_ids: (1, n) int64 ids, the passage without its last token (with the
+            tokenizer's BOS if it adds one).
+        true_token: id of the dropped last token (the passage's real continuation).
+        has_bos: whether the tokenizer put a special token in front.
+    """
+
+    input_ids: Tensor
+    true_token: int
+    has_bos: bool
+
+
+def prepare_prompt(tokenizer: Any, text: str) -> PreparedPrompt:
+    """Tokenise a passage with the tokenizer's special tokens and split off its
+    last token as the target.
+
+    Special tokens the tokenizer appends (an EOS, for some) are removed first, so
+    the target is always the text's own last token.
+
+    Raises:
+        ValueError: fewer than one non-special token would remain to explain from.
+    """
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    while ids and ids[-1] in special:
+        ids.pop()
+    if len(ids) < 2 or all(i in special for i in ids[:-1]):
+        raise ValueError(f"passage too short: {len(ids)} token(s) after tokenisation, need at least 2")
+    has_bos = ids[0] in special
+    return PreparedPrompt(torch.tensor([ids[:-1]], dtype=torch.long), int(ids[-1]), has_bos)
+
+
+# ====================================================================== attribution methods
+def _logit_forward(model: nn.Module, n: int, position: int, target: int) -> Callable[[Tensor], Tensor]:
+    """``embeds (B, n, e) -> (B,)``: the logit of ``target`` at ``position``, for Captum."""
+    kwargs: dict[str, Any] = {"use_cache": False}
+    column = position
+    if accepts(model, "logits_to_keep"):
+        # the unembedding only for the columns from `position` on: the vocab
+        # projection of every other position would cost as much as the layers
+        kwargs["logits_to_keep"] = n - position
+        column = 0
+
+    def forward(embeds: Tensor) -> Tensor:
+        return model(inputs_embeds=embeds, **kwargs).logits[:, column, target]
+
+    return forward
+
+
+def captum_scores(model: nn.Module, input_ids: Tensor, target: int, method: str, *, ig_batch: int = 10) -> Tensor:
+    """A Captum baseline on the logit of ``target`` at the last position, w.r.t.
+    the input embeddings (the output of ``model.get_input_embeddings()``).
+
+    Args:
+        input_ids: (1, n) ids.
+        target: y*, the explained token id.
+        method: "grad_x_input", "saliency", "ig50" or "ig5" (zero baseline,
+            Captum's default Gauss-Legendre rule, ``ig_batch`` steps per forward).
+    Returns:
+        (n,) float32 CPU scores: the L2 norm of the attribution over the embedding
+        dimension (the reduction of the scopes).
+    """
+    from captum.attr import InputXGradient, IntegratedGradients, Saliency
+
+    n = input_ids.shape[-1]
+    embedding = model.get_input_embeddings()
+    ids = input_ids.to(embedding.weight.device)
+    # frozen parameters (restored after): Captum differentiates w.r.t. the inputs only
+    with preserved_state(model):
+        with torch.no_grad():
+            # a leaf that requires grad: Captum would otherwise warn and set it itself
+            embeds = embedding(ids).requires_grad_()
+        forward = _logit_forward(model, n, n - 1, target)
+        if method == "grad_x_input":
+            attr = InputXGradient(forward).attribute(embeds)
+        elif method == "saliency":
+            attr = Saliency(forward).attribute(embeds, abs=True)
+        elif method in ("ig50", "ig5"):
+            attr = IntegratedGradients(forward).attribute(
+                embeds, baselines=torch.zeros_like(embeds), n_steps=int(method[2:]), internal_batch_size=ig_batch
+            )
+        else:
+            raise ValueError(f"{method!r} is not a Captum baseline")
+    return attr[0].detach().float().norm(dim=-1).cpu()
+
+
+def random_scores(n: int, seed: int, prompt_id: str) -> Tensor:
+    """(n,) uniform scores, the same for a given (seed, prompt id) in every run and process."""
+    generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{prompt_id}".encode()))
+    return torch.rand(n, generator=generator, dtype=torch.float64)
+
+
+def method_scores(
+    method: str,
+    model: nn.Module,
+    tokenizer: Any,
+    input_ids: Tensor,
+    target: int,
+    *,
+    prompt_id: str = "0",
+    seed: int = 0,
+    ig_batch: int = IG_INTERNAL_BATCH,
+) -> Tensor:
+    """One score per token of ``input_ids`` (1, n) for the prediction at its last
+    position, by ``method`` (one of :data:`METHODS`). Returns (n,) CPU scores."""
+    if method == "semantic":
+        scores = SemanticScope(model, tokenizer).attribute(input_ids, target=target)
+    elif method == "temperature":
+        scores = TemperatureScope(model, tokenizer).attribute(input_ids)
+    elif method == "fisher":
+        scores = FisherScope(model, tokenizer).attribute(input_ids, seed=seed)
+    elif method == "fisher_eig1":
+        scores = FisherScope(model, tokenizer).attribute(input_ids, method="eig", k=1)
+    elif method == "random":
+        return random_scores(input_ids.shape[-1], seed, prompt_id)
+    elif method in METHODS:
+        return captum_scores(model, input_ids, target, method, ig_batch=ig_batch)
+    else:
+        raise ValueError(f"unknown method {method!r}; choose among {METHODS}")
+    return scores[0].detach().float().cpu()
+
+
+# ====================================================================== one prompt
+def evaluate_prompt(model: nn.Module, tokenizer: Any, prompt: Prompt, settings: Settings) -> dict:
+    """The record of one prompt (JSON-serialisable).
+
+    Returns:
+        ``{"skipped": reason}`` for a passage too short to explain, else a dict with
+        ``n_tokens``, ``n_rankable``, ``has_bos``, ``target`` (y*), ``true_token``,
+        ``correct``, ``log_prob`` (log p(y*)), ``time_s`` (whole prompt), optional
+        ``loo_time_s``, and ``methods``: name -> ``{"time_s", "aopc", "deltas"
+        (at the AOPC fractions), "curve" (deltas at the curve fractions), optional
+        "loo" (LooAgreement fields)}``.
+    """
+    start, cpu_start = time.perf_counter(), time.process_time()
+    try:
+        prepared = prepare_prompt(tokenizer, prompt.text)
+    except ValueError as err:
+        return {"skipped": str(err)}
+    ids = prepared.input_ids
+    n = ids.shape[-1]
+    intact = ablated_log_probs(model, ids, torch.zeros(n, dtype=torch.bool), tokenizer=tokenizer)
+    target = int(intact.argmax())
+    record: dict[str, Any] = {
+        "n_tokens": n,
+        "has_bos": prepared.has_bos,
+        "target": target,
+        "true_token": prepared.true_token,
+        "correct": target == prepared.true_token,
+        "log_prob": float(intact[target]),
+    }
+    loo = None
+    if prompt.id in settings.loo_ids:
+        loo_start = time.perf_counter()
+        loo = leave_one_out(model, ids, tokenizer=tokenizer, batch_size=settings.batch_size)
+        record["loo_time_s"] = time.perf_counter() - loo_start
+    record["methods"] = {
+        method: _evaluate_method(method, model, tokenizer, ids, target, prompt.id, settings, loo)
+        for method in settings.methods
+    }
+    record["n_rankable"] = _n_rankable(record)
+    record["time_s"] = time.perf_counter() - start
+    record["cpu_s"] = time.process_time() - cpu_start
+    return record
+
+
+def _evaluate_method(method, model, tokenizer, ids, target, prompt_id, settings, loo) -> dict:
+    """Scores of one method, timed, and their metrics."""
+    start, cpu_start = time.perf_counter(), time.process_time()
+    scores = method_scores(method, model, tokenizer, ids, target, prompt_id=prompt_id, seed=settings.seed,
+                           ig_batch=settings.ig_batch)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    # ONE deletion curve through the union of the AOPC and plot fractions: the AOPC
+    # is the trapezoid area of its points at the AOPC fractions, exactly what aopc()
+    # computes, without running the intact prompt and those ablations a second time
+    fractions = sorted(set(settings.curve_fractions) | set(settings.aopc_fractions))
+    curve = deletion_curve(model, ids, scores, fractions=fractions, tokenizer=tokenizer, target=target,
+                           batch_size=settings.batch_size)
+    deltas = dict(zip(curve.fractions, curve.deltas))
+    aopc_deltas = [deltas[f] for f in settings.aopc_fractions]
+    entry: dict[str, Any] = {
+        "time_s": elapsed,
+        # CPU seconds of all threads: unlike wall time, not inflated by other jobs on a shared CPU
+        "cpu_s": cpu,
+        "aopc": trapezoid_area(settings.aopc_fractions, aopc_deltas),
+        "deltas": aopc_deltas,
+        "curve": [deltas[f] for f in settings.curve_fractions],
+        "n_rankable": curve.n_rankable,
+    }
+    if loo is not None:
+        entry["loo"] = _finite_or_none(asdict(loo_agreement(scores, loo)))
+    return entry
+
+
+def _n_rankable(record: dict) -> Optional[int]:
+    """m, the number of rankable tokens, moved from the method entries to the record (same for all)."""
+    counts = {entry.pop("n_rankable") for entry in record["methods"].values()}
+    return counts.pop() if len(counts) == 1 else None
+
+
+def _finite_or_none(value: Any) -> Any:
+    """NaN/inf -> None, recursively: records and summary.json stay standard JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+# ====================================================================== statistics
+def _mean_sem(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (NaN for the SEM of fewer than 2 values)."""
+    x = np.asarray([v for v in values if v is not None], dtype=float)
+    if x.size == 0:
+        return float("nan"), float("nan")
+    sem = float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else float("nan")
+    return float(x.mean()), sem
+
+
+def _wilcoxon_p(differences: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p-value; NaN when undefined (n < 2, all zero)."""
+    if differences.size < 2 or not np.any(differences != 0):
+        return float("nan")
+    try:
+        return float(stats.wilcoxon(differences).pvalue)
+    except ValueError:
+        return float("nan")
+
+
+def _paired(records: list[dict], method: str, baseline: str) -> dict:
+    """Per-prompt comparison of two methods' AOPC (negative difference = method more faithful)."""
+    a = np.array([r["methods"][method]["aopc"] for r in records])
+    b = np.array([r["methods"][baseline]["aopc"] for r in records])
+    diff = a - b
+    mean, sem = _mean_sem(diff.tolist())
+    return {
+        "method": method,
+        "baseline": baseline,
+        "n": int(diff.size),
+        "mean_difference": mean,
+        "sem": sem,
+        "wilcoxon_p": _wilcoxon_p(diff),
+        "share_more_negative": float(np.mean(diff < 0)) if diff.size else float("nan"),
+    }
+
+
+def _method_summary(records: list[dict], method: str) -> dict:
+    entries = [r["methods"][method] for r in records]
+    aopc_mean, aopc_sem = _mean_sem([e["aopc"] for e in entries])
+    deltas = np.array([e["deltas"] for e in entries], dtype=float).reshape(len(entries), -1)
+    curve = np.array([e["curve"] for e in entries], dtype=float).reshape(len(entries), -1)
+    correct = [r["methods"][method]["aopc"] for r in records if r["correct"]]
+    times = [e["time_s"] for e in entries]
+    cpu = [e.get("cpu_s", float("nan")) for e in entries]
+    return {
+        "label": METHOD_LABELS[method],
+        "n": len(entries),
+        "aopc_mean": aopc_mean,
+        "aopc_sem": aopc_sem,
+        "aopc_mean_correct": _mean_sem(correct)[0],
+        "deltas_mean": [_mean_sem(col.tolist())[0] for col in deltas.T],
+        "deltas_sem": [_mean_sem(col.tolist())[1] for col in deltas.T],
+        "curve_mean": [_mean_sem(col.tolist())[0] for col in curve.T],
+        "curve_sem": [_mean_sem(col.tolist())[1] for col in curve.T],
+        "time_mean_s": float(np.mean(times)),
+        "time_median_s": float(np.median(times)),
+        "cpu_mean_s": float(np.mean(cpu)),
+    }
+
+
+def _loo_summary(records: list[dict], method: str) -> Optional[dict]:
+    entries = [r["methods"][method]["loo"] for r in records if "loo" in r["methods"][method]]
+    if not entries:
+        return None
+    out: dict[str, Any] = {"n": len(entries)}
+    for key in ("spearman", "kendall", "top1_percentile", "top_jaccard"):
+        out[f"{key}_mean"], out[f"{key}_sem"] = _mean_sem([e[key] for e in entries])
+    out["top_fraction"] = entries[0]["top_fraction"]
+    return out
+
+
+# ====================================================================== summary
+def summarize(records: list[dict], meta: dict) -> dict:
+    """Aggregate the per-prompt records of a run into the numbers of the report.
+
+    Args:
+        records: records as written by :func:`evaluate_prompt` (plus ``"id"``).
+        meta: the run's settings (``run.json``): ``methods``, ``aopc_fractions``,
+            ``curve_fractions``, ``model``, ``data``, ...
+    Returns:
+        dict with ``meta``, ``n_prompts``, ``n_skipped``, ``accuracy``,
+        ``mean_tokens``, ``has_bos``, ``methods`` (name -> AOPC, deltas, curve,
+        times), ``paired`` (list), ``loo`` (name -> agreement or missing),
+        ``paper`` (ordering comparison) and ``findings`` (sentences).
+    """
+    done = [r for r in records if "methods" in r]
+    if not done:
+        raise ValueError("no evaluated prompt in the records (all skipped, or none written yet)")
+    methods = [m for m in METHODS if m in meta.get("methods", METHODS) and all(m in r["methods"] for r in done)]
+    summary: dict[str, Any] = {
+        "meta": meta,
+        "n_prompts": len(done),
+        "n_skipped": len(records) - len(done),
+        "accuracy": float(np.mean([r["correct"] for r in done])),
+        "mean_tokens": float(np.mean([r["n_tokens"] for r in done])),
+        "has_bos": bool(done[0]["has_bos"]),
+        "mean_prompt_time_s": float(np.mean([r["time_s"] for r in done])),
+        "mean_prompt_cpu_s": float(np.mean([r.get("cpu_s", float("nan")) for r in done])),
+        "methods": {m: _method_summary(done, m) for m in methods},
+        "paired": [
+            _paired(done, scope, base)
+            for scope in SCOPES
+            for base in PAIRED_BASELINES
+            if scope in methods and base in methods
+        ],
+        "loo": {m: s for m in methods if (s := _loo_summary(done, m)) is not None},
+    }
+    loo_times = [r["loo_time_s"] for r in done if "loo_time_s" in r]
+    if loo_times:
+        summary["mean_loo_time_s"] = float(np.mean(loo_times))
+    summary["paper"] = _paper_comparison(summary)
+    summary["findings"] = _findings(summary)
+    return summary
+
+
+def _ordering(values: dict[str, float]) -> list[str]:
+    """Method names from most to least faithful (most negative AOPC first)."""
+    return sorted(values, key=lambda m: values[m])
+
+
+def _paper_comparison(summary: dict) -> dict:
+    """Our AOPC ordering of the paper's methods against each published column (Kendall tau)."""
+    ours = {m: s["aopc_mean"] for m, s in summary["methods"].items() if m in PAPER_AOPC}
+    columns = {}
+    for i, model in enumerate(PAPER_MODELS):
+        paper = {m: PAPER_AOPC[m][i] for m in ours}
+        tau = float("nan")
+        if len(ours) >= 2:
+            with np.errstate(all="ignore"):
+                tau = float(stats.kendalltau([ours[m] for m in ours], [paper[m] for m in ours])[0])
+        columns[model] = {"ordering": _ordering(paper), "kendall_tau": tau}
+    return {"methods": list(ours), "ours": _ordering(ours), "columns": columns}
+
+
+# ---------------------------------------------------------------------- findings
+def _verdict(paper_says_better: int, diff: float, p: float) -> str:
+    """How our paired difference relates to the paper's direction (better in k of 4 columns)."""
+    ours_better = diff < 0
+    significant = math.isfinite(p) and p < 0.05
+    paper_better = paper_says_better >= 3
+    paper_worse = paper_says_better <= 1
+    if not (paper_better or paper_worse):
+        return "the paper is split on this pair"
+    same = ours_better == paper_better
+    if same:
+        return "agrees with the paper" + ("" if significant else " in direction, but not significantly (p >= 0.05)")
+    return "DISAGREES with the paper" + (" (significant, p < 0.05)" if significant else ", though not significantly")
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _findings(summary: dict) -> list[str]:
+    """Plain sentences generated from the numbers: where our results agree with the paper's."""
+    methods = summary["methods"]
+    out = []
+    comparison = summary["paper"]
+    if len(comparison["methods"]) >= 2:
+        ours = " < ".join(f"{m} ({_fmt(methods[m]['aopc_mean'])})" for m in comparison["ours"])
+        out.append(f"Our AOPC ordering of the paper's methods, most faithful first: {ours}.")
+        taus = ", ".join(f"{model} {_fmt(c['kendall_tau'], 2)}" for model, c in comparison["columns"].items())
+        out.append(
+            f"Kendall tau between this ordering and each published column (1 = same order, -1 = reversed): {taus}."
+        )
+        best = comparison["ours"][0]
+        paper_best = {model: c["ordering"][0] for model, c in comparison["columns"].items()}
+        n_same = sum(b == best for b in paper_best.values())
+        out.append(
+            f"The most faithful of these methods here is {best}; the paper's best (among the same methods) is "
+            + ", ".join(f"{b} on {model}" for model, b in paper_best.items())
+            + f" ({n_same} of {len(paper_best)} columns agree)."
+        )
+    by_pair = {(p["method"], p["baseline"]): p for p in summary["paired"]}
+    for scope in SCOPES:
+        pair = by_pair.get((scope, "grad_x_input"))
+        if pair is None or scope not in PAPER_AOPC:
+            continue
+        k = sum(s < g for s, g in zip(PAPER_AOPC[scope], PAPER_AOPC["grad_x_input"]))
+        out.append(
+            f"{scope} vs gradient x input: the paper has {scope} more faithful on {k} of 4 models; here the mean "
+            f"AOPC difference is {_fmt(pair['mean_difference'])} +- {_fmt(pair['sem'])} (Wilcoxon "
+            f"p = {_fmt(pair['wilcoxon_p'], 3)}, {scope} more negative on {100 * pair['share_more_negative']:.0f}% "
+            f"of prompts): {_verdict(k, pair['mean_difference'], pair['wilcoxon_p'])}."
+        )
+    for scope in SCOPES:
+        pair = by_pair.get((scope, "ig50"))
+        if pair is not None:
+            better = "more" if pair["mean_difference"] < 0 else "less"
+            out.append(
+                f"{scope} is {better} faithful than Captum's 50-step Integrated Gradients (not in the paper): "
+                f"{_fmt(pair['mean_difference'])} +- {_fmt(pair['sem'])}, p = {_fmt(pair['wilcoxon_p'], 3)}."
+            )
+    if "ig5" in methods and "ig50" in methods:
+        out.append(
+            f"Integrated Gradients with 5 steps (the paper's, weak) gives AOPC {_fmt(methods['ig5']['aopc_mean'])}, "
+            f"with 50 steps {_fmt(methods['ig50']['aopc_mean'])}."
+        )
+    if "random" in methods:
+        worse = [m for m in methods if m != "random" and methods[m]["aopc_mean"] >= methods["random"]["aopc_mean"]]
+        out.append(
+            "Every method beats random deletion, as in the paper."
+            if not worse
+            else f"Not better than random here (unlike the paper): {', '.join(worse)}."
+        )
+    if "semantic" in methods and "saliency" in methods:
+        gap = max(abs(a - b) for a, b in zip(methods["semantic"]["curve_mean"], methods["saliency"]["curve_mean"]))
+        out.append(
+            "Saliency (gradient norm of the y* logit) is mathematically the Semantic Scope with target y*; "
+            f"their mean deletion curves differ by at most {gap:.2g} (float rounding and ties)."
+        )
+    out.extend(_loo_findings(summary))
+    out.append(
+        f"Caveat: the paper's models are 1-3B parameters; this run uses {summary['meta'].get('model')}, so "
+        "absolute AOPC values are not comparable, only orderings and signs of differences."
+    )
+    return out
+
+
+def _loo_findings(summary: dict) -> list[str]:
+    loo = summary["loo"]
+    shared = [m for m in PAPER_LOO if m in loo and loo[m]["spearman_mean"] is not None]
+    shared = [m for m in shared if math.isfinite(loo[m]["spearman_mean"])]
+    if len(shared) < 2:
+        return []
+    ours = sorted(shared, key=lambda m: -loo[m]["spearman_mean"])
+    paper = sorted(shared, key=lambda m: -PAPER_LOO[m][2])
+    with np.errstate(all="ignore"):
+        tau = float(stats.kendalltau([loo[m]["spearman_mean"] for m in shared], [PAPER_LOO[m][2] for m in shared])[0])
+    n = next(iter(loo.values()))["n"]
+    return [
+        f"LOO agreement (Spearman, {n} prompts), best first: here {' > '.join(ours)}; the paper (Llama-3.2-1B, "
+        f"its Fisher row is k=4 and its IG 10 steps) {' > '.join(paper)}; Kendall tau {_fmt(tau, 2)}."
+    ]
+
+
+# ====================================================================== report
+def render_report(summary: dict) -> str:
+    """The Markdown report of a summary (see :func:`summarize`)."""
+    meta, methods = summary["meta"], summary["methods"]
+    fractions = meta.get("aopc_fractions", AOPC_FRACTIONS)
+    heads = [f"D{round(100 * f)}" for f in fractions]
+    lines = [
+        f"# Faithfulness benchmark: {meta.get('model')}",
+        "",
+        *(["**Partial report: the run has not finished (records read from its shards).**", ""]
+          if summary.get("partial") else []),
+        f"{summary['n_prompts']} prompts from {meta.get('data')} ({summary['n_skipped']} skipped as too short), "
+        f"dtype {meta.get('dtype')}, seed {meta.get('seed')}, mean length {summary['mean_tokens']:.1f} tokens. "
+        f"The tokenizer {'adds' if summary['has_bos'] else 'adds NO'} BOS token"
+        f"{'' if summary['has_bos'] else ', so none is prepended'}.",
+        f"y* (the model's top-1 on the intact prompt) is the true last token on {100 * summary['accuracy']:.1f}% "
+        f"of prompts. Mean time per prompt, everything included: {summary['mean_prompt_time_s']:.2f} s wall, "
+        f"{_fmt(summary['mean_prompt_cpu_s'], 2)} s CPU (all threads).",
+        "",
+        "## AOPC (deletion, most relevant first; more negative = more faithful)",
+        "",
+        f"| method | AOPC mean ± SEM | {' | '.join(heads)} | mean attribution time (s) | CPU time (s) |",
+        "|---|---|" + "---|" * len(heads) + "---|---|",
+    ]
+    for m, s in methods.items():
+        deltas = " | ".join(_fmt(d) for d in s["deltas_mean"])
+        lines.append(
+            f"| {m} | {_fmt(s['aopc_mean'])} ± {_fmt(s['aopc_sem'])} | {deltas} | {s['time_mean_s']:.4f} | "
+            f"{_fmt(s['cpu_mean_s'], 4)} |"
+        )
+    lines += ["", "D_f = mean of log p_ablated(y*) - log p_orig(y*) with the top f of the tokens zeroed.", ""]
+    lines += _paper_table(summary)
+    lines += _paired_table(summary)
+    lines += _loo_table(summary)
+    lines += [
+        "## Deletion curves",
+        "",
+        "![mean log-prob change vs fraction deleted](deletion_curves.png)",
+        "",
+        "![AOPC per method](aopc.png)",
+        "",
+        "## How this compares with the paper",
+        "",
+    ]
+    lines += [f"- {sentence}" for sentence in summary["findings"]]
+    lines += ["", "## Methods and notes", ""]
+    lines += [f"- `{m}`: {METHOD_LABELS[m]}" for m in methods]
+    lines += [
+        "- Captum baselines attribute the LOGIT of y* at the explained position w.r.t. the input embeddings "
+        "(`model(inputs_embeds=e).logits[:, position, y*]`, parameters frozen); Integrated Gradients uses a zero "
+        "baseline and Captum's default Gauss-Legendre rule. Every attribution (scopes and baselines) is reduced to "
+        "one score per token with the L2 norm over the embedding dimension.",
+        "- Special tokens (BOS, ...) are never ranked or ablated. Ablation = input embedding set to zero, tokens, "
+        "positions and attention mask unchanged (the paper's protocol).",
+        "- Attribution time is the wall time of the attribution alone (not of the metrics), on this machine; "
+        "CPU time adds up the process's threads and is not inflated by other jobs sharing the CPU (on a GPU it "
+        "only counts the host side).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _paper_table(summary: dict) -> list[str]:
+    methods = summary["methods"]
+    ranks = {m: i + 1 for i, m in enumerate(summary["paper"]["ours"])}
+    lines = [
+        "## Beside the paper's numbers (AOPC, LAMBADA-1000)",
+        "",
+        f"Rank among the paper's six methods in brackets. Our model: {summary['meta'].get('model')}.",
+        "",
+        "| method | paper's name | ours | " + " | ".join(PAPER_MODELS) + " |",
+        "|---|---|---|" + "---|" * len(PAPER_MODELS),
+    ]
+    for m, s in methods.items():
+        ours = _fmt(s["aopc_mean"]) + (f" ({ranks[m]})" if m in ranks else "")
+        if m in PAPER_AOPC:
+            paper = []
+            for i, model in enumerate(PAPER_MODELS):
+                order = summary["paper"]["columns"][model]["ordering"]
+                rank = f" ({order.index(m) + 1})" if m in order else ""
+                paper.append(f"{PAPER_AOPC[m][i]:.3f}{rank}")
+            lines.append(f"| {m} | {PAPER_AOPC_NAMES[m]} | {ours} | " + " | ".join(paper) + " |")
+        else:
+            lines.append(f"| {m} | (not in the paper) | {ours} | " + " | ".join("—" for _ in PAPER_MODELS) + " |")
+    return lines + [""]
+
+
+def _paired_table(summary: dict) -> list[str]:
+    if not summary["paired"]:
+        return []
+    lines = [
+        "## Paired per-prompt comparisons (scope AOPC - baseline AOPC)",
+        "",
+        "| scope | baseline | mean difference ± SEM | Wilcoxon p | share of prompts scope more negative | n |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in summary["paired"]:
+        lines.append(
+            f"| {p['method']} | {p['baseline']} | {_fmt(p['mean_difference'])} ± {_fmt(p['sem'])} | "
+            f"{_fmt(p['wilcoxon_p'], 4)} | {_fmt(p['share_more_negative'], 3)} | {p['n']} |"
+        )
+    return lines + ["", "Negative difference = the scope removes more of the prediction = more faithful.", ""]
+
+
+def _loo_table(summary: dict) -> list[str]:
+    loo = summary["loo"]
+    if not loo:
+        return []
+    n = next(iter(loo.values()))["n"]
+    top = next(iter(loo.values()))["top_fraction"]
+    lines = [
+        f"## Leave-one-out agreement ({n} prompts)",
+        "",
+        "Ground truth: KL(P_orig || P_ablated) when one token's embedding is zeroed. Top-1 percentile: share of "
+        "tokens with a larger LOO influence than the method's top token (lower is better, random ~50).",
+        "",
+        f"| method | Spearman | Kendall | top-1 LOO percentile | top-{round(100 * top)}% Jaccard | "
+        "paper (Llama-3.2-1B): row, top-1 pct / Spearman |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m, s in loo.items():
+        paper = "—"
+        if m in PAPER_LOO:
+            name, pct, rho = PAPER_LOO[m]
+            paper = f"{name}: {pct} / {rho:.3f}"
+        lines.append(
+            f"| {m} | {_fmt(s['spearman_mean'])} ± {_fmt(s['spearman_sem'])} | {_fmt(s['kendall_mean'])} | "
+            f"{_fmt(s['top1_percentile_mean'], 2)} ± {_fmt(s['top1_percentile_sem'], 2)} | "
+            f"{_fmt(s['top_jaccard_mean'])} | {paper} |"
+        )
+    if "mean_loo_time_s" in summary:
+        lines += ["", f"Leave-one-out ground truth cost {summary['mean_loo_time_s']:.2f} s per prompt."]
+    return lines + [""]
+
+
+def _plot_curves(summary: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fractions = summary["meta"].get("curve_fractions", CURVE_FRACTIONS)
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for m, s in summary["methods"].items():
+        mean, sem = np.array(s["curve_mean"]), np.nan_to_num(np.array(s["curve_sem"], dtype=float))
+        (line,) = ax.plot(fractions, mean, marker=".", label=m, linestyle="--" if m not in SCOPES else "-")
+        ax.fill_between(fractions, mean - sem, mean + sem, color=line.get_color(), alpha=0.15, linewidth=0)
+    ax.axhline(0.0, color="grey", linewidth=0.5)
+    ax.set_xlabel("fraction of tokens deleted (most relevant first)")
+    ax.set_ylabel("mean log p(y*) change")
+    ax.set_title(f"Deletion curves, {summary['meta'].get('model')}, {summary['n_prompts']} prompts (± SEM)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _plot_aopc(summary: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    names = list(summary["methods"])
+    means = [summary["methods"][m]["aopc_mean"] for m in names]
+    sems = np.nan_to_num([summary["methods"][m]["aopc_sem"] for m in names])
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.add_subplot()
+    colors = ["tab:blue" if m in SCOPES else "tab:grey" for m in names]
+    ax.bar(names, means, yerr=sems, color=colors, capsize=3)
+    ax.set_ylabel("AOPC (more negative = more faithful)")
+    ax.tick_params(axis="x", labelrotation=30)
+    ax.set_title(f"AOPC ± SEM, {summary['meta'].get('model')}, {summary['n_prompts']} prompts")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_report(out_dir: Path, records: Optional[list[dict]] = None) -> dict:
+    """Summarise the records of ``out_dir`` (default: its records.jsonl) and write
+    ``summary.json``, ``report.md``, ``deletion_curves.png`` and ``aopc.png`` there.
+
+    Returns:
+        the summary (see :func:`summarize`).
+    Raises:
+        ValueError: no ``run.json`` / records in ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    run_file = out_dir / "run.json"
+    if not run_file.is_file():
+        raise ValueError(f"{out_dir} holds no benchmark run (no run.json); run the benchmark first")
+    meta = json.loads(run_file.read_text(encoding="utf-8"))
+    partial = records is None and not (out_dir / RECORDS_FILE).is_file()
+    if records is None:
+        records = _partial_records(out_dir) if partial else read_records(out_dir)
+    summary = summarize(records, meta)
+    summary["partial"] = partial
+    (out_dir / "summary.json").write_text(
+        json.dumps(_finite_or_none(summary), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    (out_dir / "report.md").write_text(render_report(summary), encoding="utf-8")
+    _plot_curves(summary, out_dir / "deletion_curves.png")
+    _plot_aopc(summary, out_dir / "aopc.png")
+    return summary
+
+
+def _partial_records(out_dir: Path) -> list[dict]:
+    """Records written so far by an unfinished (or running) run, from its shards,
+    in prompt-id order (numeric ids numerically)."""
+    # the runner's own shard reader: it skips a line still being written
+    by_id = _read_shard_records(out_dir)
+    if not by_id:
+        raise ValueError(f"{out_dir} holds no record yet (no records.jsonl, no shard-*.jsonl with a record)")
+    return [by_id[i] for i in sorted(by_id, key=lambda i: (0, int(i), "") if i.isdigit() else (1, 0, i))]
+
+
+# ====================================================================== command line
+def default_out_dir(model: Optional[str]) -> Path:
+    """``benchmarks/results/faithfulness-<model short name>`` in the repository."""
+    return Path(__file__).resolve().parents[1] / "benchmarks" / "results" / f"faithfulness-{model_short_name(model)}"
+
+
+def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
+    """The argument parser of :func:`main`."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Faithfulness benchmark of the Jacobian Scopes paper: AOPC by deletion (and optional "
+        "leave-one-out agreement) of the scopes and Captum baselines on LAMBADA passages.",
+        epilog='Several processes: CUDA_VISIBLE_DEVICES="" accelerate launch --multi_gpu --num_processes 2 '
+        "benchmarks/faithfulness.py ... (or torchrun --nproc_per_node 2 ...). Reruns resume.",
+    )
+    parser.add_argument("--model", default=None, help="model name or path (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--data", default="lambada",
+                        help="'lambada' (default: ../shared/data/lambada_1000.json), a .json/.jsonl file of "
+                        "{\"text\": ...} objects, or hf:NAME[:SPLIT[:FIELD]]")
+    parser.add_argument("--n", type=int, default=None, help="number of prompts (default: all)")
+    parser.add_argument("--offset", type=int, default=0, help="prompts skipped at the start (default 0)")
+    parser.add_argument("--methods", default="all", help=f"comma-separated among {', '.join(METHODS)} (default all)")
+    parser.add_argument("--loo-n", type=int, default=0,
+                        help="leave-one-out agreement on the first K prompts after --offset (default 0: none)")
+    parser.add_argument("--out", default=None, help="output folder (default benchmarks/results/faithfulness-<model>)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random method and Fisher probes (default 0)")
+    parser.add_argument("--overwrite", action="store_true", help="discard a previous run in --out instead of resuming")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"],
+                        help="model dtype (default float32)")
+    parser.add_argument("--device", default=None,
+                        help="torch device (default: cuda:LOCAL_RANK when CUDA is available, else cpu)")
+    parser.add_argument("--batch-size", type=int, default=16, help="ablated variants per forward (default 16)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rebuild the report from the records in --out (a partial one while a run is unfinished)")
+    return parser
+
+
+def _check_args(args: argparse.Namespace) -> tuple[str, ...]:
+    methods = parse_methods(args.methods)
+    for name in ("n", "loo_n", "batch_size"):
+        value = getattr(args, name)
+        low = 0 if name == "loo_n" else 1
+        if value is not None and value < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    if args.offset < 0:
+        raise ValueError(f"--offset must be >= 0, got {args.offset}")
+    return methods
+
+
+def _device(choice: Optional[str]) -> str:
+    if choice is not None:
+        return choice
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "cpu"
+
+
+def _run(args: argparse.Namespace, methods: tuple[str, ...], out_dir: Path) -> dict:
+    prompts = load_prompts(None if args.data == "lambada" else args.data, args.n, offset=args.offset)
+    meta = {
+        "benchmark": "faithfulness",
+        "format": RECORD_FORMAT,
+        "model": _model_id(args.model),
+        "data": _data_id(args.data),
+        "dtype": args.dtype,
+        "methods": list(methods),
+        "loo_n": args.loo_n,
+        "seed": args.seed,
+        "aopc_fractions": list(AOPC_FRACTIONS),
+        "curve_fractions": list(CURVE_FRACTIONS),
+        "ablation": "zero",
+    }
+    settings = Settings(
+        methods=methods,
+        loo_ids=frozenset(p.id for p in prompts[: args.loo_n]),
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=_device(args.device), progress=False)
+    path = run_sharded(
+        prompts,
+        lambda prompt: evaluate_prompt(model, tokenizer, prompt, settings),
+        out_dir,
+        desc="faithfulness",
+        meta=meta,
+        overwrite=args.overwrite,
+    )
+    if os.environ.get("RANK", "0") != "0":  # one process writes the report
+        return {}
+    return write_report(out_dir, read_records(path))
+
+
+def _print_summary(summary: dict, out_dir: Path) -> None:
+    print(f"{summary['n_prompts']} prompts; AOPC (more negative = more faithful), mean attribution time:")
+    for m, s in summary["methods"].items():
+        print(f"  {m:13s} {_fmt(s['aopc_mean']):>7s} ± {_fmt(s['aopc_sem'])}   {s['time_mean_s']:.3f} s")
+    print(f"report: {out_dir / 'report.md'}")
+
+
+def main(argv: Optional[Sequence[str]] = None, *, prog: Optional[str] = None) -> int:
+    """Run the benchmark (or rebuild its report); returns the exit status
+    (0 ok, 2 bad arguments or input, e.g. an unknown method or unreadable dataset).
+
+    Args:
+        argv: the arguments (default ``sys.argv[1:]``); see ``--help``.
+        prog: program name shown in the usage (e.g. "jscopes bench faithfulness").
+    """
+    parser = build_parser(prog)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, or a syntax error argparse already explained
+        return stop.code if isinstance(stop.code, int) else 2
+    try:
+        methods = _check_args(args)
+        out_dir = Path(args.out) if args.out else default_out_dir(args.model)
+        summary = write_report(out_dir) if args.report_only else _run(args, methods, out_dir)
+    except (ValueError, ModelNotAvailableError) as err:
+        print(f"faithfulness benchmark: error: {err}", file=sys.stderr)
+        return 2
+    if summary:
+        _print_summary(summary, out_dir)
+    return 0

@@ -1,0 +1,307 @@
+"""Tests of the faithfulness benchmark (captum_jscopes.bench_faithfulness) on a tiny
+Llama saved to a temporary folder and a handful of prompts made of its words."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import WORDS, assert_unchanged, make_model, make_tokenizer, snapshot
+
+from captum_jscopes import bench_faithfulness as bench
+from captum_jscopes.faithfulness import aopc
+
+PROMPTS = [
+    "the cat sat on the mat and the dog ran to the house",
+    "Tom went home to the South and he liked the red food",
+    "she was to Paris , the capital city of France , one two three four",
+    "they ran to the big blue house and it was small",
+    "the dog is red and the cat is blue , he liked the cat",
+    "one two three four five six seven eight nine ten",
+]
+FAST = ["--dtype", "float32"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    make_model("llama").save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def write_prompts(path: Path, texts=PROMPTS) -> Path:
+    path.write_text(json.dumps([{"text": t} for t in texts]), encoding="utf-8")
+    return path
+
+
+def run(tiny_model_dir, data, out, *extra) -> int:
+    return bench.main(["--model", str(tiny_model_dir), "--data", str(data), "--out", str(out), *FAST, *extra])
+
+
+def aopc_table(report: str) -> dict[str, float]:
+    """method -> AOPC mean, parsed from the first table of report.md."""
+    section = report.split("## AOPC", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0] in bench.METHODS:
+            rows[cells[0]] = float(cells[1].split("±")[0])
+    return rows
+
+
+# ----------------------------------------------------------------------------- the whole run
+def test_full_run_writes_every_record_and_the_report(tiny_model_dir, tmp_path):
+    data = write_prompts(tmp_path / "prompts.json")
+    out = tmp_path / "out"
+    assert run(tiny_model_dir, data, out, "--n", "5", "--loo-n", "2") == 0
+
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == ["0", "1", "2", "3", "4"]
+    for r in records:
+        assert set(r["methods"]) == set(bench.METHODS)
+        assert r["has_bos"] is True  # the tiny tokenizer adds <bos>
+        for entry in r["methods"].values():
+            assert len(entry["deltas"]) == 3 and len(entry["curve"]) == len(bench.CURVE_FRACTIONS)
+            assert entry["curve"][0] == 0.0  # nothing deleted
+            assert entry["time_s"] > 0
+            assert ("loo" in entry) == (r["id"] in ("0", "1"))
+
+    summary = json.loads((out / "summary.json").read_text())
+    report = (out / "report.md").read_text()
+    table = aopc_table(report)
+    assert set(table) == set(bench.METHODS)
+    for m, value in table.items():
+        assert value == pytest.approx(summary["methods"][m]["aopc_mean"], abs=1e-3)
+        mean = sum(r["methods"][m]["aopc"] for r in records) / len(records)
+        assert summary["methods"][m]["aopc_mean"] == pytest.approx(mean)
+    assert (out / "deletion_curves.png").stat().st_size > 1000
+    assert (out / "aopc.png").stat().st_size > 1000
+    assert set(summary["loo"]) == set(bench.METHODS) and summary["loo"]["semantic"]["n"] == 2
+    assert "## Leave-one-out agreement (2 prompts)" in report
+    assert "-1.298" in report  # the paper's Semantic AOPC on Llama-3.2-1B sits beside ours
+    assert len(summary["paired"]) == len(bench.SCOPES) * 2
+    assert summary["findings"] and all(isinstance(s, str) for s in summary["findings"])
+
+    # --report-only rebuilds the same report from the records
+    (out / "report.md").unlink()
+    assert bench.main(["--report-only", "--out", str(out)]) == 0
+    assert (out / "report.md").read_text() == report
+
+
+def test_resume_computes_only_the_missing_prompts(tiny_model_dir, tmp_path):
+    data = write_prompts(tmp_path / "prompts.json")
+    out = tmp_path / "out"
+    methods = ["--methods", "semantic,random,grad_x_input"]
+    assert run(tiny_model_dir, data, out, "--n", "2", *methods) == 0
+    first = (out / "records.jsonl").read_text().splitlines()
+    assert run(tiny_model_dir, data, out, "--n", "4", *methods) == 0
+    second = (out / "records.jsonl").read_text().splitlines()
+    assert len(second) == 4
+    # wall-clock timings would differ had the first two prompts been computed again
+    assert second[:2] == first
+    shard_lines = sum(len(p.read_text().splitlines()) for p in out.glob("shard-*.jsonl"))
+    assert shard_lines == 4
+    assert json.loads((out / "summary.json").read_text())["n_prompts"] == 4
+
+
+def test_interrupted_run_gives_a_partial_report_and_resumes(tiny_model_dir, tmp_path):
+    data = write_prompts(tmp_path / "prompts.json")
+    out = tmp_path / "out"
+    assert run(tiny_model_dir, data, out, "--n", "4", "--methods", "random,saliency") == 0
+    # what a crash during prompt 3 leaves: no merged file, a half-written last line
+    (out / "records.jsonl").unlink()
+    (shard,) = out.glob("shard-*.jsonl")
+    lines = shard.read_text().splitlines(keepends=True)
+    shard.write_text("".join(lines[:2]) + lines[2][:25])
+
+    assert bench.main(["--report-only", "--out", str(out)]) == 0
+    assert "Partial report" in (out / "report.md").read_text()
+    assert json.loads((out / "summary.json").read_text())["n_prompts"] == 2
+
+    assert run(tiny_model_dir, data, out, "--n", "4", "--methods", "random,saliency") == 0
+    after = (out / "records.jsonl").read_text().splitlines(keepends=True)
+    assert after[:2] == lines[:2] and len(after) == 4
+    assert "Partial report" not in (out / "report.md").read_text()
+
+
+def test_rerun_with_other_settings_is_refused(tiny_model_dir, tmp_path, capsys):
+    data = write_prompts(tmp_path / "prompts.json")
+    out = tmp_path / "out"
+    assert run(tiny_model_dir, data, out, "--n", "2", "--methods", "random") == 0
+    assert run(tiny_model_dir, data, out, "--n", "2", "--methods", "random", "--seed", "1") == 2
+    assert "other settings" in capsys.readouterr().err
+    assert run(tiny_model_dir, data, out, "--n", "2", "--methods", "random", "--seed", "1", "--overwrite") == 0
+
+
+def test_records_match_a_direct_aopc(tiny_model_dir, tmp_path):
+    data = write_prompts(tmp_path / "prompts.json")
+    out = tmp_path / "out"
+    assert run(tiny_model_dir, data, out, "--n", "1", "--methods", "temperature") == 0
+    record = json.loads((out / "records.jsonl").read_text())
+    model, tokenizer = bench.load_model(str(tiny_model_dir))
+    prepared = bench.prepare_prompt(tokenizer, PROMPTS[0])
+    scores = bench.method_scores("temperature", model, tokenizer, prepared.input_ids, record["target"])
+    expected = aopc(model, prepared.input_ids, scores, tokenizer=tokenizer)
+    assert record["target"] == expected.target
+    assert record["methods"]["temperature"]["aopc"] == pytest.approx(expected.aopc, abs=1e-6)
+    assert record["methods"]["temperature"]["deltas"] == pytest.approx(list(expected.deltas), abs=1e-6)
+    assert record["n_rankable"] == expected.n_rankable == len(PROMPTS[0].split()) - 1
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_dataset_file_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"words": "no text field"}]), encoding="utf-8")
+    assert run(tiny_model_dir, bad, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "bad.json" in err and "'text'" in err
+    assert run(tiny_model_dir, tmp_path / "missing.json", tmp_path / "out") == 2
+    assert "missing.json" in capsys.readouterr().err
+
+
+def test_unknown_method_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
+    data = write_prompts(tmp_path / "prompts.json")
+    assert run(tiny_model_dir, data, tmp_path / "out", "--methods", "semantic,lime") == 2
+    err = capsys.readouterr().err
+    assert "'lime'" in err and "grad_x_input" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_only_without_a_run_is_a_clear_error(tmp_path, capsys):
+    assert bench.main(["--report-only", "--out", str(tmp_path / "nothing")]) == 2
+    assert "no benchmark run" in capsys.readouterr().err
+
+
+def test_parse_methods():
+    assert bench.parse_methods("all") == bench.METHODS
+    assert bench.parse_methods("random, semantic") == ("semantic", "random")  # canonical order
+    with pytest.raises(ValueError, match="no method"):
+        bench.parse_methods(" , ")
+
+
+# ----------------------------------------------------------------------------- protocol pieces
+def test_prepare_prompt_drops_the_last_token_and_keeps_bos():
+    tokenizer = make_tokenizer()
+    prepared = bench.prepare_prompt(tokenizer, "the cat sat on the mat")
+    ids = tokenizer("the cat sat on the mat")["input_ids"]
+    assert prepared.input_ids.tolist() == [ids[:-1]]
+    assert prepared.true_token == ids[-1] == tokenizer.convert_tokens_to_ids("mat")
+    assert prepared.has_bos and ids[0] == tokenizer.bos_token_id
+    with pytest.raises(ValueError, match="too short"):
+        bench.prepare_prompt(tokenizer, "cat")
+
+
+def test_prepare_prompt_ignores_an_appended_eos():
+    from tokenizers import processors
+
+    tokenizer = make_tokenizer()
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", 1), ("<eos>", 2)]
+    )
+    prepared = bench.prepare_prompt(tokenizer, "the cat sat")
+    assert prepared.true_token == tokenizer.convert_tokens_to_ids("sat")
+    assert prepared.input_ids.tolist() == [[1] + tokenizer.convert_tokens_to_ids(["the", "cat"])]
+
+
+def test_saliency_equals_semantic_scope_and_baselines_leave_the_model_alone():
+    model = make_model("llama")
+    model.train()  # a caller's state that must come back
+    model.model.layers[0].mlp.gate_proj.weight.requires_grad_(False)
+    before = snapshot(model)
+    tokenizer = make_tokenizer()
+    ids = bench.prepare_prompt(tokenizer, PROMPTS[0]).input_ids
+    target = 7
+    saliency = bench.method_scores("saliency", model, tokenizer, ids, target)
+    semantic = bench.method_scores("semantic", model, tokenizer, ids, target)
+    rankable = torch.arange(ids.shape[1]) > 0  # the scope gives BOS a 0; Captum does not
+    torch.testing.assert_close(saliency[rankable], semantic[rankable], rtol=1e-4, atol=1e-7)
+    for method in ("grad_x_input", "ig5", "ig50"):
+        scores = bench.method_scores(method, model, tokenizer, ids, target)
+        assert scores.shape == (ids.shape[1],) and bool((scores >= 0).all()) and float(scores.sum()) > 0
+    assert_unchanged(model, before)
+
+
+def test_integrated_gradients_converges_to_its_completeness_sum():
+    """With more steps, IG's attributions sum to f(x) - f(0) (completeness): the
+    50-step run is checked on the raw attribution before the L2 reduction."""
+    from captum.attr import IntegratedGradients
+
+    model = make_model("llama", torch.float64)
+    ids = bench.prepare_prompt(make_tokenizer(), PROMPTS[1]).input_ids
+    embeds = model.get_input_embeddings()(ids).detach()
+    forward = bench._logit_forward(model, ids.shape[1], ids.shape[1] - 1, 5)
+    attr = IntegratedGradients(forward).attribute(embeds, n_steps=50, internal_batch_size=10)
+    gap = (forward(embeds) - forward(torch.zeros_like(embeds))).item()
+    assert attr.sum().item() == pytest.approx(gap, rel=1e-3, abs=1e-6)
+    # the forward with logits_to_keep gives the same logit as a full forward
+    full = model(inputs_embeds=embeds).logits[0, -1, 5]
+    assert forward(embeds).item() == pytest.approx(full.item(), abs=1e-10)
+
+
+def test_random_scores_are_seeded_per_prompt():
+    a = bench.random_scores(10, 0, "3")
+    assert torch.equal(a, bench.random_scores(10, 0, "3"))
+    assert not torch.equal(a, bench.random_scores(10, 0, "4"))
+    assert not torch.equal(a, bench.random_scores(10, 1, "3"))
+
+
+# ----------------------------------------------------------------------------- report on synthetic records
+def synthetic_records(n=30, seed=0):
+    """semantic is better than grad_x_input by 0.1 on every prompt, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    records = []
+    for i in range(n):
+        base = -1.0 + 0.1 * float(torch.randn(1, generator=g))
+        aopcs = {"semantic": base - 0.1, "grad_x_input": base, "random": -0.2, "ig5": base + 0.3}
+        methods = {
+            m: {"aopc": v, "deltas": [v, v, v], "curve": [0.0] + [v] * 10, "time_s": 0.01} for m, v in aopcs.items()
+        }
+        records.append({"id": str(i), "n_tokens": 10, "n_rankable": 10, "has_bos": False, "target": 1,
+                        "true_token": 1, "correct": i % 2 == 0, "log_prob": -1.0, "methods": methods, "time_s": 0.1})
+    return records
+
+
+def test_summary_statistics_and_findings():
+    records = synthetic_records()
+    meta = {"model": "toy", "methods": ["semantic", "grad_x_input", "random", "ig5"], "data": "x"}
+    summary = bench.summarize(records + [{"id": "99", "skipped": "passage too short"}], meta)
+    assert summary["n_prompts"] == 30 and summary["n_skipped"] == 1
+    assert summary["accuracy"] == pytest.approx(0.5)
+    (pair,) = summary["paired"]
+    assert (pair["method"], pair["baseline"]) == ("semantic", "grad_x_input")
+    assert pair["mean_difference"] == pytest.approx(-0.1)
+    assert pair["share_more_negative"] == 1.0 and pair["wilcoxon_p"] < 1e-5
+    values = [r["methods"]["semantic"]["aopc"] for r in records]
+    mean = sum(values) / len(values)
+    sem = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+    assert summary["methods"]["semantic"]["aopc_sem"] == pytest.approx(sem)
+    # ordering semantic < grad_x_input < ig5 < random: the paper's Llama-3.2-1B column has the same order
+    assert summary["paper"]["ours"] == ["semantic", "grad_x_input", "ig5", "random"]
+    assert summary["paper"]["columns"]["Llama-3.2-1B"]["kendall_tau"] == pytest.approx(1.0)
+    text = " ".join(summary["findings"])
+    assert "semantic vs gradient x input: the paper has semantic more faithful on 3 of 4 models" in text
+    assert "Every method beats random deletion" in text
+    report = bench.render_report(summary)
+    assert re.search(r"\| semantic \| grad_x_input \| -0\.100 ± 0\.000 \|", report)
+
+
+def test_summary_of_no_evaluated_prompt_is_an_error():
+    with pytest.raises(ValueError, match="no evaluated prompt"):
+        bench.summarize([{"id": "0", "skipped": "short"}], {"methods": ["random"]})
+
+
+def test_default_out_dir_uses_the_model_short_name():
+    root = Path(bench.__file__).resolve().parents[1]
+    assert bench.default_out_dir(None) == root / "benchmarks" / "results" / "faithfulness-smollm2-135m-instruct"
+    assert bench.default_out_dir("smollm2").name == "faithfulness-smollm2-135m-instruct"
+    assert bench.default_out_dir("meta-llama/Llama-3.2-1B/").name == "faithfulness-Llama-3.2-1B"
+
+
+def test_prompt_words_are_in_the_tiny_vocabulary():
+    vocab = set(WORDS)
+    assert all(set(p.split()) <= vocab for p in PROMPTS)
