@@ -61,7 +61,10 @@ def test_smollm2_paris_target_string(smollm2):
     by_id = SemanticScope(model, tokenizer).attribute(ids, target=tokenizer.encode(" Paris")[0])
     assert torch.equal(by_string, by_id)
     words = tokenizer.convert_ids_to_tokens(ids[0].tolist())
-    assert words[int(by_string[0].argmax())] in ("ĠFrance", "Ġcapital")
+    score = dict(zip(words, by_string[0].tolist()))
+    # SmolLM2 has no BOS: its first token is the attention sink and scores high; among the
+    # others the content words drive " Paris" more than the function words
+    assert min(score["Ġcapital"], score["ĠFrance"]) > max(score["Ġof"], score["Ġis"])
 
 
 @pytest.mark.skipif(
