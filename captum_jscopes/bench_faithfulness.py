@@ -7,7 +7,10 @@ or, on several processes sharing the prompts (CPU: ``--multi_gpu`` with
 starts only ONE process in accelerate 1.15)::
 
     CUDA_VISIBLE_DEVICES="" accelerate launch --multi_gpu --num_processes 2 benchmarks/faithfulness.py --n 1000
-    torchrun --nproc_per_node 2 benchmarks/faithfulness.py --n 1000
+    torchrun --nproc_per_node 2 benchmarks/faithfulness.py --n 1000 --threads 1
+
+One thread per process (``--threads 1``; torchrun's default) is the fastest on a
+CPU shared with other jobs: idle OpenMP threads spin and slow everything down.
 
 Protocol per prompt (../shared/PAPER.md, "Evaluation protocol of the paper"):
 
@@ -56,7 +59,14 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from .faithfulness import ablated_log_probs, deletion_curve, leave_one_out, loo_agreement, trapezoid_area
+from .faithfulness import (
+    ablated_log_probs,
+    deletion_curve,
+    leave_one_out,
+    loo_agreement,
+    rankable_mask,
+    trapezoid_area,
+)
 from .fisher_scope import FisherScope
 from .forward import accepts
 from .model_state import preserved_state
@@ -340,11 +350,12 @@ def evaluate_prompt(model: nn.Module, tokenizer: Any, prompt: Prompt, settings: 
 
     Returns:
         ``{"skipped": reason}`` for a passage too short to explain, else a dict with
-        ``n_tokens``, ``n_rankable``, ``has_bos``, ``target`` (y*), ``true_token``,
-        ``correct``, ``log_prob`` (log p(y*)), ``time_s`` (whole prompt), optional
-        ``loo_time_s``, and ``methods``: name -> ``{"time_s", "aopc", "deltas"
-        (at the AOPC fractions), "curve" (deltas at the curve fractions), optional
-        "loo" (LooAgreement fields)}``.
+        ``n_tokens``, ``n_rankable`` (non-special tokens), ``has_bos``, ``target``
+        (y*), ``true_token``, ``correct``, ``log_prob`` (log p(y*)), ``time_s`` and
+        ``cpu_s`` (whole prompt, wall and CPU seconds), optional ``loo_time_s``, and
+        ``methods``: name -> ``{"time_s", "cpu_s" (attribution only), "aopc",
+        "deltas" (at the AOPC fractions), "curve" (deltas at the curve fractions),
+        optional "loo" (LooAgreement fields)}``.
     """
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
@@ -355,8 +366,10 @@ def evaluate_prompt(model: nn.Module, tokenizer: Any, prompt: Prompt, settings: 
     n = ids.shape[-1]
     intact = ablated_log_probs(model, ids, torch.zeros(n, dtype=torch.bool), tokenizer=tokenizer)
     target = int(intact.argmax())
+    rankable = rankable_mask(ids[0], tokenizer=tokenizer, config=getattr(model, "config", None))
     record: dict[str, Any] = {
         "n_tokens": n,
+        "n_rankable": int(rankable.sum()),
         "has_bos": prepared.has_bos,
         "target": target,
         "true_token": prepared.true_token,
@@ -372,7 +385,6 @@ def evaluate_prompt(model: nn.Module, tokenizer: Any, prompt: Prompt, settings: 
         method: _evaluate_method(method, model, tokenizer, ids, target, prompt.id, settings, loo)
         for method in settings.methods
     }
-    record["n_rankable"] = _n_rankable(record)
     record["time_s"] = time.perf_counter() - start
     record["cpu_s"] = time.process_time() - cpu_start
     return record
@@ -399,17 +411,10 @@ def _evaluate_method(method, model, tokenizer, ids, target, prompt_id, settings,
         "aopc": trapezoid_area(settings.aopc_fractions, aopc_deltas),
         "deltas": aopc_deltas,
         "curve": [deltas[f] for f in settings.curve_fractions],
-        "n_rankable": curve.n_rankable,
     }
     if loo is not None:
         entry["loo"] = _finite_or_none(asdict(loo_agreement(scores, loo)))
     return entry
-
-
-def _n_rankable(record: dict) -> Optional[int]:
-    """m, the number of rankable tokens, moved from the method entries to the record (same for all)."""
-    counts = {entry.pop("n_rankable") for entry in record["methods"].values()}
-    return counts.pop() if len(counts) == 1 else None
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -633,7 +638,7 @@ def _findings(summary: dict) -> list[str]:
         gap = max(abs(a - b) for a, b in zip(methods["semantic"]["curve_mean"], methods["saliency"]["curve_mean"]))
         out.append(
             "Saliency (gradient norm of the y* logit) is mathematically the Semantic Scope with target y*; "
-            f"their mean deletion curves differ by at most {gap:.2g} (float rounding and ties)."
+            f"their mean deletion curves differ by at most {gap:.1e} (float rounding and ties)."
         )
     out.extend(_loo_findings(summary))
     out.append(
@@ -715,8 +720,9 @@ def render_report(summary: dict) -> str:
         "- Special tokens (BOS, ...) are never ranked or ablated. Ablation = input embedding set to zero, tokens, "
         "positions and attention mask unchanged (the paper's protocol).",
         "- Attribution time is the wall time of the attribution alone (not of the metrics), on this machine; "
-        "CPU time adds up the process's threads and is not inflated by other jobs sharing the CPU (on a GPU it "
-        "only counts the host side).",
+        "CPU time adds up the process's threads (on a GPU it only counts the host side). On a CPU shared with "
+        "other jobs both are inflated, by far the most with several threads per process (idle OpenMP threads "
+        "spin): compare methods within one run, not across runs.",
         "",
     ]
     return "\n".join(lines)
@@ -884,7 +890,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         epilog='Several processes: CUDA_VISIBLE_DEVICES="" accelerate launch --multi_gpu --num_processes 2 '
         "benchmarks/faithfulness.py ... (or torchrun --nproc_per_node 2 ...). Reruns resume.",
     )
-    parser.add_argument("--model", default=None, help="model name or path (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--model", default=None,
+                        help="model name or path (default: the embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--data", default="lambada",
                         help="'lambada' (default: ../shared/data/lambada_1000.json), a .json/.jsonl file of "
                         "{\"text\": ...} objects, or hf:NAME[:SPLIT[:FIELD]]")
@@ -901,6 +908,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None,
                         help="torch device (default: cuda:LOCAL_RANK when CUDA is available, else cpu)")
     parser.add_argument("--batch-size", type=int, default=16, help="ablated variants per forward (default 16)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads per process (default: torch's, i.e. OMP_NUM_THREADS or all cores); "
+                        "1 is much faster on a CPU shared with other jobs")
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild the report from the records in --out (a partial one while a run is unfinished)")
     return parser
@@ -908,7 +918,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
 
 def _check_args(args: argparse.Namespace) -> tuple[str, ...]:
     methods = parse_methods(args.methods)
-    for name in ("n", "loo_n", "batch_size"):
+    for name in ("n", "loo_n", "batch_size", "threads"):
         value = getattr(args, name)
         low = 0 if name == "loo_n" else 1
         if value is not None and value < low:
@@ -947,6 +957,8 @@ def _run(args: argparse.Namespace, methods: tuple[str, ...], out_dir: Path) -> d
         seed=args.seed,
         batch_size=args.batch_size,
     )
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=_device(args.device), progress=False)
     path = run_sharded(
         prompts,
