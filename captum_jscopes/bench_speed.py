@@ -220,7 +220,8 @@ def prepare(args):
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, progress=False)
     device = model.get_input_embeddings().weight.device
     prompts = load_prompts(args.data, args.n)
-    encoded = [torch.tensor(tokenizer(p.text)["input_ids"][:-1], device=device) for p in prompts]
+    # the passage minus its last token (the target word); --max-tokens keeps the last L tokens
+    encoded = [torch.tensor(tokenizer(p.text)["input_ids"][:-1][-args.max_tokens :], device=device) for p in prompts]
     with torch.no_grad():
         targets = [int(model(ids[None]).logits[0, -1].argmax()) for ids in encoded]
     return model, tokenizer, device, encoded, targets
@@ -451,6 +452,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", default=None, help="JSON/JSONL prompts (default: ../shared/data/lambada_1000.json)")
     parser.add_argument("--n", type=int, default=10, help="prompts for the per-token table (default 10)")
     parser.add_argument("--n-slow", type=int, default=3, help="prompts for IG-50, ablation, exact Fisher and multi-token")
+    parser.add_argument("--max-tokens", type=int, default=0, help="keep the last L tokens of each prompt (0: all)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--methods", default=",".join(SINGLE_TOKEN_METHODS))
