@@ -278,35 +278,76 @@ def bench_multi_token(args, model, tokenizer, encoded) -> dict:
     return {name: statistics.median(v) for name, v in rows.items()}
 
 
-def fisher_accuracy(args, model, tokenizer, encoded) -> dict:
+def fisher_accuracy(args, model, tokenizer, encoded, records_path: Path) -> dict:
     """Every Fisher estimator against the exact one: Spearman and relative L2
-    error per prompt (medians), backward passes, and time relative to exact."""
+    error per prompt (medians), backward passes, and time relative to exact.
+
+    One JSON line per prompt is appended to ``records_path`` as soon as it is
+    done; a rerun with the same settings skips the prompts already there, so an
+    interrupted study loses nothing (exact Fisher costs minutes per prompt on a CPU).
+    """
     from scipy.stats import spearmanr
 
     from . import FisherScope
 
     scope = FisherScope(model, tokenizer)
     hidden = model.get_output_embeddings().weight.shape[1]
-    per: dict = {name: {"spearman": [], "rel_l2": [], "time_ratio": []} for name in args.fisher_methods}
-    for ids in tqdm(encoded[: args.fisher_n], desc="Fisher accuracy"):
-        start = time.perf_counter()
-        exact = scope.attribute(ids, method="exact")[0]
-        exact_time = time.perf_counter() - start
-        scored = exact > 0
-        for name in args.fisher_methods:
+    settings = {"methods": args.fisher_methods, "max_tokens": args.max_tokens, "data": str(args.data)}
+    done = _read_fisher_records(records_path, settings)
+    with records_path.open("a") as sink:
+        if records_path.stat().st_size and not records_path.read_text().endswith("\n"):
+            sink.write("\n")  # end a line cut off by an interruption, so the next record starts clean
+        todo = [i for i in range(args.fisher_n) if i not in done]
+        for i in tqdm(todo, desc="Fisher accuracy", initial=args.fisher_n - len(todo), total=args.fisher_n):
+            ids = encoded[i]
             start = time.perf_counter()
-            estimate = scope.attribute(ids, **fisher_options(name))[0]
-            per[name]["time_ratio"].append((time.perf_counter() - start) / exact_time)
-            per[name]["spearman"].append(float(spearmanr(estimate[scored].cpu(), exact[scored].cpu()).statistic))
-            per[name]["rel_l2"].append(float((estimate - exact).norm() / exact.norm()))
-    return {
+            exact = scope.attribute(ids, method="exact")[0]
+            exact_time = time.perf_counter() - start
+            scored = exact > 0
+            record: dict = {"index": i, "settings": settings, "n_tokens": ids.numel(), "exact_seconds": exact_time}
+            for name in args.fisher_methods:
+                start = time.perf_counter()
+                estimate = scope.attribute(ids, **fisher_options(name))[0]
+                record[name] = {
+                    "time_ratio": (time.perf_counter() - start) / exact_time,
+                    "spearman": float(spearmanr(estimate[scored].cpu(), exact[scored].cpu()).statistic),
+                    "rel_l2": float((estimate - exact).norm() / exact.norm()),
+                }
+            sink.write(json.dumps(record) + "\n")
+            sink.flush()
+            done[i] = record
+    records = [done[i] for i in range(args.fisher_n)]
+    summary = {
         name: {
             "vjps": n_vjps(name, hidden),
-            **{f"median_{key}": statistics.median(values) for key, values in stats.items()},
-            **{f"worst_{key}": (min if key == "spearman" else max)(values) for key, values in stats.items()},
+            **{f"median_{key}": statistics.median(r[name][key] for r in records) for key in FISHER_STATS},
+            "worst_spearman": min(r[name]["spearman"] for r in records),
+            "worst_rel_l2": max(r[name]["rel_l2"] for r in records),
+            "worst_time_ratio": max(r[name]["time_ratio"] for r in records),
         }
-        for name, stats in per.items()
-    } | {"fisher_exact": {"vjps": hidden, "median_spearman": 1.0, "median_rel_l2": 0.0, "median_time_ratio": 1.0}}
+        for name in args.fisher_methods
+    }
+    exact_row = {"vjps": hidden, "median_spearman": 1.0, "median_rel_l2": 0.0, "median_time_ratio": 1.0}
+    exact_row["median_seconds"] = statistics.median(r["exact_seconds"] for r in records)
+    return summary | {"fisher_exact": exact_row}
+
+
+FISHER_STATS = ("spearman", "rel_l2", "time_ratio")
+
+
+def _read_fisher_records(path: Path, settings: dict) -> dict[int, dict]:
+    """Records of an earlier run with the same settings, by prompt index."""
+    if not path.exists():
+        return {}
+    records = {}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut off by an interruption: that prompt is redone
+            continue
+        if record.get("settings") == settings:
+            records[record["index"]] = record
+    return records
 
 
 # -- reporting ---------------------------------------------------------------------
@@ -504,15 +545,15 @@ def main(argv=None) -> int:
             results["multi_token"] = bench_multi_token(args, model, tokenizer, encoded)
         if args.lengths:
             results["lengths"] = bench_lengths(args, model, tokenizer, device, encoded, targets)
-    if args.fisher_n:
-        if len(encoded) < args.fisher_n:
-            encoded = prepare(argparse.Namespace(**{**vars(args), "n": args.fisher_n}))[3]
-        results["fisher_accuracy"] = fisher_accuracy(args, model, tokenizer, encoded)
     from .models import describe_model
 
     default_name = f"speed-{describe_model(model)}-{device.type}" + ("-fisher" if args.skip_speed else "")
     out = Path(args.out or Path("benchmarks") / "results" / default_name)
     out.mkdir(parents=True, exist_ok=True)
+    if args.fisher_n:
+        if len(encoded) < args.fisher_n:
+            encoded = prepare(argparse.Namespace(**{**vars(args), "n": args.fisher_n}))[3]
+        results["fisher_accuracy"] = fisher_accuracy(args, model, tokenizer, encoded, out / "fisher_records.jsonl")
     (out / "speed.json").write_text(json.dumps(results, indent=1))
     (out / "speed.md").write_text(markdown(results))
     plots(results, out)

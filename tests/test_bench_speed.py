@@ -64,3 +64,29 @@ def test_bad_arguments_exit_with_an_error(capsys):
         bench_speed.parse_args(["--methods", "semantic,nope"])
     assert exc.value.code == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
+
+
+def test_fisher_accuracy_study_resumes(tiny_model_dir, prompts_file, tmp_path):
+    """Each prompt of the (slow) Fisher study is saved as it finishes; a rerun
+    recomputes only what is missing, including a line cut off by a kill."""
+    out = tmp_path / "fisher"
+    argv = ["--model", str(tiny_model_dir), "--data", str(prompts_file), "--n", "2", "--skip-speed",
+            "--fisher-n", "2", "--fisher-methods", "fisher,fisher_eig1", "--out", str(out)]
+    assert bench_speed.main(argv) == 0
+    records = out / "fisher_records.jsonl"
+    first = records.read_text().splitlines()
+    assert [json.loads(line)["index"] for line in first] == [0, 1]
+    summary = json.loads((out / "speed.json").read_text())["fisher_accuracy"]
+
+    assert bench_speed.main(argv) == 0  # nothing to do
+    assert records.read_text().splitlines() == first
+    assert json.loads((out / "speed.json").read_text())["fisher_accuracy"] == summary
+
+    records.write_text(first[0] + "\n" + first[1][: len(first[1]) // 2])  # killed while writing prompt 1
+    assert bench_speed.main(argv) == 0
+    lines = records.read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[-1])["index"] == 1
+
+    other = argv[:-3] + ["fisher_eig1", "--out", str(out)]  # other settings: records not reused
+    assert bench_speed.main(other) == 0
+    assert len(records.read_text().splitlines()) == 5
