@@ -101,7 +101,7 @@ PAIRED_BASELINES = ("ig50", "grad_x_input")
 METHOD_LABELS = {
     "semantic": "Semantic Scope (target y*)",
     "temperature": "Temperature Scope",
-    "fisher": "Fisher Scope (default: top-16 exact + 32 probes)",
+    "fisher": "Fisher Scope (default: top-16 exact + 24 probes)",
     "fisher_eig1": "Fisher Scope (eig, k=1)",
     "grad_x_input": "gradient x input (Captum InputXGradient)",
     "saliency": "saliency (Captum Saliency)",

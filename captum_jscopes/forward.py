@@ -215,11 +215,18 @@ class ScopeForward:
                     self.hidden, self.embeddings, grad_outputs, retain_graph=True, is_grads_batched=True
                 )
                 return grads
-            except RuntimeError:
-                _BATCHED_VJP_WORKS[key] = False
+            except RuntimeError as err:
+                # an op vmap cannot batch: remember it for this graph type. Out of memory
+                # (long prompts x many directions) is not remembered: shorter calls may batch.
+                if not _is_out_of_memory(err):
+                    _BATCHED_VJP_WORKS[key] = False
         return torch.stack(
             [torch.autograd.grad(self.hidden, self.embeddings, g, retain_graph=True)[0] for g in grad_outputs]
         )
+
+
+def _is_out_of_memory(err: RuntimeError) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "allocate" in str(err).lower()
 
 
 def run_forward(
