@@ -1586,9 +1586,9 @@ The small runs above take minutes; the numbers quoted here are from the committe
   memory (its 50 interpolation steps run as one batch); gradient and gradient x input through Captum's LLM
   wrapper cost 1.3x the floor.
 - **The Fisher Scope is the expensive one**: the default estimator is 40 backward passes (17.5x the floor),
-  exact Fisher 576 (308x). On the first 50 LAMBADA prompts the default's scores have median Spearman 0.9998
-  and relative L2 error 1.6% against exact, at 1/15 of exact's time; the reference's eig k = 1 is cheap
-  (1.6x the floor) but 69% off in L2 (its ranking is still close: Spearman 0.98).
+  exact Fisher 576 (308x). On the first 50 LAMBADA prompts the default's scores have median Spearman 0.9996
+  and relative L2 error 1.7% against exact, at 1/14 of exact's time; the reference's eig k = 1 is cheap
+  (1.6x the floor) but 80% off in L2 (its ranking is still close: Spearman 0.98).
 - **A 16-token target** through `LLMScopeAttribution` is 2.7x faster than Captum's per-token loop.
 - **Faithfulness on 3 prompts says nothing about the ordering of methods**: the standard errors are as large
   as the differences, and the paired tests are far from significance. What it does show is the protocol: on average
