@@ -133,7 +133,10 @@ def test_every_architecture_runs_the_inputs_embeds_path_exactly(arch):
         out = F.ablated_log_probs(model, ids, torch.zeros(len(ids), dtype=torch.bool), position=position)
         torch.testing.assert_close(out, direct, atol=1e-5, rtol=0)
     loo = F.leave_one_out(model, ids)
-    assert torch.isfinite(loo.kl).all() and (loo.kl[1:] > 0).all()
+    # with sliding-window attention (the tiny Gemma-3: window 4, 2 layers) tokens out of the
+    # receptive field have exactly zero influence; every token in reach must have some
+    window = getattr(model.config, "sliding_window", None) or len(ids)
+    assert torch.isfinite(loo.kl).all() and (loo.kl >= 0).all() and (loo.kl[1:][-window:] > 0).all()
     assert math.isfinite(F.aopc(model, ids, loo.kl).aopc)
 
 
