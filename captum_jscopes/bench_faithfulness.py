@@ -6,11 +6,13 @@ or, on several processes sharing the prompts (CPU: ``--multi_gpu`` with
 ``CUDA_VISIBLE_DEVICES=""`` makes accelerate use torchrun; ``--cpu --num_processes 2``
 starts only ONE process in accelerate 1.15)::
 
-    CUDA_VISIBLE_DEVICES="" accelerate launch --multi_gpu --num_processes 2 benchmarks/faithfulness.py --n 1000
-    torchrun --nproc_per_node 2 benchmarks/faithfulness.py --n 1000 --threads 1
+    CUDA_VISIBLE_DEVICES="" accelerate launch --multi_gpu --num_processes 2 benchmarks/faithfulness.py --num-prompts 1000
+    torchrun --nproc_per_node 2 benchmarks/faithfulness.py --num-prompts 1000 --threads 1
 
-One thread per process (``--threads 1``; torchrun's default) is the fastest on a
-CPU shared with other jobs: idle OpenMP threads spin and slow everything down.
+torchrun refuses ``--n`` even after the script (an ambiguous prefix of its own
+options): spell it ``--num-prompts`` there. One thread per process (``--threads 1``;
+torchrun's default) is the fastest on a CPU shared with other jobs: idle OpenMP
+threads spin and slow everything down.
 
 Protocol per prompt (../shared/PAPER.md, "Evaluation protocol of the paper"):
 
@@ -895,7 +897,10 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     parser.add_argument("--data", default="lambada",
                         help="'lambada' (default: ../shared/data/lambada_1000.json), a .json/.jsonl file of "
                         "{\"text\": ...} objects, or hf:NAME[:SPLIT[:FIELD]]")
-    parser.add_argument("--n", type=int, default=None, help="number of prompts (default: all)")
+    # --num-prompts for launchers: torchrun's parser rejects "--n" even after the
+    # script name (an ambiguous prefix of its own --nnodes, --nproc-per-node, ...)
+    parser.add_argument("--n", "--num-prompts", dest="n", type=int, default=None,
+                        help="number of prompts (default: all); spell it --num-prompts after torchrun")
     parser.add_argument("--offset", type=int, default=0, help="prompts skipped at the start (default 0)")
     parser.add_argument("--methods", default="all", help=f"comma-separated among {', '.join(METHODS)} (default all)")
     parser.add_argument("--loo-n", type=int, default=0,

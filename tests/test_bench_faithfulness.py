@@ -184,6 +184,36 @@ def test_parse_methods():
         bench.parse_methods(" , ")
 
 
+def launcher_commands() -> list[str]:
+    """The torchrun/accelerate command lines of benchmarks/README.md and the module docstring."""
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "benchmarks" / "README.md").read_text() + (bench.__doc__ or "")
+    lines = [line.split("#")[0].strip() for line in text.splitlines()]
+    return [line[line.index("torchrun"):] if "torchrun" in line else line[line.index("accelerate launch"):]
+            for line in lines if "faithfulness.py" in line and ("torchrun" in line or "accelerate launch" in line)]
+
+
+def test_documented_launcher_commands_parse():
+    # torchrun's parser sees the script's arguments too: an ambiguous prefix of one of its own options
+    # ("--n" of --nnodes, --nproc-per-node, ...) is an error before the script even starts
+    from accelerate.commands.launch import launch_command_parser
+    from torch.distributed.run import get_args_parser
+
+    commands = launcher_commands()
+    assert {c.split()[0] for c in commands} == {"torchrun", "accelerate"}, commands
+    for command in commands:
+        words = command.split()
+        if words[0] == "torchrun":
+            launcher_args = get_args_parser().parse_args(words[1:])
+        else:
+            launcher_args = launch_command_parser().parse_args(words[2:])
+        assert launcher_args.training_script.endswith("faithfulness.py")
+        args = bench.build_parser().parse_args(launcher_args.training_script_args)
+        assert args.n == 1000
+    with pytest.raises(SystemExit):  # why the docs spell it --num-prompts
+        get_args_parser().parse_args(["--nproc_per_node", "2", "benchmarks/faithfulness.py", "--n", "1000"])
+
+
 # ----------------------------------------------------------------------------- protocol pieces
 def test_prepare_prompt_drops_the_last_token_and_keeps_bos():
     tokenizer = make_tokenizer()
