@@ -63,7 +63,7 @@ from torch import Tensor, nn
 
 from .faithfulness import (
     ablated_log_probs,
-    deletion_curve,
+    deletion_curves,
     leave_one_out,
     loo_agreement,
     rankable_mask,
@@ -187,6 +187,21 @@ def parse_methods(text: str) -> tuple[str, ...]:
         what = f"unknown method(s) {', '.join(map(repr, unknown))}" if unknown else "no method given"
         raise ValueError(f"{what}; choose among {', '.join(METHODS)} (comma-separated) or 'all'")
     return tuple(m for m in METHODS if m in names)
+
+
+def parse_fractions(text: str) -> tuple[float, ...]:
+    """"0,0.05,0.1" -> (0.0, 0.05, 0.1): distinct values in [0, 1], ascending.
+
+    Raises:
+        ValueError: a value that is not a number, outside [0, 1] or repeated.
+    """
+    try:
+        values = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError as err:
+        raise ValueError(f"--curve-fractions must be comma-separated numbers, got {text!r}") from err
+    if not values or len(set(values)) != len(values) or not all(0.0 <= v <= 1.0 for v in values):
+        raise ValueError(f"--curve-fractions must be distinct numbers in [0, 1], got {text!r}")
+    return tuple(sorted(values))
 
 
 def model_short_name(name: Optional[str]) -> str:
@@ -383,40 +398,41 @@ def evaluate_prompt(model: nn.Module, tokenizer: Any, prompt: Prompt, settings: 
         loo_start = time.perf_counter()
         loo = leave_one_out(model, ids, tokenizer=tokenizer, batch_size=settings.batch_size)
         record["loo_time_s"] = time.perf_counter() - loo_start
-    record["methods"] = {
-        method: _evaluate_method(method, model, tokenizer, ids, target, prompt.id, settings, loo)
-        for method in settings.methods
-    }
+    record["methods"] = _evaluate_methods(model, tokenizer, ids, target, prompt.id, settings, loo)
     record["time_s"] = time.perf_counter() - start
     record["cpu_s"] = time.process_time() - cpu_start
     return record
 
 
-def _evaluate_method(method, model, tokenizer, ids, target, prompt_id, settings, loo) -> dict:
-    """Scores of one method, timed, and their metrics."""
-    start, cpu_start = time.perf_counter(), time.process_time()
-    scores = method_scores(method, model, tokenizer, ids, target, prompt_id=prompt_id, seed=settings.seed,
-                           ig_batch=settings.ig_batch)
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    # ONE deletion curve through the union of the AOPC and plot fractions: the AOPC
-    # is the trapezoid area of its points at the AOPC fractions, exactly what aopc()
-    # computes, without running the intact prompt and those ablations a second time
+def _evaluate_methods(model, tokenizer, ids, target, prompt_id, settings, loo) -> dict:
+    """Every method's scores, timed, then their metrics."""
+    entries, scores = {}, {}
+    for method in settings.methods:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        scores[method] = method_scores(method, model, tokenizer, ids, target, prompt_id=prompt_id,
+                                       seed=settings.seed, ig_batch=settings.ig_batch)
+        entries[method] = {
+            "time_s": time.perf_counter() - start,
+            # CPU seconds of all threads: unlike wall time, not inflated by other jobs on a shared CPU
+            "cpu_s": time.process_time() - cpu_start,
+        }
+    # ONE deletion curve per method through the union of the AOPC and plot fractions,
+    # all methods in shared batches: the AOPC is the trapezoid area of its points at
+    # the AOPC fractions, exactly what aopc() computes, without a second run
     fractions = sorted(set(settings.curve_fractions) | set(settings.aopc_fractions))
-    curve = deletion_curve(model, ids, scores, fractions=fractions, tokenizer=tokenizer, target=target,
-                           batch_size=settings.batch_size)
-    deltas = dict(zip(curve.fractions, curve.deltas))
-    aopc_deltas = [deltas[f] for f in settings.aopc_fractions]
-    entry: dict[str, Any] = {
-        "time_s": elapsed,
-        # CPU seconds of all threads: unlike wall time, not inflated by other jobs on a shared CPU
-        "cpu_s": cpu,
-        "aopc": trapezoid_area(settings.aopc_fractions, aopc_deltas),
-        "deltas": aopc_deltas,
-        "curve": [deltas[f] for f in settings.curve_fractions],
-    }
-    if loo is not None:
-        entry["loo"] = _finite_or_none(asdict(loo_agreement(scores, loo)))
-    return entry
+    curves = deletion_curves(model, ids, scores, fractions=fractions, tokenizer=tokenizer, target=target,
+                             batch_size=settings.batch_size)
+    for method, curve in curves.items():
+        deltas = dict(zip(curve.fractions, curve.deltas))
+        aopc_deltas = [deltas[f] for f in settings.aopc_fractions]
+        entries[method].update(
+            aopc=trapezoid_area(settings.aopc_fractions, aopc_deltas),
+            deltas=aopc_deltas,
+            curve=[deltas[f] for f in settings.curve_fractions],
+        )
+        if loo is not None:
+            entries[method]["loo"] = _finite_or_none(asdict(loo_agreement(scores[method], loo)))
+    return entries
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -902,6 +918,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     parser.add_argument("--n", "--num-prompts", dest="n", type=int, default=None,
                         help="number of prompts (default: all); spell it --num-prompts after torchrun")
     parser.add_argument("--offset", type=int, default=0, help="prompts skipped at the start (default 0)")
+    parser.add_argument("--curve-fractions", default=",".join(map(str, CURVE_FRACTIONS)),
+                        help="fractions of the plotted deletion curve, comma-separated in [0, 1] "
+                        "(default 0,0.05,...,0.5; fewer is faster, the AOPC's are always computed)")
     parser.add_argument("--methods", default="all", help=f"comma-separated among {', '.join(METHODS)} (default all)")
     parser.add_argument("--loo-n", type=int, default=0,
                         help="leave-one-out agreement on the first K prompts after --offset (default 0: none)")
@@ -930,6 +949,7 @@ def _check_args(args: argparse.Namespace) -> tuple[str, ...]:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
     if args.offset < 0:
         raise ValueError(f"--offset must be >= 0, got {args.offset}")
+    parse_fractions(args.curve_fractions)
     return methods
 
 
@@ -943,6 +963,7 @@ def _device(choice: Optional[str]) -> str:
 
 def _run(args: argparse.Namespace, methods: tuple[str, ...], out_dir: Path) -> dict:
     prompts = load_prompts(None if args.data == "lambada" else args.data, args.n, offset=args.offset)
+    curve_fractions = parse_fractions(args.curve_fractions)
     meta = {
         "benchmark": "faithfulness",
         "format": RECORD_FORMAT,
@@ -953,13 +974,14 @@ def _run(args: argparse.Namespace, methods: tuple[str, ...], out_dir: Path) -> d
         "loo_n": args.loo_n,
         "seed": args.seed,
         "aopc_fractions": list(AOPC_FRACTIONS),
-        "curve_fractions": list(CURVE_FRACTIONS),
+        "curve_fractions": list(curve_fractions),
         "ablation": "zero",
     }
     settings = Settings(
         methods=methods,
         loo_ids=frozenset(p.id for p in prompts[: args.loo_n]),
         seed=args.seed,
+        curve_fractions=curve_fractions,
         batch_size=args.batch_size,
     )
     if args.threads is not None:

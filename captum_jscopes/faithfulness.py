@@ -10,7 +10,8 @@ the paper":
   tokens, AOPC = 0.025 (D5 + D10) + 0.05 (D10 + D20) with
   D_f = log p_ablated(y*) - log p_orig(y*). More negative = more faithful.
 - :func:`deletion_curve`, :func:`insertion_curve` - the same at any fractions,
-  most- or least-relevant first, with their trapezoid areas.
+  most- or least-relevant first, with their trapezoid areas;
+  :func:`deletion_curves` - several methods' curves of one prompt in shared batches.
 - :func:`comprehensiveness`, :func:`sufficiency` - ERASER (DeYoung et al. 2020),
   on probabilities.
 - :func:`leave_one_out`, :func:`loo_agreement` - ground-truth influence
@@ -55,7 +56,7 @@ import math
 import operator
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 from scipy import stats
@@ -77,6 +78,7 @@ __all__ = [
     "aopc",
     "comprehensiveness",
     "deletion_curve",
+    "deletion_curves",
     "evaluate",
     "insertion_curve",
     "leave_one_out",
@@ -617,9 +619,12 @@ class _Prompt:
         out = self.log_probs.expand(ablate.shape[0], -1).clone()
         changed = ablate.any(dim=1)
         if bool(changed.any()):
-            out[changed] = _run_variants(
-                self.model, self.ids, ablate[changed], self.position, self.mode, self.replacement_id, self.batch_size
+            # identical rows (methods that agree on their top tokens) run once
+            unique, inverse = torch.unique(ablate[changed].to(torch.uint8), dim=0, return_inverse=True)
+            log_probs = _run_variants(
+                self.model, self.ids, unique.bool(), self.position, self.mode, self.replacement_id, self.batch_size
             )
+            out[changed] = log_probs[inverse]
         return out
 
     def masks(self, token_sets: Sequence[Tensor]) -> Tensor:
@@ -669,17 +674,19 @@ def _intact(model, ids, position, rankable, mode, replacement_id, batch_size, ta
     return _Prompt(model, ids, position, rankable, mode, replacement_id, batch_size, log_probs, target_id)
 
 
-def _points(prompt: _Prompt, ranked: Tensor, counts: Sequence[int], keep: bool) -> Tensor:
+def _points(prompt: _Prompt, ranked: Union[Tensor, Sequence[Tensor]], counts: Sequence[int], keep: bool) -> Tensor:
     """log p(y*) (len(counts),) with the top ``k`` ranked tokens ablated
-    (``keep=False``) or with every rankable token ablated but them (``keep=True``)."""
+    (``keep=False``) or with every rankable token ablated but them (``keep=True``).
+    A list of R rankings gives the R curves one after the other, (R * len(counts),)."""
     all_rankable = prompt.rankable.nonzero().flatten()
     sets = []
-    for k in counts:
-        top = ranked[:k]
-        if keep:
-            sets.append(all_rankable[~torch.isin(all_rankable, top)])
-        else:
-            sets.append(top)
+    for order in [ranked] if isinstance(ranked, Tensor) else ranked:
+        for k in counts:
+            top = order[:k]
+            if keep:
+                sets.append(all_rankable[~torch.isin(all_rankable, top)])
+            else:
+                sets.append(top)
     return prompt.run(prompt.masks(sets))[:, prompt.target]
 
 
@@ -804,19 +811,64 @@ def insertion_curve(
                   include_special, target, replacement_id, batch_size)
 
 
+def deletion_curves(
+    model: nn.Module,
+    input_ids: Tensor,
+    scores: Mapping[str, Scores],
+    *,
+    position: int = -1,
+    fractions: Sequence[float] = CURVE_FRACTIONS,
+    order: str = "most",
+    mode: str = "zero",
+    tokenizer: Any = None,
+    include_special: bool = False,
+    target: Optional[TargetLike] = None,
+    replacement_id: Optional[int] = None,
+    batch_size: int = 16,
+) -> dict[str, CurveResult]:
+    """:func:`deletion_curve` of several score vectors of one prompt (one per
+    method) at once: one intact forward for all, the ablated variants of every
+    method in the same batches, and an ablation two methods share run once.
+
+    Args:
+        scores: name -> (n,) score vector (a method's attribution).
+        Other arguments as in :func:`deletion_curve`.
+    Returns:
+        name -> :class:`CurveResult`, equal to ``deletion_curve`` of each score
+        vector up to batching round-off (~1e-7).
+    """
+    if not isinstance(scores, Mapping) or not scores:
+        raise TypeError("scores must be a non-empty mapping: method name -> score vector")
+    return _curves("deletion", model, input_ids, scores, position, fractions, order, mode, tokenizer,
+                   include_special, target, replacement_id, batch_size)
+
+
 def _curve(kind, model, input_ids, scores, position, fractions, order, mode, tokenizer,
            include_special, target, replacement_id, batch_size) -> CurveResult:
+    return _curves(kind, model, input_ids, {"": scores}, position, fractions, order, mode, tokenizer,
+                   include_special, target, replacement_id, batch_size)[""]
+
+
+def _curves(kind, model, input_ids, scores_by_name, position, fractions, order, mode, tokenizer,
+            include_special, target, replacement_id, batch_size) -> dict[str, CurveResult]:
     ids, position, rankable, mode, replacement_id, batch_size = _check_common(
         model, input_ids, position, mode, tokenizer, include_special, replacement_id, batch_size
     )
-    s = _check_scores(scores, ids.shape[0])
+    checked = {name: _check_scores(s, ids.shape[0], f"scores[{name!r}]" if name else "scores")
+               for name, s in scores_by_name.items()}
     fractions = _check_fractions(fractions, allow_zero=True)
     order = _check_order(order)
     with _inference(model):
         prompt = _intact(model, ids, position, rankable, mode, replacement_id, batch_size, target, tokenizer)
         counts = tuple(n_tokens_for_fraction(f, prompt.m) for f in fractions)
-        ranked = rank_tokens(s, prompt.rankable, order)
-        log_probs = _points(prompt, ranked, counts, keep=kind == "insertion")
+        ranked = [rank_tokens(s, prompt.rankable, order) for s in checked.values()]
+        # every method's variants in one call: shared batches, shared rows run once
+        log_probs = _points(prompt, ranked, counts, keep=kind == "insertion").split(len(counts))
+    return {name: _curve_result(kind, order, fractions, counts, lp, prompt)
+            for name, lp in zip(checked, log_probs)}
+
+
+def _curve_result(kind, order, fractions, counts, log_probs, prompt) -> CurveResult:
     deltas = tuple(float(lp) - prompt.log_prob for lp in log_probs)
     probs = tuple(math.exp(float(lp)) for lp in log_probs)
     return CurveResult(

@@ -172,6 +172,25 @@ def test_unknown_method_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_fewer_curve_fractions_keep_the_aopc(tiny_model_dir, tmp_path, capsys):
+    data = write_prompts(tmp_path / "prompts.json")
+    methods = ["--n", "2", "--methods", "semantic,random"]
+    assert run(tiny_model_dir, data, tmp_path / "full", *methods) == 0
+    assert run(tiny_model_dir, data, tmp_path / "short", *methods, "--curve-fractions", "0.2,0") == 0
+    full, short = ([json.loads(line) for line in (tmp_path / name / "records.jsonl").read_text().splitlines()]
+                   for name in ("full", "short"))
+    assert json.loads((tmp_path / "short" / "run.json").read_text())["curve_fractions"] == [0.0, 0.2]
+    for a, b in zip(full, short):
+        for m in ("semantic", "random"):
+            assert len(b["methods"][m]["curve"]) == 2 and b["methods"][m]["curve"][0] == 0.0
+            assert b["methods"][m]["aopc"] == pytest.approx(a["methods"][m]["aopc"], abs=1e-6)
+            assert b["methods"][m]["curve"][1] == pytest.approx(a["methods"][m]["deltas"][2], abs=1e-6)
+    assert (tmp_path / "short" / "deletion_curves.png").exists()
+    for bad in ("0,1.5", "0.1,0.1", "a,b"):
+        assert run(tiny_model_dir, data, tmp_path / "bad", *methods, "--curve-fractions", bad) == 2
+        assert "--curve-fractions" in capsys.readouterr().err
+
+
 def test_report_only_without_a_run_is_a_clear_error(tmp_path, capsys):
     assert bench.main(["--report-only", "--out", str(tmp_path / "nothing")]) == 2
     assert "no benchmark run" in capsys.readouterr().err

@@ -285,6 +285,34 @@ def test_deletion_and_insertion_curves():
     assert insertion.probs[1] == pytest.approx(math.exp(insertion.log_probs[1]))
 
 
+def test_deletion_curves_of_several_methods_match_one_at_a_time_and_share_rows():
+    model, ids = tiny_llama(), prompt(21)
+    loo = F.leave_one_out(model, ids).kl
+    scores = {"loo": loo, "random": random_scores(21, seed=3), "same_as_loo": loo.clone()}
+    fractions = (0.0, 0.1, 0.25, 0.5)
+    rows = []
+    handle = model.register_forward_pre_hook(lambda _, args, kwargs: rows.append(len(kwargs["inputs_embeds"])),
+                                             with_kwargs=True)
+    try:
+        together = F.deletion_curves(model, ids, scores, fractions=fractions, batch_size=4)
+    finally:
+        handle.remove()
+    assert list(together) == list(scores)
+    for name, s in scores.items():
+        alone = F.deletion_curve(model, ids, s, fractions=fractions)
+        assert together[name].n_tokens == alone.n_tokens
+        assert together[name].deltas == pytest.approx(alone.deltas, abs=1e-5)
+        assert together[name].area == pytest.approx(alone.area, abs=1e-5)
+    # one intact forward, then each distinct non-empty ablation once: "same_as_loo" adds no row
+    distinct = {tuple(F.rank_tokens(s.double(), F.rankable_mask(ids, config=model.config), "most")[:k].sort().values.tolist())
+                for s in scores.values() for k in together["loo"].n_tokens if k}
+    assert sum(rows) == 1 + len(distinct) and len(distinct) <= 6
+    with pytest.raises(TypeError, match="mapping"):
+        F.deletion_curves(model, ids, loo)
+    with pytest.raises(ValueError, match="scores\\['random'\\]"):
+        F.deletion_curves(model, ids, {"loo": loo, "random": torch.ones(5)})
+
+
 def test_comprehensiveness_and_sufficiency_by_hand():
     model, ids = tiny_llama(), prompt(41, seed=6)
     scores = random_scores(41, seed=2)
