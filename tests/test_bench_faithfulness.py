@@ -207,6 +207,7 @@ def launcher_commands() -> list[str]:
     """The torchrun/accelerate command lines of benchmarks/README.md and the module docstring."""
     root = Path(__file__).resolve().parents[1]
     text = (root / "benchmarks" / "README.md").read_text() + (bench.__doc__ or "")
+    text = text.replace("\\\n", " ").replace("`", "")  # join continued lines, drop markdown code marks
     lines = [line.split("#")[0].strip() for line in text.splitlines()]
     return [line[line.index("torchrun"):] if "torchrun" in line else line[line.index("accelerate launch"):]
             for line in lines if "faithfulness.py" in line and ("torchrun" in line or "accelerate launch" in line)]
