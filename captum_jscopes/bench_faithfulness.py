@@ -62,6 +62,7 @@ from scipy import stats
 from torch import Tensor, nn
 
 from .faithfulness import (
+    _check_fractions,
     ablated_log_probs,
     deletion_curves,
     leave_one_out,
@@ -199,9 +200,8 @@ def parse_fractions(text: str) -> tuple[float, ...]:
         values = [float(v) for v in str(text).split(",") if v.strip()]
     except ValueError as err:
         raise ValueError(f"--curve-fractions must be comma-separated numbers, got {text!r}") from err
-    if not values or len(set(values)) != len(values) or not all(0.0 <= v <= 1.0 for v in values):
-        raise ValueError(f"--curve-fractions must be distinct numbers in [0, 1], got {text!r}")
-    return tuple(sorted(values))
+    # the metrics' own check: the same rules and messages as deletion_curve(fractions=...)
+    return _check_fractions(values, allow_zero=True, name="--curve-fractions")
 
 
 def model_short_name(name: Optional[str]) -> str:
