@@ -213,15 +213,18 @@ def memory_in_fresh_process(args, method: str, ids: torch.Tensor, target: int) -
 
 
 # -- the benchmark -----------------------------------------------------------------
+def encode(tokenizer: Any, text: str, max_tokens: int, device: Any) -> torch.Tensor:
+    """The passage minus its last token (the target word), its last ``max_tokens`` tokens (0: all)."""
+    return torch.tensor(tokenizer(text)["input_ids"][:-1][-max_tokens:], device=device)
+
+
 def prepare(args):
     from .models import load_model
     from .runner import load_prompts
 
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, progress=False)
     device = model.get_input_embeddings().weight.device
-    prompts = load_prompts(args.data, args.n)
-    # the passage minus its last token (the target word); --max-tokens keeps the last L tokens
-    encoded = [torch.tensor(tokenizer(p.text)["input_ids"][:-1][-args.max_tokens :], device=device) for p in prompts]
+    encoded = [encode(tokenizer, p.text, args.max_tokens, device) for p in load_prompts(args.data, args.n)]
     with torch.no_grad():
         targets = [int(model(ids[None]).logits[0, -1].argmax()) for ids in encoded]
     return model, tokenizer, device, encoded, targets
@@ -278,45 +281,30 @@ def bench_multi_token(args, model, tokenizer, encoded) -> dict:
     return {name: statistics.median(v) for name, v in rows.items()}
 
 
-def fisher_accuracy(args, model, tokenizer, encoded, records_path: Path) -> dict:
+def fisher_accuracy(args, model, tokenizer, out_dir: Path) -> dict:
     """Every Fisher estimator against the exact one: Spearman and relative L2
     error per prompt (medians), backward passes, and time relative to exact.
 
-    One JSON line per prompt is appended to ``records_path`` as soon as it is
-    done; a rerun with the same settings skips the prompts already there, so an
-    interrupted study loses nothing (exact Fisher costs minutes per prompt on a CPU).
+    The prompts run through :func:`captum_jscopes.runner.run_sharded` into
+    ``out_dir`` (exact Fisher costs minutes per prompt on a CPU): each record is
+    saved as it finishes, a rerun computes only the missing prompts, a rerun with
+    other settings is refused unless ``args.overwrite``, and a launch with several
+    processes (torchrun, accelerate) shares the prompts.
     """
-    from scipy.stats import spearmanr
-
     from . import FisherScope
+    from .runner import load_prompts, read_records, run_sharded
 
     scope = FisherScope(model, tokenizer)
     hidden = model.get_output_embeddings().weight.shape[1]
     settings = {"methods": args.fisher_methods, "max_tokens": args.max_tokens, "data": str(args.data)}
-    done = _read_fisher_records(records_path, settings)
-    with records_path.open("a") as sink:
-        if records_path.stat().st_size and not records_path.read_text().endswith("\n"):
-            sink.write("\n")  # end a line cut off by an interruption, so the next record starts clean
-        todo = [i for i in range(args.fisher_n) if i not in done]
-        for i in tqdm(todo, desc="Fisher accuracy", initial=args.fisher_n - len(todo), total=args.fisher_n):
-            ids = encoded[i]
-            start = time.perf_counter()
-            exact = scope.attribute(ids, method="exact")[0]
-            exact_time = time.perf_counter() - start
-            scored = exact > 0
-            record: dict = {"index": i, "settings": settings, "n_tokens": ids.numel(), "exact_seconds": exact_time}
-            for name in args.fisher_methods:
-                start = time.perf_counter()
-                estimate = scope.attribute(ids, **fisher_options(name))[0]
-                record[name] = {
-                    "time_ratio": (time.perf_counter() - start) / exact_time,
-                    "spearman": float(spearmanr(estimate[scored].cpu(), exact[scored].cpu()).statistic),
-                    "rel_l2": float((estimate - exact).norm() / exact.norm()),
-                }
-            sink.write(json.dumps(record) + "\n")
-            sink.flush()
-            done[i] = record
-    records = [done[i] for i in range(args.fisher_n)]
+    device = model.get_input_embeddings().weight.device
+
+    def one_prompt(prompt) -> dict:
+        return _fisher_record(scope, encode(tokenizer, prompt.text, args.max_tokens, device), args.fisher_methods)
+
+    path = run_sharded(load_prompts(args.data, args.fisher_n), one_prompt, out_dir, desc="Fisher accuracy",
+                       meta=settings, overwrite=args.overwrite)
+    records = read_records(path)
     summary = {
         name: {
             "vjps": n_vjps(name, hidden),
@@ -332,22 +320,29 @@ def fisher_accuracy(args, model, tokenizer, encoded, records_path: Path) -> dict
     return summary | {"fisher_exact": exact_row}
 
 
+def _fisher_record(scope, ids: torch.Tensor, methods: list[str]) -> dict:
+    """One prompt of the Fisher study: each estimator's error and time against exact Fisher."""
+    from scipy.stats import spearmanr
+
+    start = time.perf_counter()
+    exact = scope.attribute(ids, method="exact")[0]
+    exact_time = time.perf_counter() - start
+    scored = exact > 0
+    record: dict = {"n_tokens": ids.numel(), "exact_seconds": exact_time}
+    for name in methods:
+        start = time.perf_counter()
+        estimate = scope.attribute(ids, **fisher_options(name))[0]
+        record[name] = {
+            "time_ratio": (time.perf_counter() - start) / exact_time,
+            "spearman": float(spearmanr(estimate[scored].cpu(), exact[scored].cpu()).statistic),
+            "rel_l2": float((estimate - exact).norm() / exact.norm()),
+        }
+    return record
+
+
 FISHER_STATS = ("spearman", "rel_l2", "time_ratio")
-
-
-def _read_fisher_records(path: Path, settings: dict) -> dict[int, dict]:
-    """Records of an earlier run with the same settings, by prompt index."""
-    if not path.exists():
-        return {}
-    records = {}
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut off by an interruption: that prompt is redone
-            continue
-        if record.get("settings") == settings:
-            records[record["index"]] = record
-    return records
+#: Subfolder of the speed benchmark's output holding the Fisher study's runner files.
+FISHER_DIR = "fisher_accuracy"
 
 
 # -- reporting ---------------------------------------------------------------------
@@ -507,6 +502,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-speed", action="store_true", help="only the Fisher accuracy study")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="discard the Fisher study's records of a run with other settings (default: refuse)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--device", default=None)
@@ -551,9 +548,11 @@ def main(argv=None) -> int:
     out = Path(args.out or Path("benchmarks") / "results" / default_name)
     out.mkdir(parents=True, exist_ok=True)
     if args.fisher_n:
-        if len(encoded) < args.fisher_n:
-            encoded = prepare(argparse.Namespace(**{**vars(args), "n": args.fisher_n}))[3]
-        results["fisher_accuracy"] = fisher_accuracy(args, model, tokenizer, encoded, out / "fisher_records.jsonl")
+        try:
+            results["fisher_accuracy"] = fisher_accuracy(args, model, tokenizer, out / FISHER_DIR)
+        except ValueError as err:  # e.g. an earlier study with other settings in the same folder
+            print(f"speed benchmark: error: {err}", file=sys.stderr)
+            return 2
     (out / "speed.json").write_text(json.dumps(results, indent=1))
     (out / "speed.md").write_text(markdown(results))
     plots(results, out)

@@ -66,27 +66,33 @@ def test_bad_arguments_exit_with_an_error(capsys):
     assert "unknown method 'nope'" in capsys.readouterr().err
 
 
-def test_fisher_accuracy_study_resumes(tiny_model_dir, prompts_file, tmp_path):
-    """Each prompt of the (slow) Fisher study is saved as it finishes; a rerun
-    recomputes only what is missing, including a line cut off by a kill."""
+def test_fisher_accuracy_study_resumes(tiny_model_dir, prompts_file, tmp_path, capsys):
+    """Each prompt of the (slow) Fisher study is saved as it finishes (the shared
+    runner); a rerun recomputes only what is missing, including a line cut off by
+    a kill, and refuses other settings unless --overwrite."""
     out = tmp_path / "fisher"
     argv = ["--model", str(tiny_model_dir), "--data", str(prompts_file), "--n", "2", "--skip-speed",
             "--fisher-n", "2", "--fisher-methods", "fisher,fisher_eig1", "--out", str(out)]
     assert bench_speed.main(argv) == 0
-    records = out / "fisher_records.jsonl"
-    first = records.read_text().splitlines()
-    assert [json.loads(line)["index"] for line in first] == [0, 1]
+    study = out / bench_speed.FISHER_DIR
+    (shard,) = study.glob("shard-*.jsonl")
+    first = shard.read_text().splitlines()
+    assert [json.loads(line)["id"] for line in first] == ["0", "1"]
     summary = json.loads((out / "speed.json").read_text())["fisher_accuracy"]
 
     assert bench_speed.main(argv) == 0  # nothing to do
-    assert records.read_text().splitlines() == first
+    assert shard.read_text().splitlines() == first
     assert json.loads((out / "speed.json").read_text())["fisher_accuracy"] == summary
 
-    records.write_text(first[0] + "\n" + first[1][: len(first[1]) // 2])  # killed while writing prompt 1
+    shard.write_text(first[0] + "\n" + first[1][: len(first[1]) // 2])  # killed while writing prompt 1
     assert bench_speed.main(argv) == 0
-    lines = records.read_text().splitlines()
-    assert len(lines) == 3 and json.loads(lines[-1])["index"] == 1
+    lines = shard.read_text().splitlines()
+    assert len(lines) == 2 and lines[0] == first[0] and json.loads(lines[1])["id"] == "1"
 
-    other = argv[:-3] + ["fisher_eig1", "--out", str(out)]  # other settings: records not reused
-    assert bench_speed.main(other) == 0
-    assert len(records.read_text().splitlines()) == 5
+    other = argv[:-3] + ["fisher_eig1", "--out", str(out)]  # other settings: refused, then redone
+    assert bench_speed.main(other) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert shard.read_text().splitlines() == lines
+    assert bench_speed.main(other + ["--overwrite"]) == 0
+    records = [json.loads(line) for line in (study / "records.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == ["0", "1"] and all("fisher" not in r for r in records)
