@@ -41,6 +41,8 @@ Outputs in ``--out`` (default ``benchmarks/results/faithfulness-<model>``): the
 runner's ``run.json``, ``shard-*.jsonl`` and ``records.jsonl`` (one record per
 prompt, resumable), then ``summary.json``, ``report.md``, ``deletion_curves.png``
 and ``aopc.png``. ``--report-only`` rebuilds the report from the records.
+``--combine A,B --out C`` joins runs of different methods on the same prompts
+(:func:`combine_runs`) into one report with the paired tests across them.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ __all__ = [
     "summarize",
     "render_report",
     "write_report",
+    "combine_runs",
 ]
 
 # ====================================================================== constants
@@ -694,6 +697,7 @@ def render_report(summary: dict) -> str:
         "",
         *(["**Partial report: the run has not finished (records read from its shards).**", ""]
           if summary.get("partial") else []),
+        *_combined_lines(meta),
         f"{summary['n_prompts']} prompts from {meta.get('data')} ({summary['n_skipped']} skipped as too short), "
         f"dtype {meta.get('dtype')}, seed {meta.get('seed')}, mean length {summary['mean_tokens']:.1f} tokens. "
         f"The tokenizer {'adds' if summary['has_bos'] else 'adds NO'} BOS token"
@@ -744,6 +748,15 @@ def render_report(summary: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _combined_lines(meta: dict) -> list[str]:
+    sources = meta.get("combined_from")
+    if not sources:
+        return []
+    parts = "; ".join(f"`{src['run']}` ({', '.join(src['methods'])}: {src['records']} records"
+                      f"{', unfinished' if src['partial'] else ''})" for src in sources)
+    return [f"Combined run: the prompts done in every one of {parts}.", ""]
 
 
 def _paper_table(summary: dict) -> list[str]:
@@ -865,15 +878,11 @@ def write_report(out_dir: Path, records: Optional[list[dict]] = None) -> dict:
         ValueError: no ``run.json`` / records in ``out_dir``.
     """
     out_dir = Path(out_dir)
-    run_file = out_dir / "run.json"
-    if not run_file.is_file():
-        raise ValueError(f"{out_dir} holds no benchmark run (no run.json); run the benchmark first")
-    meta = json.loads(run_file.read_text(encoding="utf-8"))
-    partial = records is None and not (out_dir / RECORDS_FILE).is_file()
+    meta, partial = _read_meta(out_dir), False
     if records is None:
-        records = _partial_records(out_dir) if partial else read_records(out_dir)
+        records, partial = _read_run_records(out_dir)
     summary = summarize(records, meta)
-    summary["partial"] = partial
+    summary["partial"] = partial or bool(meta.get("partial_sources"))
     (out_dir / "summary.json").write_text(
         json.dumps(_finite_or_none(summary), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
@@ -881,6 +890,19 @@ def write_report(out_dir: Path, records: Optional[list[dict]] = None) -> dict:
     _plot_curves(summary, out_dir / "deletion_curves.png")
     _plot_aopc(summary, out_dir / "aopc.png")
     return summary
+
+
+def _read_meta(out_dir: Path) -> dict:
+    run_file = Path(out_dir) / "run.json"
+    if not run_file.is_file():
+        raise ValueError(f"{out_dir} holds no benchmark run (no run.json); run the benchmark first")
+    return json.loads(run_file.read_text(encoding="utf-8"))
+
+
+def _read_run_records(out_dir: Path) -> tuple[list[dict], bool]:
+    """The records of a run and whether it is unfinished (then read from its shards)."""
+    partial = not (Path(out_dir) / RECORDS_FILE).is_file()
+    return (_partial_records(out_dir) if partial else read_records(out_dir)), partial
 
 
 def _partial_records(out_dir: Path) -> list[dict]:
@@ -891,6 +913,102 @@ def _partial_records(out_dir: Path) -> list[dict]:
     if not by_id:
         raise ValueError(f"{out_dir} holds no record yet (no records.jsonl, no shard-*.jsonl with a record)")
     return [by_id[i] for i in sorted(by_id, key=lambda i: (0, int(i), "") if i.isdigit() else (1, 0, i))]
+
+
+# ====================================================================== combining runs
+#: Settings two runs must share for their records to be combined prompt by prompt.
+_SHARED_SETTINGS = ("benchmark", "format", "model", "data", "dtype", "seed", "aopc_fractions", "curve_fractions",
+                    "ablation")
+
+
+def combine_runs(run_dirs: Sequence[Path], out_dir: Path) -> dict:
+    """Join runs that computed DIFFERENT methods on the same prompts into one run, and report it.
+
+    A long benchmark can be split by method (``--methods a,b`` into one folder, ``--methods c``
+    into another, on different machines or days); the combined records give every table of
+    one run, including the paired per-prompt comparisons across the two method sets.
+    Unfinished runs can be combined: the result covers the prompts done in every run and its
+    report says it is partial.
+
+    Args:
+        run_dirs: two or more output folders of this benchmark (each with ``run.json``).
+        out_dir: where the combined ``run.json`` (with ``combined_from``), ``records.jsonl``
+            and the report go; must not be one of ``run_dirs``.
+    Returns:
+        the summary of the combined records (see :func:`summarize`).
+    Raises:
+        ValueError: fewer than two runs, settings that differ (model, data, dtype, seed,
+            fractions, ...), a method computed in two runs, a prompt whose intact prediction
+            differs between runs (not the same model or prompt), or no prompt done in all runs.
+    """
+    run_dirs = [Path(d) for d in run_dirs]
+    out_dir = Path(out_dir)
+    if len(run_dirs) < 2:
+        raise ValueError(f"combining needs at least two runs, got {len(run_dirs)}")
+    if any(out_dir.resolve() == d.resolve() for d in run_dirs):
+        raise ValueError(f"the combined run's folder {out_dir} must differ from the runs combined")
+    metas = [_read_meta(d) for d in run_dirs]
+    _check_combinable(run_dirs, metas)
+    runs = [_read_run_records(d) for d in run_dirs]
+    by_id = [{r["id"]: r for r in records} for records, _ in runs]
+    common = [i for i in by_id[0] if all(i in other for other in by_id[1:])]
+    if not common:
+        raise ValueError("no prompt has a record in every run")
+    records = [_combine_records([b[i] for b in by_id]) for i in common]
+    methods = [m for m in METHODS if any(m in meta["methods"] for meta in metas)]
+    meta = {key: metas[0][key] for key in _SHARED_SETTINGS if key in metas[0]}
+    meta.update(
+        methods=methods,
+        loo_n=min(m.get("loo_n", 0) for m in metas),
+        combined_from=[{"run": d.name, "methods": m["methods"], "records": len(r), "partial": p}
+                       for d, m, (r, p) in zip(run_dirs, metas, runs)],
+        partial_sources=[d.name for d, (_, p) in zip(run_dirs, runs) if p],
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "run.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (out_dir / RECORDS_FILE).write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
+    )
+    return write_report(out_dir, records)
+
+
+def _check_combinable(run_dirs: list[Path], metas: list[dict]) -> None:
+    for d, meta in zip(run_dirs[1:], metas[1:]):
+        for key in _SHARED_SETTINGS:
+            if meta.get(key) != metas[0].get(key):
+                raise ValueError(f"runs {run_dirs[0]} and {d} differ in {key}: "
+                                 f"{metas[0].get(key)!r} vs {meta.get(key)!r}; only runs with the same settings "
+                                 "can be combined")
+    seen: dict[str, Path] = {}
+    for d, meta in zip(run_dirs, metas):
+        for method in meta["methods"]:
+            if method in seen:
+                raise ValueError(f"method {method!r} is in both {seen[method]} and {d}; combine runs of "
+                                 "different methods")
+            seen[method] = d
+
+
+def _combine_records(records: list[dict]) -> dict:
+    """One prompt's records from several runs -> one record with all their methods."""
+    first = records[0]
+    if any(("methods" in r) != ("methods" in first) for r in records):
+        raise ValueError(f"prompt {first['id']} is skipped in some runs only")
+    if "methods" not in first:
+        return dict(first)
+    for r in records[1:]:
+        # the same model on the same prompt predicts the same y*: anything else means
+        # the runs do not explain the same thing and their AOPCs cannot be paired
+        same = (r["n_tokens"], r["target"], r["true_token"]) == (first["n_tokens"], first["target"],
+                                                                 first["true_token"])
+        if not same or not math.isclose(r["log_prob"], first["log_prob"], rel_tol=1e-4, abs_tol=1e-5):
+            raise ValueError(f"prompt {first['id']}: the runs disagree on the intact prompt (tokens, y* or "
+                             "log p(y*)); they did not run the same model on the same prompt")
+    combined = {k: v for k, v in first.items() if k not in ("methods", "time_s", "cpu_s")}
+    combined["methods"] = {m: e for r in records for m, e in r["methods"].items()}
+    # each run paid its own intact forward and metrics: the combined cost is the sum
+    combined["time_s"] = sum(r["time_s"] for r in records)
+    combined["cpu_s"] = sum(r.get("cpu_s", float("nan")) for r in records)
+    return combined
 
 
 # ====================================================================== command line
@@ -935,6 +1053,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads per process (default: torch's, i.e. OMP_NUM_THREADS or all cores); "
                         "1 is much faster on a CPU shared with other jobs")
+    parser.add_argument("--combine", default=None, metavar="DIR,DIR[,...]",
+                        help="join the records of runs of different methods on the same prompts into --out "
+                        "(paired tables across them) and report; unfinished runs give a partial report")
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild the report from the records in --out (a partial one while a run is unfinished)")
     return parser
@@ -949,6 +1070,8 @@ def _check_args(args: argparse.Namespace) -> tuple[str, ...]:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
     if args.offset < 0:
         raise ValueError(f"--offset must be >= 0, got {args.offset}")
+    if args.combine and (args.out is None or args.report_only):
+        raise ValueError("--combine needs --out (the combined run's folder) and excludes --report-only")
     parse_fractions(args.curve_fractions)
     return methods
 
@@ -1023,7 +1146,12 @@ def main(argv: Optional[Sequence[str]] = None, *, prog: Optional[str] = None) ->
     try:
         methods = _check_args(args)
         out_dir = Path(args.out) if args.out else default_out_dir(args.model)
-        summary = write_report(out_dir) if args.report_only else _run(args, methods, out_dir)
+        if args.combine:
+            summary = combine_runs([Path(d) for d in args.combine.split(",") if d], out_dir)
+        elif args.report_only:
+            summary = write_report(out_dir)
+        else:
+            summary = _run(args, methods, out_dir)
     except (ValueError, ModelNotAvailableError) as err:
         print(f"faithfulness benchmark: error: {err}", file=sys.stderr)
         return 2

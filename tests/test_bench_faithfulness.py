@@ -153,6 +153,84 @@ def test_records_match_a_direct_aopc(tiny_model_dir, tmp_path):
     assert record["n_rankable"] == expected.n_rankable == len(PROMPTS[0].split()) - 1
 
 
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+
+
+def test_combined_runs_equal_one_run_of_all_their_methods(tiny_model_dir, tmp_path):
+    data = write_prompts(tmp_path / "prompts.json")
+    common = ["--n", "3", "--loo-n", "1"]
+    assert run(tiny_model_dir, data, tmp_path / "a", *common, "--methods", "semantic,random") == 0
+    assert run(tiny_model_dir, data, tmp_path / "b", *common, "--methods", "grad_x_input") == 0
+    assert run(tiny_model_dir, data, tmp_path / "one", *common, "--methods", "semantic,grad_x_input,random") == 0
+    combined = tmp_path / "combined"
+    assert bench.main(["--combine", f"{tmp_path / 'a'},{tmp_path / 'b'}", "--out", str(combined)]) == 0
+
+    got, want = _records(combined), _records(tmp_path / "one")
+    assert [r["id"] for r in got] == [r["id"] for r in want]
+    for g, w in zip(got, want):
+        assert (g["target"], g["n_tokens"]) == (w["target"], w["n_tokens"])
+        assert set(g["methods"]) == set(w["methods"])
+        for m in w["methods"]:
+            assert g["methods"][m]["aopc"] == pytest.approx(w["methods"][m]["aopc"], abs=1e-6)
+            assert ("loo" in g["methods"][m]) == ("loo" in w["methods"][m])
+    s_got = json.loads((combined / "summary.json").read_text())
+    s_want = json.loads((tmp_path / "one" / "summary.json").read_text())
+    # the paired test across the two runs' methods, which neither run has alone
+    (pair,) = s_got["paired"]
+    assert (pair["method"], pair["baseline"]) == ("semantic", "grad_x_input")
+    assert pair["mean_difference"] == pytest.approx(s_want["paired"][0]["mean_difference"], abs=1e-6)
+    assert s_got["loo"]["grad_x_input"]["n"] == 1
+    meta = json.loads((combined / "run.json").read_text())
+    assert meta["methods"] == ["semantic", "grad_x_input", "random"]
+    assert [src["run"] for src in meta["combined_from"]] == ["a", "b"]
+    report = (combined / "report.md").read_text()
+    assert "Combined run" in report and "Partial report" not in report
+    assert set(aopc_table(report)) == {"semantic", "grad_x_input", "random"}
+
+
+def test_combining_an_unfinished_run_covers_the_prompts_done_in_both(tiny_model_dir, tmp_path):
+    data = write_prompts(tmp_path / "prompts.json")
+    assert run(tiny_model_dir, data, tmp_path / "a", "--n", "4", "--methods", "random") == 0
+    assert run(tiny_model_dir, data, tmp_path / "b", "--n", "4", "--methods", "saliency") == 0
+    # b stopped after two prompts, in the middle of the third
+    (tmp_path / "b" / "records.jsonl").unlink()
+    (shard,) = (tmp_path / "b").glob("shard-*.jsonl")
+    lines = shard.read_text().splitlines(keepends=True)
+    shard.write_text("".join(lines[:2]) + lines[2][:20])
+    summary = bench.combine_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "c")
+    assert summary["n_prompts"] == 2 and summary["partial"]
+    assert [r["id"] for r in _records(tmp_path / "c")] == ["0", "1"]
+    assert "Partial report" in (tmp_path / "c" / "report.md").read_text()
+
+
+def test_combining_incompatible_runs_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
+    data = write_prompts(tmp_path / "prompts.json")
+    assert run(tiny_model_dir, data, tmp_path / "a", "--n", "2", "--methods", "random") == 0
+    assert run(tiny_model_dir, data, tmp_path / "b", "--n", "2", "--methods", "saliency") == 0
+    assert run(tiny_model_dir, data, tmp_path / "seed1", "--n", "2", "--methods", "semantic", "--seed", "1") == 0
+    assert run(tiny_model_dir, data, tmp_path / "again", "--n", "2", "--methods", "random,semantic") == 0
+    cases = {
+        "seed": [tmp_path / "a", tmp_path / "seed1"],
+        "'random' is in both": [tmp_path / "a", tmp_path / "again"],
+        "at least two runs": [tmp_path / "a"],
+        "no benchmark run": [tmp_path / "a", tmp_path / "missing"],
+    }
+    for message, dirs in cases.items():
+        with pytest.raises(ValueError, match=message):
+            bench.combine_runs(dirs, tmp_path / "c")
+    with pytest.raises(ValueError, match="must differ"):
+        bench.combine_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "a")
+    # records of another model / prompt: y* differs
+    records = _records(tmp_path / "b")
+    records[1]["target"] += 1
+    (tmp_path / "b" / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(ValueError, match="prompt 1: the runs disagree"):
+        bench.combine_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "c")
+    assert bench.main(["--combine", f"{tmp_path / 'a'},{tmp_path / 'b'}"]) == 2
+    assert "--combine needs --out" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_bad_dataset_file_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
     bad = tmp_path / "bad.json"
