@@ -695,8 +695,7 @@ def render_report(summary: dict) -> str:
     lines = [
         f"# Faithfulness benchmark: {meta.get('model')}",
         "",
-        *(["**Partial report: the run has not finished (records read from its shards).**", ""]
-          if summary.get("partial") else []),
+        *([_partial_line(meta), ""] if summary.get("partial") else []),
         *_combined_lines(meta),
         f"{summary['n_prompts']} prompts from {meta.get('data')} ({summary['n_skipped']} skipped as too short), "
         f"dtype {meta.get('dtype')}, seed {meta.get('seed')}, mean length {summary['mean_tokens']:.1f} tokens. "
@@ -748,6 +747,14 @@ def render_report(summary: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _partial_line(meta: dict) -> str:
+    unfinished = meta.get("partial_sources")
+    if unfinished:
+        runs = ", ".join(f"`{name}`" for name in unfinished)
+        return f"**Partial report: {runs} has not finished; the tables cover the prompts done in every run so far.**"
+    return "**Partial report: the run has not finished (records read from its shards).**"
 
 
 def _combined_lines(meta: dict) -> list[str]:

@@ -201,7 +201,7 @@ def test_combining_an_unfinished_run_covers_the_prompts_done_in_both(tiny_model_
     summary = bench.combine_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "c")
     assert summary["n_prompts"] == 2 and summary["partial"]
     assert [r["id"] for r in _records(tmp_path / "c")] == ["0", "1"]
-    assert "Partial report" in (tmp_path / "c" / "report.md").read_text()
+    assert "Partial report: `b` has not finished" in (tmp_path / "c" / "report.md").read_text()
 
 
 def test_combining_incompatible_runs_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
