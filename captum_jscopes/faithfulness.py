@@ -62,7 +62,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from .forward import accepts, module_device, prepare_inputs
+from .forward import accepts, prepare_inputs
 from .model_state import check_causal_lm
 from .tokens import TargetLike, resolve_target, special_tokens_mask
 
