@@ -287,9 +287,8 @@ def fisher_accuracy(args, model, tokenizer, out_dir: Path) -> dict:
 
     The prompts run through :func:`captum_jscopes.runner.run_sharded` into
     ``out_dir`` (exact Fisher costs minutes per prompt on a CPU): each record is
-    saved as it finishes, a rerun computes only the missing prompts, a rerun with
-    other settings is refused unless ``args.overwrite``, and a launch with several
-    processes (torchrun, accelerate) shares the prompts.
+    saved as it finishes, a rerun computes only the missing prompts, and a rerun
+    with other settings is refused unless ``args.overwrite``.
     """
     from . import FisherScope
     from .runner import load_prompts, read_records, run_sharded
