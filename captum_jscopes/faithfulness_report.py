@@ -19,7 +19,14 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from scipy import stats
 
-from .runner import RECORDS_FILE, _read_shard_records, read_records
+from .runner import (
+    RECORDS_FILE,
+    RUN_FILE,
+    _read_shard_records,
+    _write_json_atomic,
+    _write_text_atomic,
+    read_records,
+)
 
 __all__ = [
     "METHODS",
@@ -620,10 +627,9 @@ def combine_runs(run_dirs: Sequence[Path], out_dir: Path) -> dict:
         partial_sources=[d.name for d, (_, p) in zip(run_dirs, runs) if p],
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "run.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    (out_dir / RECORDS_FILE).write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
-    )
+    # the runner's own writers: the combined folder has a run's layout, written atomically
+    _write_json_atomic(out_dir / RUN_FILE, meta)
+    _write_text_atomic(out_dir / RECORDS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return write_report(out_dir, records)
 
 
