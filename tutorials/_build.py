@@ -1576,7 +1576,7 @@ Numbers from the saved run: 8 random series of 200 values per kind, SmolLM2-135M
 """,
     "06_benchmarks": r"""
 The small runs above take minutes; the numbers quoted here are from the committed full-size runs in
-`benchmarks/results/` (SmolLM2-135M-Instruct, CPU, one thread), shown in section 4 and discussed in
+`benchmarks/results/` (SmolLM2-135M-Instruct and Gemma-3-270m, CPU, one thread per process), shown in section 4 and discussed in
 `benchmarks/README.md`.
 
 - **Semantic and Temperature cost what an input gradient costs**: 0.98x and 1.03x the floor per explained
