@@ -3,9 +3,9 @@
     python benchmarks/faithfulness.py --n 100 --loo-n 20
     CUDA_VISIBLE_DEVICES="" accelerate launch --multi_gpu --num_processes 2 benchmarks/faithfulness.py --n 1000
 
-Options: python benchmarks/faithfulness.py --help; details in captum_jscopes/bench_faithfulness.py.
+Options: python benchmarks/faithfulness.py --help; details in captum_jscopes/bench/faithfulness.py.
 """
 
-from captum_jscopes.bench_faithfulness import main
+from captum_jscopes.bench.faithfulness import main
 
 raise SystemExit(main())

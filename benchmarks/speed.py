@@ -1,5 +1,5 @@
-"""Speed benchmark (see captum_jscopes/bench_speed.py and benchmarks/README.md)."""
+"""Speed benchmark (see captum_jscopes/bench/speed.py and benchmarks/README.md)."""
 
-from captum_jscopes.bench_speed import main
+from captum_jscopes.bench.speed import main
 
 raise SystemExit(main())

@@ -9,15 +9,12 @@ three scopes and writes, per scope, ``<out>/<scope>.png`` (heatmap, the explaine
 token in red), ``<out>/<scope>.html`` (self-contained) and ``<out>/<scope>.json``
 (a :class:`~captum_jscopes.ScopeResult`). ``demo`` does the same on built-in
 examples (:mod:`captum_jscopes.demo_prompts`). ``bench`` forwards to the
-benchmark modules.
+benchmark modules (:mod:`captum_jscopes.bench`).
 
-Every scope goes through one code path, :func:`explain`: Captum's LLM wrapper
-(:class:`~captum_jscopes.LLMScopeAttribution`) with the target's token ids, so a
-one-token target, a multi-token target (teacher-forced, one row per token) and
-a chat prompt are handled alike.
-
-torch, transformers and matplotlib are imported inside the functions that need
-them, so ``jscopes --help`` does not wait for them.
+This module only parses and dispatches: the work is done by
+:func:`captum_jscopes.explain.explain` and :func:`~captum_jscopes.explain.write_result`,
+and the ``--scope`` and ``--fisher-method`` choices come from
+:mod:`captum_jscopes.registry`.
 """
 
 from __future__ import annotations
@@ -28,18 +25,19 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-if TYPE_CHECKING:
-    from .result import ScopeResult
+from .explain import check_prompt, explain, model_name, package_version, write_result
+from .models import ModelNotAvailableError, load_model
+from .registry import FISHER_METHODS, SCOPES
+from .result import ScopeResult
+from .visualize import display_token
 
 PROG = "jscopes"
-SCOPES = ("semantic", "temperature", "fisher")
-FISHER_METHODS = ("deflated", "exact", "eig")
 DTYPES = ("float32", "bfloat16", "float16", "float64", "auto")
 BENCHMARKS = {
-    "speed": "captum_jscopes.bench_speed",
-    "faithfulness": "captum_jscopes.bench_faithfulness",
+    "speed": "captum_jscopes.bench.speed",
+    "faithfulness": "captum_jscopes.bench.faithfulness",
 }
 TOP_K = 5
 DEBUG_ENV = "JSCOPES_DEBUG"
@@ -96,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Jacobian Scopes: which input tokens drive a language model's next-token prediction.",
         epilog="Run 'jscopes COMMAND --help' for the options of a command.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     _add_debug_flag(parser, False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_attribute_command(commands)
@@ -124,13 +122,37 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="where to run the model, e.g. cpu, cuda, cuda:1 (default: cpu)")
 
 
-def _add_attribute_command(commands: Any) -> None:
-    p = commands.add_parser(
-        "attribute",
-        help="explain the next token of a prompt (PNG, HTML, JSON)",
-        description="Explain the model's next-token prediction after PROMPT (or --target) with Jacobian "
+#: The sub-commands' one-line help and description, by name.
+COMMAND_TEXTS = {
+    "attribute": (
+        "explain the next token of a prompt (PNG, HTML, JSON)",
+        "Explain the model's next-token prediction after PROMPT (or --target) with Jacobian "
         "Scopes. Writes <out>/<scope>.png, .html and .json for each scope.",
-    )
+    ),
+    "demo": (
+        "the three scopes on built-in examples (factual recall, implicit bias, LAMBADA)",
+        "Run the Semantic, Temperature and Fisher Scopes on built-in examples and write "
+        "their pictures into one sub-folder per example.",
+    ),
+    "bench": (
+        "benchmarks: 'bench speed ...' or 'bench faithfulness ...'",
+        "Run a benchmark; the arguments after its name go to the benchmark "
+        "(see 'jscopes bench speed --help').",
+    ),
+}
+
+
+def _add_command(commands: Any, name: str, handler: Any) -> argparse.ArgumentParser:
+    """The sub-command ``name`` with its texts and --debug flag, run by ``handler(args, forwarded)``."""
+    help, description = COMMAND_TEXTS[name]
+    p = commands.add_parser(name, help=help, description=description)
+    _add_debug_flag(p, argparse.SUPPRESS)
+    p.set_defaults(handler=handler)
+    return p
+
+
+def _add_attribute_command(commands: Any) -> None:
+    p = _add_command(commands, "attribute", _run_attribute)
     p.add_argument("prompt", help="the text whose continuation is explained")
     p.add_argument(
         "--target",
@@ -138,7 +160,7 @@ def _add_attribute_command(commands: Any) -> None:
         "explained one by one (teacher-forced) and summed in the picture. Default: the model's top-1 prediction",
     )
     p.add_argument(
-        "--scope", choices=SCOPES + ("all",), default="all", help="which scope(s) to run (default: all)"
+        "--scope", choices=(*SCOPES, "all"), default="all", help="which scope(s) to run (default: all)"
     )
     _add_model_flags(p)
     p.add_argument("--out", default="jscopes-out", metavar="DIR", help="output folder (default: ./jscopes-out)")
@@ -157,34 +179,19 @@ def _add_attribute_command(commands: Any) -> None:
         help="also show and score special tokens (BOS, chat markers); by default they are left out, "
         "as attention sinks they would dominate the map",
     )
-    _add_debug_flag(p, argparse.SUPPRESS)
-    p.set_defaults(handler=_run_attribute)
 
 
 def _add_demo_command(commands: Any) -> None:
-    p = commands.add_parser(
-        "demo",
-        help="the three scopes on built-in examples (factual recall, implicit bias, LAMBADA)",
-        description="Run the Semantic, Temperature and Fisher Scopes on built-in examples and write "
-        "their pictures into one sub-folder per example.",
-    )
+    p = _add_command(commands, "demo", _run_demo)
     p.add_argument("--out", default="jscopes-demo", metavar="DIR", help="output folder (default: ./jscopes-demo)")
     _add_model_flags(p)
-    _add_debug_flag(p, argparse.SUPPRESS)
-    p.set_defaults(handler=_run_demo)
 
 
 def _add_bench_command(commands: Any) -> None:
-    p = commands.add_parser(
-        "bench",
-        help="benchmarks: 'bench speed ...' or 'bench faithfulness ...'",
-        description="Run a benchmark; the arguments after its name go to the benchmark "
-        "(see 'jscopes bench speed --help').",
-    )
+    p = _add_command(commands, "bench", _run_bench)
     p.add_argument("benchmark", choices=sorted(BENCHMARKS), help="which benchmark")
     # Only for the usage text: main() hands everything after the name to the benchmark untouched.
     p.add_argument("args", nargs="*", metavar="ARG", help="arguments of the benchmark")
-    p.set_defaults(handler=_run_bench)
 
 
 def _split_bench_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -200,10 +207,10 @@ def _split_bench_args(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _run_attribute(args: argparse.Namespace, forwarded: list[str]) -> int:
-    prompt = _check_prompt(args.prompt)
+    prompt = check_prompt(args.prompt)
     if args.target == "":
         raise ValueError("--target is empty; leave it out to explain the model's own prediction")
-    scopes = SCOPES if args.scope == "all" else (args.scope,)
+    scopes = tuple(SCOPES) if args.scope == "all" else (args.scope,)
     out = _output_folder(args.out)
     model, tokenizer = _load_model(args)
     results, written = [], []
@@ -255,169 +262,7 @@ def _run_bench(args: argparse.Namespace, forwarded: list[str]) -> int:
     return 0 if status is None else int(status)
 
 
-# ----------------------------------------------------------------------------- the one code path
-
-
-def explain(
-    model: Any,
-    tokenizer: Any,
-    prompt: str,
-    scope: str,
-    target: Optional[str] = None,
-    *,
-    chat: bool = False,
-    keep_special: bool = False,
-    fisher_method: str = "deflated",
-) -> "ScopeResult":
-    """Explain the continuation of ``prompt`` with one scope.
-
-    Args:
-        model, tokenizer: a Hugging Face causal LM and its tokenizer (not modified).
-        prompt: the text; must not be empty.
-        scope: "semantic", "temperature" or "fisher".
-        target: the continuation to explain (e.g. " Paris"); several tokens are
-            attributed one by one, teacher-forced. Default None: the model's top-1
-            next token.
-        chat: wrap ``prompt`` in the tokenizer's chat template and score only the
-            user's tokens. Default False.
-        keep_special: show and score special tokens (BOS, chat markers). Default
-            False: they are left out of the result.
-        fisher_method: Fisher Scope estimator, "deflated" (default), "exact" or "eig".
-    Returns:
-        ScopeResult with ``input_tokens`` (n,), ``output_tokens`` (m target tokens),
-        ``token_attr`` (m, n), ``seq_attr`` (n,) = sum of the rows, ``output_probs``
-        (m,) = p(target token k | prompt + earlier target tokens), and metadata:
-        model, scope, prompt, target, prediction {token, id, prob}, settings, versions.
-    """
-    import torch
-
-    from .llm_attribution import LLMScopeAttribution
-
-    scope_class = _scope_class(scope)
-    if fisher_method not in FISHER_METHODS:
-        raise ValueError(f"fisher_method must be one of {FISHER_METHODS}, got {fisher_method!r}")
-    inp = prompt_input(model, tokenizer, _check_prompt(prompt), chat=chat, keep_special=keep_special)
-    prediction = predict_next(model, tokenizer, inp.to_model_input())
-    target_ids = [prediction["id"]] if target is None else encode_target(tokenizer, target)
-    options = {"method": fisher_method} if scope == "fisher" else {}
-    attribution = LLMScopeAttribution(scope_class(model, tokenizer, exclude_special_tokens=not keep_special), tokenizer)
-    result = attribution.attribute(inp, target=torch.tensor(target_ids), **options)
-    result.metadata.update(
-        model=model_name(model),
-        scope=scope,
-        prompt=prompt,
-        target=tokenizer.decode(target_ids),
-        target_is_prediction=target is None,
-        prediction=prediction,
-        settings={
-            "chat": chat,
-            "keep_special": keep_special,
-            **({"fisher_method": fisher_method} if scope == "fisher" else {}),
-            "dtype": str(_model_dtype(model)).removeprefix("torch."),
-            "device": str(_model_device(model)),
-        },
-        versions=_versions(),
-    )
-    return result
-
-
-def prompt_input(model: Any, tokenizer: Any, prompt: str, *, chat: bool = False, keep_special: bool = False) -> Any:
-    """The prompt as a Captum input: a ``TextTokenInput`` whose special tokens are
-    skipped (unless ``keep_special``), or with ``chat`` the chat-formatted prompt
-    whose interpretable tokens are the user's message. Raises ValueError when no
-    token is left to explain."""
-    from captum.attr import TextTokenInput
-
-    from .llm_attribution import chat_input
-    from .tokens import special_token_ids
-
-    if chat:
-        inp = chat_input(tokenizer, prompt)
-    else:
-        skip = None if keep_special else sorted(special_token_ids(tokenizer, getattr(model, "config", None)))
-        inp = TextTokenInput(prompt, tokenizer, skip_tokens=skip or None)
-    if inp.n_itp_features == 0:
-        raise ValueError("the prompt holds only special tokens; pass --keep-special to explain them")
-    return inp
-
-
-def predict_next(model: Any, tokenizer: Any, input_ids: Any) -> dict:
-    """The model's top-1 next token after ``input_ids`` (1, n):
-    ``{"token": decoded text, "id": int, "prob": float}``."""
-    import torch
-
-    from .forward import prepare_inputs
-
-    ids, _ = prepare_inputs(model, input_ids, None)  # checks vocabulary and context length
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits[0, -1]
-    probs = torch.softmax(logits.float(), dim=-1)
-    top = int(probs.argmax())
-    return {"token": tokenizer.decode([top]), "id": top, "prob": float(probs[top])}
-
-
-def encode_target(tokenizer: Any, target: str) -> list[int]:
-    """Token ids of a target string (no special tokens added). Raises ValueError
-    if it is empty or holds a word the vocabulary lacks (the unknown token)."""
-    if not isinstance(target, str):
-        raise TypeError(f"target must be a str, not {type(target).__name__}")
-    if target == "":
-        raise ValueError("the target is empty")
-    ids = tokenizer.encode(target, add_special_tokens=False)
-    if not ids:
-        raise ValueError(f"the target {target!r} encodes to no tokens")
-    unk_id, unk = getattr(tokenizer, "unk_token_id", None), getattr(tokenizer, "unk_token", None)
-    if unk_id is not None and unk_id in ids and (not unk or unk not in target):
-        pieces = tokenizer.convert_ids_to_tokens(ids)
-        raise ValueError(f"the target {target!r} is not in the model's vocabulary: it encodes to {pieces}")
-    return list(ids)
-
-
-def write_result(result: "ScopeResult", out: Path, stem: str) -> list[Path]:
-    """Write ``<out>/<stem>.png`` (heatmap of ``seq_attr``, the explained text in
-    red), ``.html`` (self-contained) and ``.json`` (``result.save_json``); return
-    the paths."""
-    from .visualize import PNG_DPI, plot_token_heatmap, save_html
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    title = f"{str(result.metadata.get('scope', '')).title()} Scope · {result.metadata.get('model', '')}"
-    # The decoded target keeps its spaces (' New York'); Captum's output_tokens
-    # drop them ('New', 'York'), which would read 'NewYork' in red.
-    target = result.metadata.get("target") or "".join(result.output_tokens)
-    figure = plot_token_heatmap(result.input_tokens, result.seq_attr, target=target, title=title)
-    png = out / f"{stem}.png"
-    figure.savefig(png, dpi=PNG_DPI, format="png", facecolor="white")
-    return [png, save_html(result, out / f"{stem}.html", title=title), result.save_json(out / f"{stem}.json", indent=1)]
-
-
-def model_name(model: Any) -> str:
-    """The short model name used in reports (``describe_model``)."""
-    from .models import describe_model
-
-    return describe_model(model)
-
-
 # ----------------------------------------------------------------------------- helpers
-
-
-def _scope_class(scope: str) -> Callable[..., Any]:
-    from .fisher_scope import FisherScope
-    from .semantic_scope import SemanticScope
-    from .temperature_scope import TemperatureScope
-
-    classes = {"semantic": SemanticScope, "temperature": TemperatureScope, "fisher": FisherScope}
-    if scope not in classes:
-        raise ValueError(f"unknown scope {scope!r}; use one of {SCOPES}")
-    return classes[scope]
-
-
-def _check_prompt(prompt: Any) -> str:
-    if not isinstance(prompt, str):
-        raise TypeError(f"the prompt must be a str, not {type(prompt).__name__}")
-    if not prompt.strip():
-        raise ValueError("the prompt is empty: give the text whose continuation to explain")
-    return prompt
 
 
 def _output_folder(out: str) -> Path:
@@ -428,8 +273,6 @@ def _output_folder(out: str) -> Path:
 
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
-    from .models import load_model
-
     name = args.model
     if name is not None:
         if not name.strip():
@@ -444,41 +287,7 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
     return load_model(name, dtype=args.dtype, device=args.device, progress=False)
 
 
-def _model_dtype(model: Any) -> Any:
-    return next(model.parameters()).dtype
-
-
-def _model_device(model: Any) -> Any:
-    from .forward import module_device
-
-    return module_device(model.get_input_embeddings())
-
-
-def _versions() -> dict:
-    import captum
-    import torch
-    import transformers
-
-    return {
-        "captum_jscopes": _version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "captum": captum.__version__,
-    }
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("captum_jscopes")
-    except PackageNotFoundError:  # run from a source tree that is not installed
-        return "unknown"
-
-
 def _describe_error(err: Exception, debug: bool) -> str:
-    from .models import ModelNotAvailableError
-
     if isinstance(err, (CommandError, ValueError, TypeError, OSError, ModelNotAvailableError)):
         return str(err)
     hint = "" if debug else f" (run with --debug or {DEBUG_ENV}=1 for the traceback)"
@@ -499,8 +308,6 @@ def _exit_status(stop: SystemExit) -> int:
 
 def _shown(token: str) -> str:
     """A raw tokenizer piece as text ('Ġcat' -> ' cat')."""
-    from .visualize import display_token
-
     return display_token(token)
 
 
@@ -508,14 +315,14 @@ def _short(text: str, limit: int = 70) -> str:
     return text if len(text) <= limit else "…" + text[-(limit - 1) :]
 
 
-def _target_line(result: "ScopeResult") -> str:
+def _target_line(result: ScopeResult) -> str:
     """'\\' Paris\\' (p = 0.773)' for one target token, the joined text and the
     product of the probabilities for several."""
     prob = float(result.output_probs.double().prod())
     return f"{result.metadata['target']!r} (p = {prob:.3g})"
 
 
-def _print_summary(results: list["ScopeResult"], written: list[Path]) -> None:
+def _print_summary(results: list[ScopeResult], written: list[Path]) -> None:
     first = results[0].metadata
     prediction = first["prediction"]
     settings = first["settings"]

@@ -16,11 +16,10 @@ from __future__ import annotations
 from typing import Any, Optional, Union
 
 import torch
-from captum.attr import LLMGradientAttribution
-from captum.attr._core.llm_attr import _convert_ids_to_pretty_tokens
-from captum.attr._utils.interpretable_input import InterpretableInput, TextTokenInput
+from captum.attr import InterpretableInput, LLMGradientAttribution, TextTokenInput
 from torch import Tensor
 
+from .captum_compat import pretty_tokens, prompt_token_ids, target_token_ids
 from .result import ScopeResult
 from .scope import JacobianScope
 from .semantic_scope import SemanticScope
@@ -68,17 +67,17 @@ class LLMScopeAttribution(LLMGradientAttribution):
         if not isinstance(self.attr_method, JacobianScope):
             result = super().attribute(inp, target, gen_args, **kwargs)
             return ScopeResult.from_captum(result, {"method": type(self.attr_method).__name__})
-        target_tokens = self._get_target_tokens(inp, target, gen_args).flatten().long()
+        target_tokens = target_token_ids(self, inp, target, gen_args)
         if target_tokens.numel() == 0:
             raise ValueError("the target is empty: it encodes to no tokens")
-        prompt = self._format_model_input(inp.to_model_input())["input_ids"].to(self.device)
+        prompt = prompt_token_ids(self, inp).to(self.device)
         n_prompt, n_target = prompt.shape[1], target_tokens.numel()
         target_tokens = target_tokens.to(prompt.device)
         # teacher forcing: position n_prompt - 1 + k predicts target token k
         ids = torch.cat([prompt, target_tokens[None, :-1]], dim=1)
         positions = (n_prompt - 1 + torch.arange(n_target, device=prompt.device))[None]
         targets = target_tokens[None] if isinstance(self.attr_method, SemanticScope) else None
-        output = self.attr_method._attribute(ids, positions, targets, None, **kwargs)
+        output = self.attr_method.scope_output(ids, positions, targets, **kwargs)
         token_attr = output.scores[0, :, :n_prompt]
         itp_mask = getattr(inp, "itp_mask", None)
         if itp_mask is not None:
@@ -87,7 +86,7 @@ class LLMScopeAttribution(LLMGradientAttribution):
         output_probs = probs.gather(-1, target_tokens[:, None].to(probs.device))[:, 0]
         return ScopeResult(
             input_tokens=list(inp.values),
-            output_tokens=_convert_ids_to_pretty_tokens(target_tokens, self.tokenizer),
+            output_tokens=pretty_tokens(target_tokens, self.tokenizer),
             seq_attr=token_attr.sum(0).detach().cpu(),
             token_attr=token_attr.detach().cpu(),
             output_probs=output_probs.detach().cpu(),

@@ -38,10 +38,11 @@ def check_causal_lm(model: nn.Module) -> None:
 
 
 @contextlib.contextmanager
-def preserved_state(model: nn.Module) -> Iterator[None]:
+def preserved_state(model: nn.Module, *, grad: bool = True) -> Iterator[None]:
     """Run the body with the model in eval mode, its parameters frozen and
-    autograd enabled, then restore every module's ``training`` flag and every
-    parameter's ``requires_grad``.
+    autograd enabled (``grad=True``, the scopes) or disabled (``grad=False``, the
+    metrics' forward-only ablations), then restore every module's ``training``
+    flag and every parameter's ``requires_grad``.
 
     Eval mode because dropout would make attributions random; frozen parameters
     because the scopes differentiate w.r.t. the input embeddings only, and a graph
@@ -55,7 +56,7 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        with torch.enable_grad():
+        with torch.enable_grad() if grad else torch.no_grad():
             yield
     finally:
         for name, module in model.named_modules():

@@ -109,16 +109,8 @@ class JacobianScope(GradientAttribution):
         return result[:, 0]
 
     def attribute_positions(
-        self,
-        input_ids: Tensor,
-        positions: Tensor,
-        targets: Optional[Tensor] = None,
-        attention_mask: Optional[Tensor] = None,
-        *,
-        token_mask: Optional[Tensor] = None,
-        exclude_special_tokens: Optional[bool] = None,
-        return_error: bool = False,
-        **options: Any,
+        self, input_ids: Tensor, positions: Tensor, targets: Optional[Tensor] = None,
+        attention_mask: Optional[Tensor] = None, *, return_error: bool = False, **options: Any,
     ) -> Union[Tensor, tuple[Tensor, Tensor]]:
         """Scores for several explained positions of each prompt from ONE forward
         pass (used for teacher-forced multi-token targets).
@@ -130,22 +122,29 @@ class JacobianScope(GradientAttribution):
                 the Semantic Scope; None otherwise.
             return_error: also return the estimated standard error of each score
                 (zeros for exact scopes, NaN where an estimator gives none).
+            **options: ``token_mask``, ``exclude_special_tokens`` and the scope's
+                own options, as in :meth:`attribute`.
         Returns:
             (batch, P, seq) scores, or ``(scores, error)`` with ``return_error``.
         """
-        output = self._attribute(input_ids, positions, targets, attention_mask, token_mask, exclude_special_tokens, **options)
+        output = self.scope_output(input_ids, positions, targets, attention_mask, **options)
         return (output.scores, output.error) if return_error else output.scores
 
-    def _attribute(
+    def scope_output(
         self,
         input_ids: Tensor,
         positions: Tensor,
-        targets: Optional[Tensor],
-        attention_mask: Optional[Tensor],
+        targets: Optional[Tensor] = None,
+        attention_mask: Optional[Tensor] = None,
+        *,
         token_mask: Optional[Tensor] = None,
         exclude_special_tokens: Optional[bool] = None,
         **options: Any,
     ) -> "ScopeOutput":
+        """Like :meth:`attribute_positions`, returning a :class:`ScopeOutput`:
+        the scores, their standard error and the model's logits at the explained
+        positions, all from the same single forward pass (the Captum wrapper
+        reads the target probabilities off these logits)."""
         ids, mask = self._inputs(input_ids, attention_mask)
         positions = positions.to(ids.device).long()
         if positions.dim() != 2 or positions.shape[0] != ids.shape[0]:

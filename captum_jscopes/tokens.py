@@ -4,7 +4,7 @@ token id."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, Union
 
 import torch
 from torch import Tensor
@@ -62,9 +62,7 @@ def resolve_target(target: TargetLike, tokenizer: Any, vocab_size: int) -> int:
                 f"target {target!r} is a string: pass tokenizer= to the scope to encode it, "
                 "or give a token id"
             )
-        if target == "":
-            raise ValueError("target is an empty string")
-        ids = tokenizer.encode(target, add_special_tokens=False)
+        ids = encode_target(tokenizer, target)
         if len(ids) != 1:
             pieces = tokenizer.convert_ids_to_tokens(ids)
             raise ValueError(
@@ -72,14 +70,25 @@ def resolve_target(target: TargetLike, tokenizer: Any, vocab_size: int) -> int:
                 "next-token prediction: pick one of these pieces (or its id), or use "
                 "LLMScopeAttribution for a multi-token target"
             )
-        unk = getattr(tokenizer, "unk_token_id", None)
-        if unk is not None and ids[0] == unk and target != getattr(tokenizer, "unk_token", None):
-            raise ValueError(f"target {target!r} is not in the vocabulary (it encodes to the unknown token)")
         return resolve_target(int(ids[0]), tokenizer, vocab_size)
     raise TypeError(f"target must be an int, a str or a one-element tensor, not {type(target).__name__}")
 
 
-def resolve_optional_target(
-    target: Optional[TargetLike], tokenizer: Any, vocab_size: int
-) -> Optional[int]:
-    return None if target is None else resolve_target(target, tokenizer, vocab_size)
+def encode_target(tokenizer: Any, target: str) -> list[int]:
+    """Token ids of a target string, without special tokens (several for a
+    multi-token target). Raises ValueError if it is empty, encodes to nothing,
+    or holds a word the vocabulary lacks (it encodes to the unknown token while
+    the text does not spell that token)."""
+    if not isinstance(target, str):
+        raise TypeError(f"target must be a str, not {type(target).__name__}")
+    if target == "":
+        raise ValueError("the target is an empty string")
+    ids = list(tokenizer.encode(target, add_special_tokens=False))
+    if not ids:
+        raise ValueError(f"the target {target!r} encodes to no tokens")
+    unk_id, unk = getattr(tokenizer, "unk_token_id", None), getattr(tokenizer, "unk_token", None)
+    if unk_id is not None and unk_id in ids and (not unk or unk not in target):
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        raise ValueError(f"the target {target!r} is not in the model's vocabulary: it encodes to {pieces}")
+    return ids
+

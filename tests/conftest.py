@@ -1,117 +1,11 @@
-"""Shared fixtures: tiny randomly initialised Hugging Face causal LMs of many
-architectures (real transformers models, built from configs in milliseconds)
-and a tiny word-level tokenizer with a chat template."""
+"""Fixtures shared by every test; the helpers they use live in tests/helpers.py
+(importable as ``helpers``: pytest's ``pythonpath`` setting puts tests/ on the path)."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-import transformers
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast
-
-WORDS = (
-    "the a cat dog sat on mat and ran to house red blue big small is was he she it they "
-    "liked food went home Paris France capital of city Tom South Columbia liberal conservative "
-    "one two three four five six seven eight nine ten , . ? !"
-).split()
-SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>", "<|user|>", "<|assistant|>"]
-VOCAB = {tok: i for i, tok in enumerate(SPECIALS + WORDS)}
-PAD, BOS, EOS = 0, 1, 2
-VOCAB_SIZE = 64  # > len(VOCAB): some ids have no word, which the models do not care about
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{% if m['role'] == 'user' %}<|user|> {{ m['content'] }} "
-    "{% else %}{{ m['content'] }} {% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
-
-def make_tokenizer() -> PreTrainedTokenizerFast:
-    backend = Tokenizer(models.WordLevel(VOCAB, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", BOS)])
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        additional_special_tokens=["<|user|>", "<|assistant|>"],
-    )
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
-
-
-_SIZES = dict(num_hidden_layers=2, num_attention_heads=4, intermediate_size=32)
-_IDS = dict(vocab_size=VOCAB_SIZE, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
-
-CONFIGS = {
-    "llama": lambda: transformers.LlamaConfig(hidden_size=16, num_key_value_heads=2, **_SIZES, **_IDS),
-    "mistral": lambda: transformers.MistralConfig(hidden_size=16, num_key_value_heads=2, **_SIZES, **_IDS),
-    "qwen2": lambda: transformers.Qwen2Config(hidden_size=16, num_key_value_heads=2, **_SIZES, **_IDS),
-    "gemma3": lambda: transformers.Gemma3TextConfig(
-        hidden_size=16, num_key_value_heads=2, head_dim=4, sliding_window=4, **_SIZES, **_IDS
-    ),
-    "gemma2": lambda: transformers.Gemma2Config(
-        hidden_size=16, num_key_value_heads=2, head_dim=4, final_logit_softcapping=2.0, **_SIZES, **_IDS
-    ),
-    "gpt2": lambda: transformers.GPT2Config(n_embd=16, n_layer=2, n_head=4, n_positions=64, **_IDS),
-    "gpt_neox": lambda: transformers.GPTNeoXConfig(hidden_size=16, **_SIZES, **_IDS),
-    "phi": lambda: transformers.PhiConfig(hidden_size=16, **_SIZES, **_IDS),
-}
-
-
-def make_model(arch: str = "llama", dtype: torch.dtype = torch.float32, seed: int = 0):
-    """A tiny causal LM of the given architecture, in eval mode."""
-    torch.manual_seed(seed)
-    config = CONFIGS[arch]()
-    config._attn_implementation = "eager"
-    model = transformers.AutoModelForCausalLM.from_config(config).to(dtype).eval()
-    if arch in ("gemma2", "gemma3"):  # random init is near-degenerate; widen it so scores differ
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn_like(p) * 0.05)
-    return model
-
-
-def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
-    """Token ids that avoid the special tokens (ids < len(SPECIALS))."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(len(SPECIALS), VOCAB_SIZE, (batch, length), generator=generator)
-
-
-def snapshot(model: torch.nn.Module) -> dict:
-    """Everything about a model a scope must leave untouched."""
-    return {
-        "params": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
-        "requires_grad": {k: p.requires_grad for k, p in model.named_parameters(remove_duplicate=False)},
-        "grad": {k: None if p.grad is None else p.grad.clone() for k, p in model.named_parameters()},
-        "training": {k: m.training for k, m in model.named_modules()},
-        "hooks": {
-            k: (
-                list(m._forward_hooks),
-                list(m._forward_pre_hooks),
-                list(m._backward_hooks),
-                list(getattr(m, "_backward_pre_hooks", {})),
-            )
-            for k, m in model.named_modules()
-        },
-        "dtype": {k: v.dtype for k, v in model.state_dict().items()},
-    }
-
-
-def assert_unchanged(model: torch.nn.Module, before: dict) -> None:
-    after = snapshot(model)
-    for key, value in before["params"].items():
-        assert torch.equal(after["params"][key], value), f"parameter {key} changed"
-    for key in ("requires_grad", "training", "hooks", "dtype"):
-        assert after[key] == before[key], f"{key} changed"
-    for key, value in before["grad"].items():
-        other = after["grad"][key]
-        assert (value is None) == (other is None) and (value is None or torch.equal(value, other)), f".grad of {key} changed"
+from helpers import make_model, make_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -127,7 +21,3 @@ def llama():
 @pytest.fixture
 def gpt2_64():
     return make_model("gpt2", torch.float64)
-
-
-def clone_model(model):
-    return copy.deepcopy(model)

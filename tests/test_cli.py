@@ -15,12 +15,14 @@ matplotlib.use("Agg")
 
 import pytest
 import torch
-from conftest import assert_unchanged, make_model, make_tokenizer, snapshot
+from helpers import assert_unchanged, make_model, make_tokenizer, snapshot
 from matplotlib.image import imread
 
 from captum_jscopes import FisherScope, ScopeResult, SemanticScope, TemperatureScope, chat_prompt, load_model
 from captum_jscopes import cli
-from captum_jscopes.cli import SCOPES, explain, main
+from captum_jscopes.cli import main
+from captum_jscopes.explain import explain
+from captum_jscopes.registry import SCOPES
 from captum_jscopes.models import EMBEDDED_MODELS, EmbeddedModel
 
 PROMPT = "the cat sat on the"
@@ -255,9 +257,9 @@ def test_debug_shows_the_traceback(how, monkeypatch, tmp_path, capsys):
 
 def test_bench_forwards_the_remaining_arguments(monkeypatch, capsys):
     calls = []
-    stub = types.ModuleType("captum_jscopes.bench_faithfulness")
+    stub = types.ModuleType("captum_jscopes.bench.faithfulness")
     stub.main = lambda argv: calls.append(argv) or 3
-    monkeypatch.setitem(sys.modules, "captum_jscopes.bench_faithfulness", stub)
+    monkeypatch.setitem(sys.modules, "captum_jscopes.bench.faithfulness", stub)
     code, _, _ = run(["--debug", "bench", "faithfulness", "--n", "5", "extra", "--help"], capsys)
     assert (code, calls) == (3, [["--n", "5", "extra", "--help"]])
 

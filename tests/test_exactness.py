@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import BOS, CONFIGS, make_model, random_ids
+from helpers import BOS, CONFIGS, make_model, random_ids
 
 from captum_jscopes import FisherScope, SemanticScope, TemperatureScope
 

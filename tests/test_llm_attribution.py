@@ -17,7 +17,7 @@ from captum.attr import (
     LLMGradientAttribution,
     TextTokenInput,
 )
-from conftest import assert_unchanged, make_model, snapshot
+from helpers import assert_unchanged, make_model, snapshot
 
 from captum_jscopes import (
     FisherScope,

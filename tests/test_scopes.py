@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from conftest import BOS, PAD, assert_unchanged, make_model, random_ids, snapshot
+from helpers import BOS, PAD, assert_unchanged, make_model, random_ids, snapshot
 
 from captum_jscopes import FisherScope, SemanticScope, TemperatureScope, sink_share
 from captum_jscopes.fisher import fisher_matrix
@@ -181,7 +181,7 @@ def bad_calls(tokenizer):
         ("empty prompt", lambda m: SemanticScope(m).attribute(torch.zeros(1, 0, dtype=torch.long))),
         ("out of range", lambda m: TemperatureScope(m).attribute(random_ids(1, 5), position=5)),
         ("encodes to 2 tokens", lambda m: SemanticScope(m, tokenizer).attribute(random_ids(1, 5), target="the cat")),
-        ("not in the vocabulary", lambda m: SemanticScope(m, tokenizer).attribute(random_ids(1, 5), target="zebra")),
+        ("not in the model.s vocabulary", lambda m: SemanticScope(m, tokenizer).attribute(random_ids(1, 5), target="zebra")),
         ("outside the vocabulary", lambda m: SemanticScope(m).attribute(random_ids(1, 5), target=10_000)),
         ("unknown token ids", lambda m: FisherScope(m).attribute(torch.tensor([[5, 999]]))),
         ("longer than the model's context", lambda m: TemperatureScope(m).attribute(long_ids)),

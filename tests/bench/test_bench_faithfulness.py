@@ -1,4 +1,4 @@
-"""Tests of the faithfulness benchmark (captum_jscopes.bench_faithfulness) on a tiny
+"""Tests of the faithfulness benchmark (captum_jscopes.bench.faithfulness) on a tiny
 Llama saved to a temporary folder and a handful of prompts made of its words."""
 
 from __future__ import annotations
@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import WORDS, assert_unchanged, make_model, make_tokenizer, snapshot
+from helpers import WORDS, assert_unchanged, make_model, make_tokenizer, snapshot
 
-from captum_jscopes import bench_faithfulness as bench
-from captum_jscopes.faithfulness import aopc
+from captum_jscopes.bench import faithfulness as bench
+from captum_jscopes.bench.methods import DEFAULT_METHODS, METHODS
+from captum_jscopes.bench.prompts import prepare_prompt
+from captum_jscopes.bench.report import BENCH_CURVE_FRACTIONS, SCOPES, combine_runs, render_report, summarize
+from captum_jscopes.metrics import aopc
 
 PROMPTS = [
     "the cat sat on the mat and the dog ran to the house",
@@ -49,7 +52,7 @@ def aopc_table(report: str) -> dict[str, float]:
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 3 and cells[0] in bench.METHODS:
+        if len(cells) >= 3 and cells[0] in METHODS:
             rows[cells[0]] = float(cells[1].split("±")[0])
     return rows
 
@@ -63,10 +66,10 @@ def test_full_run_writes_every_record_and_the_report(tiny_model_dir, tmp_path):
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert [r["id"] for r in records] == ["0", "1", "2", "3", "4"]
     for r in records:
-        assert set(r["methods"]) == set(bench.METHODS)
+        assert set(r["methods"]) == set(DEFAULT_METHODS)
         assert r["has_bos"] is True  # the tiny tokenizer adds <bos>
         for entry in r["methods"].values():
-            assert len(entry["deltas"]) == 3 and len(entry["curve"]) == len(bench.CURVE_FRACTIONS)
+            assert len(entry["deltas"]) == 3 and len(entry["curve"]) == len(BENCH_CURVE_FRACTIONS)
             assert entry["curve"][0] == 0.0  # nothing deleted
             assert entry["time_s"] > 0
             assert ("loo" in entry) == (r["id"] in ("0", "1"))
@@ -74,17 +77,17 @@ def test_full_run_writes_every_record_and_the_report(tiny_model_dir, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     report = (out / "report.md").read_text()
     table = aopc_table(report)
-    assert set(table) == set(bench.METHODS)
+    assert set(table) == set(DEFAULT_METHODS)
     for m, value in table.items():
         assert value == pytest.approx(summary["methods"][m]["aopc_mean"], abs=1e-3)
         mean = sum(r["methods"][m]["aopc"] for r in records) / len(records)
         assert summary["methods"][m]["aopc_mean"] == pytest.approx(mean)
     assert (out / "deletion_curves.png").stat().st_size > 1000
     assert (out / "aopc.png").stat().st_size > 1000
-    assert set(summary["loo"]) == set(bench.METHODS) and summary["loo"]["semantic"]["n"] == 2
+    assert set(summary["loo"]) == set(DEFAULT_METHODS) and summary["loo"]["semantic"]["n"] == 2
     assert "## Leave-one-out agreement (2 prompts)" in report
     assert "-1.298" in report  # the paper's Semantic AOPC on Llama-3.2-1B sits beside ours
-    assert len(summary["paired"]) == len(bench.SCOPES) * 2
+    assert len(summary["paired"]) == len([m for m in SCOPES if m in DEFAULT_METHODS]) * 2
     assert summary["findings"] and all(isinstance(s, str) for s in summary["findings"])
 
     # --report-only rebuilds the same report from the records
@@ -144,8 +147,8 @@ def test_records_match_a_direct_aopc(tiny_model_dir, tmp_path):
     assert run(tiny_model_dir, data, out, "--n", "1", "--methods", "temperature") == 0
     record = json.loads((out / "records.jsonl").read_text())
     model, tokenizer = bench.load_model(str(tiny_model_dir))
-    prepared = bench.prepare_prompt(tokenizer, PROMPTS[0])
-    scores = bench.method_scores("temperature", model, tokenizer, prepared.input_ids, record["target"])
+    prepared = prepare_prompt(tokenizer, PROMPTS[0])
+    scores = METHODS["temperature"].scores(model, tokenizer, prepared.input_ids, record["target"])
     expected = aopc(model, prepared.input_ids, scores, tokenizer=tokenizer)
     assert record["target"] == expected.target
     assert record["methods"]["temperature"]["aopc"] == pytest.approx(expected.aopc, abs=1e-6)
@@ -198,7 +201,7 @@ def test_combining_an_unfinished_run_covers_the_prompts_done_in_both(tiny_model_
     (shard,) = (tmp_path / "b").glob("shard-*.jsonl")
     lines = shard.read_text().splitlines(keepends=True)
     shard.write_text("".join(lines[:2]) + lines[2][:20])
-    summary = bench.combine_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "c")
+    summary = combine_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "c")
     assert summary["n_prompts"] == 2 and summary["partial"]
     assert [r["id"] for r in _records(tmp_path / "c")] == ["0", "1"]
     assert "Partial report: `b` has not finished" in (tmp_path / "c" / "report.md").read_text()
@@ -218,15 +221,15 @@ def test_combining_incompatible_runs_is_a_clear_error(tiny_model_dir, tmp_path, 
     }
     for message, dirs in cases.items():
         with pytest.raises(ValueError, match=message):
-            bench.combine_runs(dirs, tmp_path / "c")
+            combine_runs(dirs, tmp_path / "c")
     with pytest.raises(ValueError, match="must differ"):
-        bench.combine_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "a")
+        combine_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "a")
     # records of another model / prompt: y* differs
     records = _records(tmp_path / "b")
     records[1]["target"] += 1
     (tmp_path / "b" / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     with pytest.raises(ValueError, match="prompt 1: the runs disagree"):
-        bench.combine_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "c")
+        combine_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "c")
     assert bench.main(["--combine", f"{tmp_path / 'a'},{tmp_path / 'b'}"]) == 2
     assert "--combine needs --out" in capsys.readouterr().err
 
@@ -274,16 +277,9 @@ def test_report_only_without_a_run_is_a_clear_error(tmp_path, capsys):
     assert "no benchmark run" in capsys.readouterr().err
 
 
-def test_parse_methods():
-    assert bench.parse_methods("all") == bench.METHODS
-    assert bench.parse_methods("random, semantic") == ("semantic", "random")  # canonical order
-    with pytest.raises(ValueError, match="no method"):
-        bench.parse_methods(" , ")
-
-
 def launcher_commands() -> list[str]:
     """The torchrun/accelerate command lines of benchmarks/README.md and the module docstring."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     text = (root / "benchmarks" / "README.md").read_text() + (bench.__doc__ or "")
     text = text.replace("\\\n", " ").replace("`", "")  # join continued lines, drop markdown code marks
     lines = [line.split("#")[0].strip() for line in text.splitlines()]
@@ -312,73 +308,6 @@ def test_documented_launcher_commands_parse():
         get_args_parser().parse_args(["--nproc_per_node", "2", "benchmarks/faithfulness.py", "--n", "1000"])
 
 
-# ----------------------------------------------------------------------------- protocol pieces
-def test_prepare_prompt_drops_the_last_token_and_keeps_bos():
-    tokenizer = make_tokenizer()
-    prepared = bench.prepare_prompt(tokenizer, "the cat sat on the mat")
-    ids = tokenizer("the cat sat on the mat")["input_ids"]
-    assert prepared.input_ids.tolist() == [ids[:-1]]
-    assert prepared.true_token == ids[-1] == tokenizer.convert_tokens_to_ids("mat")
-    assert prepared.has_bos and ids[0] == tokenizer.bos_token_id
-    with pytest.raises(ValueError, match="too short"):
-        bench.prepare_prompt(tokenizer, "cat")
-
-
-def test_prepare_prompt_ignores_an_appended_eos():
-    from tokenizers import processors
-
-    tokenizer = make_tokenizer()
-    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<bos> $A <eos>", special_tokens=[("<bos>", 1), ("<eos>", 2)]
-    )
-    prepared = bench.prepare_prompt(tokenizer, "the cat sat")
-    assert prepared.true_token == tokenizer.convert_tokens_to_ids("sat")
-    assert prepared.input_ids.tolist() == [[1] + tokenizer.convert_tokens_to_ids(["the", "cat"])]
-
-
-def test_saliency_equals_semantic_scope_and_baselines_leave_the_model_alone():
-    model = make_model("llama")
-    model.train()  # a caller's state that must come back
-    model.model.layers[0].mlp.gate_proj.weight.requires_grad_(False)
-    before = snapshot(model)
-    tokenizer = make_tokenizer()
-    ids = bench.prepare_prompt(tokenizer, PROMPTS[0]).input_ids
-    target = 7
-    saliency = bench.method_scores("saliency", model, tokenizer, ids, target)
-    semantic = bench.method_scores("semantic", model, tokenizer, ids, target)
-    rankable = torch.arange(ids.shape[1]) > 0  # the scope gives BOS a 0; Captum does not
-    torch.testing.assert_close(saliency[rankable], semantic[rankable], rtol=1e-4, atol=1e-7)
-    for method in ("grad_x_input", "ig5", "ig50"):
-        scores = bench.method_scores(method, model, tokenizer, ids, target)
-        assert scores.shape == (ids.shape[1],) and bool((scores >= 0).all()) and float(scores.sum()) > 0
-    assert_unchanged(model, before)
-
-
-def test_integrated_gradients_converges_to_its_completeness_sum():
-    """With more steps, IG's attributions sum to f(x) - f(0) (completeness): the
-    50-step run is checked on the raw attribution before the L2 reduction."""
-    from captum.attr import IntegratedGradients
-
-    model = make_model("llama", torch.float64)
-    ids = bench.prepare_prompt(make_tokenizer(), PROMPTS[1]).input_ids
-    embeds = model.get_input_embeddings()(ids).detach()
-    forward = bench._logit_forward(model, ids.shape[1], ids.shape[1] - 1, 5)
-    attr = IntegratedGradients(forward).attribute(embeds, n_steps=50, internal_batch_size=10)
-    gap = (forward(embeds) - forward(torch.zeros_like(embeds))).item()
-    assert attr.sum().item() == pytest.approx(gap, rel=1e-3, abs=1e-6)
-    # the forward with logits_to_keep gives the same logit as a full forward
-    full = model(inputs_embeds=embeds).logits[0, -1, 5]
-    assert forward(embeds).item() == pytest.approx(full.item(), abs=1e-10)
-
-
-def test_random_scores_are_seeded_per_prompt():
-    a = bench.random_scores(10, 0, "3")
-    assert torch.equal(a, bench.random_scores(10, 0, "3"))
-    assert not torch.equal(a, bench.random_scores(10, 0, "4"))
-    assert not torch.equal(a, bench.random_scores(10, 1, "3"))
-
-
-# ----------------------------------------------------------------------------- report on synthetic records
 def synthetic_records(n=30, seed=0):
     """semantic is better than grad_x_input by 0.1 on every prompt, plus noise."""
     g = torch.Generator().manual_seed(seed)
@@ -397,7 +326,7 @@ def synthetic_records(n=30, seed=0):
 def test_summary_statistics_and_findings():
     records = synthetic_records()
     meta = {"model": "toy", "methods": ["semantic", "grad_x_input", "random", "ig5"], "data": "x"}
-    summary = bench.summarize(records + [{"id": "99", "skipped": "passage too short"}], meta)
+    summary = summarize(records + [{"id": "99", "skipped": "passage too short"}], meta)
     assert summary["n_prompts"] == 30 and summary["n_skipped"] == 1
     assert summary["accuracy"] == pytest.approx(0.5)
     (pair,) = summary["paired"]
@@ -414,17 +343,17 @@ def test_summary_statistics_and_findings():
     text = " ".join(summary["findings"])
     assert "semantic vs gradient x input: the paper has semantic more faithful on 3 of 4 models" in text
     assert "Every method beats random deletion" in text
-    report = bench.render_report(summary)
+    report = render_report(summary)
     assert re.search(r"\| semantic \| grad_x_input \| -0\.100 ± 0\.000 \|", report)
 
 
 def test_summary_of_no_evaluated_prompt_is_an_error():
     with pytest.raises(ValueError, match="no evaluated prompt"):
-        bench.summarize([{"id": "0", "skipped": "short"}], {"methods": ["random"]})
+        summarize([{"id": "0", "skipped": "short"}], {"methods": ["random"]})
 
 
 def test_default_out_dir_uses_the_model_short_name():
-    root = Path(bench.__file__).resolve().parents[1]
+    root = Path(bench.__file__).resolve().parents[2]
     assert bench.default_out_dir(None) == root / "benchmarks" / "results" / "faithfulness-smollm2-135m-instruct"
     assert bench.default_out_dir("smollm2").name == "faithfulness-smollm2-135m-instruct"
     assert bench.default_out_dir("meta-llama/Llama-3.2-1B/").name == "faithfulness-Llama-3.2-1B"

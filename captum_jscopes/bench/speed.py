@@ -4,6 +4,10 @@ one run on the same prompts.
 
     python benchmarks/speed.py --n 10            # or: jscopes bench speed --n 10
     python benchmarks/speed.py --fisher-n 50 --skip-speed   # Fisher accuracy vs cost
+    python benchmarks/speed.py --report-only --out benchmarks/results/speed-...   # rebuild speed.md
+
+Methods are the floor and the entries of :data:`captum_jscopes.bench.methods.METHODS`
+(one implementation each, shared with the faithfulness benchmark).
 
 The floor is the least any input-gradient method can cost: one forward of the
 model from its input embeddings with logits only at the explained position
@@ -28,6 +32,17 @@ from typing import Any, Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
+from .. import __version__
+from ..fisher_scope import FisherScope
+from ..llm_attribution import LLMScopeAttribution
+from ..model_state import preserved_state
+from ..models import describe_model, load_model
+from ..semantic_scope import SemanticScope
+from .methods import METHODS, method
+from .prompts import load_prompts, prepare_prompt
+from .runner import read_records, run_sharded
+
+#: The per-token table: the floor, then methods of the table (captum_jscopes.bench.methods).
 SINGLE_TOKEN_METHODS = [
     "floor",
     "semantic",
@@ -37,16 +52,40 @@ SINGLE_TOKEN_METHODS = [
     "fisher_eig1",
     "fisher_eig4",
     "fisher_eig16",
-    "captum_ig50",
-    "captum_gradient",
-    "captum_grad_x_input",
-    "captum_feature_ablation",
+    "ig50",
+    "saliency",
+    "grad_x_input",
+    "feature_ablation",
 ]
-LENGTH_METHODS = ["floor", "semantic", "temperature", "fisher", "fisher_eig1", "captum_ig50"]
+LENGTH_METHODS = ["floor", "semantic", "temperature", "fisher", "fisher_eig1", "ig50"]
+FISHER_STUDY_METHODS = ["fisher", "fisher_eig1", "fisher_eig4", "fisher_eig16", "fisher_eig64",
+                        "fisher_deflated_8_16", "fisher_deflated_16_16", "fisher_deflated_16_32"]
 IG_MAX_LENGTH = 256  # 50 interpolation steps in one batch: beyond this the CPU run takes minutes per call
+#: The reference every method's time is divided by in the "IG-50 / method" column.
+IG_REFERENCE = "ig50"
+#: Names of earlier versions of this benchmark (committed speed.json files), read as today's.
+LEGACY_NAMES = {"captum_ig50": "ig50", "captum_gradient": "saliency", "captum_grad_x_input": "grad_x_input",
+                "captum_feature_ablation": "feature_ablation"}
 
 
 # -- the methods ---------------------------------------------------------------
+def make_method(name: str, model: Any, tokenizer: Any) -> Callable[[torch.Tensor, int], Any]:
+    """``fn(ids (n,), target_id)`` running one attribution of the last position:
+    the floor, or a method of the table."""
+    if name == "floor":
+        emb = model.get_input_embeddings()
+
+        def floor(ids, target):
+            with preserved_state(model):
+                x = emb(ids[None]).detach().requires_grad_(True)
+                logit = model(inputs_embeds=x, logits_to_keep=1, use_cache=False).logits[0, -1, target]
+                return torch.autograd.grad(logit, x)[0]
+
+        return floor
+    entry = method(name)
+    return lambda ids, target: entry.scores(model, tokenizer, ids[None], target)
+
+
 def token_input(ids: torch.Tensor, tokenizer: Any):
     """A Captum TextTokenInput holding exactly these token ids (decoding and
     re-encoding text need not give the same ids back)."""
@@ -57,81 +96,6 @@ def token_input(ids: torch.Tensor, tokenizer: Any):
     inp.values = tokenizer.convert_ids_to_tokens(ids.tolist())
     inp.n_itp_features = len(inp.values)
     return inp
-
-
-def make_method(name: str, model: Any, tokenizer: Any) -> Callable[[torch.Tensor, int], Any]:
-    """``fn(ids (n,), target_id)`` running one attribution of the last position."""
-    from captum.attr import (
-        FeatureAblation,
-        LayerGradientXActivation,
-        LayerIntegratedGradients,
-        LLMAttribution,
-        LLMGradientAttribution,
-    )
-
-    from . import FisherScope, SemanticScope, TemperatureScope
-    from .model_state import preserved_state
-
-    emb = model.get_input_embeddings()
-    if name == "floor":
-
-        def floor(ids, target):
-            with preserved_state(model):
-                x = emb(ids[None]).detach().requires_grad_(True)
-                logit = model(inputs_embeds=x, logits_to_keep=1, use_cache=False).logits[0, -1, target]
-                return torch.autograd.grad(logit, x)[0]
-
-        return floor
-    if name == "semantic":
-        scope = SemanticScope(model, tokenizer)
-        return lambda ids, target: scope.attribute(ids, target=target)
-    if name == "temperature":
-        scope = TemperatureScope(model, tokenizer)
-        return lambda ids, target: scope.attribute(ids)
-    if name.startswith("fisher"):
-        scope = FisherScope(model, tokenizer)
-        options = fisher_options(name)
-        return lambda ids, target: scope.attribute(ids, **options)
-    if name.startswith("captum_feature_ablation"):
-        attr = LLMAttribution(FeatureAblation(model), tokenizer)
-        return lambda ids, target: attr.attribute(
-            token_input(ids, tokenizer), target=torch.tensor([target]), use_cached_outputs=False
-        )
-    captum_methods = {
-        "captum_ig50": (lambda: LayerIntegratedGradients(model, emb), {"n_steps": 50}),
-        "captum_gradient": (lambda: LayerGradientXActivation(model, emb, multiply_by_inputs=False), {}),
-        "captum_grad_x_input": (lambda: LayerGradientXActivation(model, emb), {}),
-    }
-    if name not in captum_methods:
-        raise ValueError(f"unknown method {name!r}; choose from {SINGLE_TOKEN_METHODS}")
-    build, kwargs = captum_methods[name]
-    attr = LLMGradientAttribution(build(), tokenizer)
-    return lambda ids, target: attr.attribute(token_input(ids, tokenizer), target=torch.tensor([target]), **kwargs)
-
-
-def fisher_options(name: str) -> dict:
-    """Options of FisherScope for a benchmark method name: fisher (default),
-    fisher_exact, fisher_eigK, fisher_deflated_K_M."""
-    if name == "fisher":
-        return {}
-    if name == "fisher_exact":
-        return {"method": "exact"}
-    if name.startswith("fisher_eig"):
-        return {"method": "eig", "k": int(name[len("fisher_eig") :])}
-    if name.startswith("fisher_deflated_"):
-        k, m = name[len("fisher_deflated_") :].split("_")
-        return {"method": "deflated", "k": int(k), "n_probes": int(m)}
-    raise ValueError(f"unknown Fisher method {name!r}")
-
-
-def n_vjps(name: str, hidden_size: int) -> int:
-    """Backward passes a Fisher estimator uses (one per probe direction)."""
-    options = fisher_options(name)
-    method = options.get("method", "deflated")
-    if method == "exact":
-        return hidden_size
-    k = options.get("k", 1 if method == "eig" else 16)
-    return k if method == "eig" else k + options.get("n_probes", 24)
 
 
 # -- measuring -------------------------------------------------------------------
@@ -177,14 +141,13 @@ def peak_extra_memory(fn: Callable[[], Any], device: torch.device) -> float:
     return (max(peak[0], _rss_bytes()) - before) / 2**20
 
 
-def _memory_child(spec: str) -> None:
+def memory_child(spec: str) -> None:
     """Entry of the fresh process: measure one method once, print MiB, exit hard
     (skipping interpreter teardown, which can hang on thread pools)."""
     import sys
 
     job = json.loads(spec)
     torch.set_num_threads(job["threads"])
-    from .models import load_model
 
     model, tokenizer = load_model(job["model"], dtype=job["dtype"], device=job["device"], progress=False)
     fn = make_method(job["method"], model, tokenizer)
@@ -203,7 +166,7 @@ def memory_in_fresh_process(args, method: str, ids: torch.Tensor, target: int) -
 
     spec = json.dumps({"model": args.model, "dtype": args.dtype, "device": args.device, "method": method,
                        "ids": ids.tolist(), "target": target, "threads": args.threads})
-    code = "import sys; from captum_jscopes.bench_speed import _memory_child; _memory_child(sys.argv[1])"
+    code = "import sys; from captum_jscopes.bench.speed import memory_child; memory_child(sys.argv[1])"
     try:
         done = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, timeout=1800)
     except subprocess.TimeoutExpired:
@@ -214,14 +177,12 @@ def memory_in_fresh_process(args, method: str, ids: torch.Tensor, target: int) -
 
 # -- the benchmark -----------------------------------------------------------------
 def encode(tokenizer: Any, text: str, max_tokens: int, device: Any) -> torch.Tensor:
-    """The passage minus its last token (the target word), its last ``max_tokens`` tokens (0: all)."""
-    return torch.tensor(tokenizer(text)["input_ids"][:-1][-max_tokens:], device=device)
+    """(n,) ids: the passage minus its last token (the target word), its last
+    ``max_tokens`` tokens (0: all); :func:`~captum_jscopes.bench.prompts.prepare_prompt`."""
+    return prepare_prompt(tokenizer, text, max_tokens).input_ids[0].to(device)
 
 
 def prepare(args):
-    from .models import load_model
-    from .runner import load_prompts
-
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, progress=False)
     device = model.get_input_embeddings().weight.device
     encoded = [encode(tokenizer, p.text, args.max_tokens, device) for p in load_prompts(args.data, args.n)]
@@ -232,15 +193,15 @@ def prepare(args):
 
 def bench_single_token(args, model, tokenizer, device, encoded, targets) -> dict:
     rows = {}
-    for method in tqdm(args.methods, desc="methods"):
-        fn = make_method(method, model, tokenizer)
-        repeats = 1 if method in ("captum_ig50", "captum_feature_ablation", "fisher_exact") else args.repeats
+    for name in tqdm(args.methods, desc="methods"):
+        fn = make_method(name, model, tokenizer)
+        repeats = 1 if name != "floor" and METHODS[name].slow else args.repeats
         times = [
             median_time(lambda: fn(ids, target), repeats, args.warmup)
             for ids, target in zip(encoded[: args.n_slow if repeats == 1 else None], targets)
         ]
-        memory = None if args.skip_memory else memory_in_fresh_process(args, method, encoded[0], targets[0])
-        rows[method] = {"seconds": statistics.median(times), "per_prompt": times, "peak_extra_mib": memory}
+        memory = None if args.skip_memory else memory_in_fresh_process(args, name, encoded[0], targets[0])
+        rows[name] = {"seconds": statistics.median(times), "per_prompt": times, "peak_extra_mib": memory}
     return rows
 
 
@@ -253,20 +214,18 @@ def bench_lengths(args, model, tokenizer, device, encoded, targets) -> dict:
         ids = stream[:length]
         with torch.no_grad():
             target = int(model(ids[None]).logits[0, -1].argmax())
-        for method in args.length_methods:
-            if method == "captum_ig50" and length > IG_MAX_LENGTH:
+        for name in args.length_methods:
+            if name == IG_REFERENCE and length > IG_MAX_LENGTH:
                 continue
-            fn = make_method(method, model, tokenizer)
+            fn = make_method(name, model, tokenizer)
             repeats = args.repeats if length <= 256 else 1
-            out.setdefault(method, {})[str(length)] = median_time(lambda: fn(ids, target), repeats, 1)
+            out.setdefault(name, {})[str(length)] = median_time(lambda: fn(ids, target), repeats, 1)
     return out
 
 
 def bench_multi_token(args, model, tokenizer, encoded) -> dict:
     """A 16-token target: our wrapper (one forward) against Captum's per-token loop."""
     from captum.attr import LayerGradientXActivation, LLMGradientAttribution
-
-    from . import LLMScopeAttribution, SemanticScope
 
     ours = LLMScopeAttribution(SemanticScope(model, tokenizer), tokenizer)
     theirs = LLMGradientAttribution(LayerGradientXActivation(model, model.get_input_embeddings()), tokenizer)
@@ -285,14 +244,11 @@ def fisher_accuracy(args, model, tokenizer, out_dir: Path) -> dict:
     """Every Fisher estimator against the exact one: Spearman and relative L2
     error per prompt (medians), backward passes, and time relative to exact.
 
-    The prompts run through :func:`captum_jscopes.runner.run_sharded` into
+    The prompts run through :func:`captum_jscopes.bench.runner.run_sharded` into
     ``out_dir`` (exact Fisher costs minutes per prompt on a CPU): each record is
     saved as it finishes, a rerun computes only the missing prompts, and a rerun
     with other settings is refused unless ``args.overwrite``.
     """
-    from . import FisherScope
-    from .runner import load_prompts, read_records, run_sharded
-
     scope = FisherScope(model, tokenizer)
     hidden = model.get_output_embeddings().weight.shape[1]
     settings = {"methods": args.fisher_methods, "max_tokens": args.max_tokens, "data": str(args.data)}
@@ -306,7 +262,7 @@ def fisher_accuracy(args, model, tokenizer, out_dir: Path) -> dict:
     records = read_records(path)
     summary = {
         name: {
-            "vjps": n_vjps(name, hidden),
+            "vjps": METHODS[name].backward_passes(hidden),
             **{f"median_{key}": statistics.median(r[name][key] for r in records) for key in FISHER_STATS},
             "worst_spearman": min(r[name]["spearman"] for r in records),
             "worst_rel_l2": max(r[name]["rel_l2"] for r in records),
@@ -330,7 +286,7 @@ def _fisher_record(scope, ids: torch.Tensor, methods: list[str]) -> dict:
     record: dict = {"n_tokens": ids.numel(), "exact_seconds": exact_time}
     for name in methods:
         start = time.perf_counter()
-        estimate = scope.attribute(ids, **fisher_options(name))[0]
+        estimate = scope.attribute(ids, **METHODS[name].options)[0]
         record[name] = {
             "time_ratio": (time.perf_counter() - start) / exact_time,
             "spearman": float(spearmanr(estimate[scored].cpu(), exact[scored].cpu()).statistic),
@@ -348,9 +304,6 @@ FISHER_DIR = "fisher_accuracy"
 def environment(args, model) -> dict:
     import captum
     import transformers
-
-    from . import __version__
-    from .models import describe_model
 
     return {
         "model": describe_model(model),
@@ -382,7 +335,7 @@ def markdown(results: dict) -> str:
     single = results.get("single_token")
     if single:
         floor = single["floor"]["seconds"]
-        ig = single.get("captum_ig50", {}).get("seconds")
+        ig = single.get(IG_REFERENCE, {}).get("seconds")
         floor_mem = single["floor"].get("peak_extra_mib")
         lines += [
             f"## Per explained token, median over {env['settings']['n']} LAMBADA prompts",
@@ -484,7 +437,8 @@ def plots(results: dict, out: Path) -> list[Path]:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="jscopes bench speed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="name or path (default: the embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--data", default=None, help="JSON/JSONL prompts (default: ../shared/data/lambada_1000.json)")
+    parser.add_argument("--data", default=None,
+                        help="a shipped prompt set (lambada, opus_de_en) or a JSON/JSONL file (default: lambada)")
     parser.add_argument("--n", type=int, default=10, help="prompts for the per-token table (default 10)")
     parser.add_argument("--n-slow", type=int, default=3, help="prompts for IG-50, ablation, exact Fisher and multi-token")
     parser.add_argument("--max-tokens", type=int, default=0, help="keep the last L tokens of each prompt (0: all)")
@@ -495,10 +449,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--length-methods", default=",".join(LENGTH_METHODS))
     parser.add_argument("--multi-token", type=int, default=16, help="target length; 0 to skip")
     parser.add_argument("--fisher-n", type=int, default=0, help="prompts for the Fisher accuracy study (0: skip)")
-    parser.add_argument(
-        "--fisher-methods",
-        default="fisher,fisher_eig1,fisher_eig4,fisher_eig16,fisher_eig64,fisher_deflated_8_16,fisher_deflated_16_16,fisher_deflated_16_32",
-    )
+    parser.add_argument("--fisher-methods", default=",".join(FISHER_STUDY_METHODS),
+                        help="Fisher entries of the method table compared with exact Fisher")
     parser.add_argument("--skip-speed", action="store_true", help="only the Fisher accuracy study")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--overwrite", action="store_true",
@@ -507,19 +459,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/results/speed-<model>-<device>)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rebuild speed.md and the plots from the speed.json in --out")
     args = parser.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
     args.length_methods = [m for m in args.length_methods.split(",") if m]
     args.fisher_methods = [m for m in args.fisher_methods.split(",") if m]
     args.lengths = [int(n) for n in args.lengths.split(",") if n]
     for name in args.methods + args.length_methods:
-        if name not in SINGLE_TOKEN_METHODS:
-            parser.error(f"unknown method {name!r}; choose from {', '.join(SINGLE_TOKEN_METHODS)}")
+        if name != "floor" and name not in METHODS:
+            parser.error(f"unknown method {name!r}; choose from floor, {', '.join(METHODS)}")
     for name in args.fisher_methods:
-        try:
-            fisher_options(name)
-        except ValueError as err:
-            parser.error(str(err))
+        if name not in METHODS or METHODS[name].scope != "fisher":
+            fisher = [n for n, m in METHODS.items() if m.scope == "fisher"]
+            parser.error(f"unknown Fisher method {name!r}; choose from {', '.join(fisher)}")
+    if args.report_only and not args.out:
+        parser.error("--report-only needs --out (the folder holding speed.json)")
     if args.n < 1 or args.repeats < 1:
         parser.error("--n and --repeats must be >= 1")
     return args
@@ -529,6 +484,8 @@ def main(argv=None) -> int:
     import sys
 
     args = parse_args(argv)
+    if args.report_only:
+        return report_only(Path(args.out))
     torch.set_num_threads(args.threads)
     model, tokenizer, device, encoded, targets = prepare(args)
     results: dict = {
@@ -541,8 +498,6 @@ def main(argv=None) -> int:
             results["multi_token"] = bench_multi_token(args, model, tokenizer, encoded)
         if args.lengths:
             results["lengths"] = bench_lengths(args, model, tokenizer, device, encoded, targets)
-    from .models import describe_model
-
     default_name = f"speed-{describe_model(model)}-{device.type}" + ("-fisher" if args.skip_speed else "")
     out = Path(args.out or Path("benchmarks") / "results" / default_name)
     out.mkdir(parents=True, exist_ok=True)
@@ -558,6 +513,31 @@ def main(argv=None) -> int:
     print(markdown(results))
     print(f"written to {out}/")
     return 0
+
+
+def report_only(out: Path) -> int:
+    """Rebuild ``speed.md`` and the plots from ``out/speed.json`` (also one written
+    with the method names of earlier versions, :data:`LEGACY_NAMES`)."""
+    import sys
+
+    path = out / "speed.json"
+    if not path.is_file():
+        print(f"speed benchmark: error: {path} not found; run the benchmark first", file=sys.stderr)
+        return 2
+    results = with_current_names(json.loads(path.read_text()))
+    (out / "speed.md").write_text(markdown(results))
+    plots(results, out)
+    print(f"rebuilt {out / 'speed.md'}")
+    return 0
+
+
+def with_current_names(results: dict) -> dict:
+    """``results`` with the method names of earlier versions replaced by today's."""
+    renamed = dict(results)
+    for table in ("single_token", "lengths"):
+        if table in results:
+            renamed[table] = {LEGACY_NAMES.get(name, name): row for name, row in results[table].items()}
+    return renamed
 
 
 if __name__ == "__main__":

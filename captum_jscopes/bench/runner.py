@@ -1,9 +1,9 @@
-"""Dataset runner shared by the benchmarks: load prompts, run a function over them on one or several
-processes, keep the results on disk so an interrupted run resumes where it stopped.
+"""Dataset runner shared by the benchmarks: run a function over prompts on one or several processes,
+keep the results on disk so an interrupted run resumes where it stopped.
 
 Typical use::
 
-    prompts = load_prompts(n=100)                       # the default LAMBADA prompts
+    prompts = load_prompts(n=100)                       # captum_jscopes.bench.prompts: LAMBADA by default
     path = run_sharded(prompts, score_one, "out/speed", meta={"model": "smollm2", "n": 100})
     records = read_records(path)                        # one dict per prompt, in prompt order
 
@@ -23,227 +23,16 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
-#: The prompt set of the paper's benchmarks, in the shared folder next to the repository.
-DEFAULT_PROMPTS_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lambada_1000.json"
+from .prompts import Prompt
 
 RUN_FILE = "run.json"
 RECORDS_FILE = "records.jsonl"
 _SHARD_GLOB = "shard-*-of-*.jsonl"
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One prompt of a dataset.
-
-    Attributes:
-        id: stable identifier (the index in the source as a string, or the source's "id" field); the key
-            under which results are stored and resumed.
-        text: the prompt text (non-empty).
-    """
-
-    id: str
-    text: str
-
-
-# --------------------------------------------------------------------------------------------------
-# Loading prompts
-# --------------------------------------------------------------------------------------------------
-
-
-def load_prompts(source: str | os.PathLike | None = None, n: int | None = None, *, offset: int = 0) -> list[Prompt]:
-    """Load prompts from a file or a Hugging Face dataset.
-
-    Args:
-        source: where the prompts come from (default ``None``):
-
-            - ``None``: the shared LAMBADA set, ``DEFAULT_PROMPTS_PATH`` (1000 prompts);
-            - a ``.json`` file holding a list of ``{"text": ...}`` objects;
-            - a ``.jsonl`` file with one ``{"text": ...}`` object per line (blank lines are skipped);
-            - ``"hf:NAME[:SPLIT[:FIELD]]"``, or any string that is not an existing path and does not end in
-              ``.json``/``.jsonl``: ``datasets.load_dataset(NAME, split=SPLIT)``, text taken from column
-              FIELD (default ``"text"``); without SPLIT the dataset must have a single split.
-
-            Ids are the entry's ``"id"`` field (string or integer) when present, else its 0-based index.
-        n: keep only the first ``n`` prompts after ``offset`` (default ``None``: all). Like slicing, fewer are
-            returned when the source is shorter.
-        offset: number of prompts skipped at the start (default 0).
-
-    Returns:
-        list of ``Prompt``, in source order.
-
-    Raises:
-        ValueError: a missing or unreadable source, an entry without a non-empty string ``"text"``, an empty
-            source, duplicate ids, or no prompt left after ``offset``; the message names the file (and the line
-            for JSONL).
-        ImportError: a hub dataset was asked for but ``datasets`` is not installed.
-    """
-    _check_slice(n, offset)
-    if source is None:
-        source = _default_prompts_path()
-    if isinstance(source, os.PathLike):
-        source = Path(source)
-    elif isinstance(source, str):
-        source = _path_or_hub_name(source)
-    else:
-        raise TypeError(f"source must be None, a path or a dataset name, got {type(source).__name__}")
-
-    if isinstance(source, Path):
-        entries = _read_prompt_file(source)
-        origin = str(source)
-    else:
-        entries = _read_hub_dataset(*source)
-        origin = f"hub dataset {source[0]!r}"
-    prompts = _prompts_from_entries(entries, origin)
-    end = None if n is None else offset + n
-    selected = prompts[offset:end]
-    if not selected:
-        raise ValueError(f"{origin}: no prompt left after offset={offset} (it holds {len(prompts)})")
-    return selected
-
-
-def _check_slice(n: int | None, offset: int) -> None:
-    # bool is an int subclass; load_prompts(path, True) is almost surely a mistake.
-    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-        raise ValueError(f"n must be a positive integer or None, got {n!r}")
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
-
-
-def _default_prompts_path() -> Path:
-    if not DEFAULT_PROMPTS_PATH.is_file():
-        raise ValueError(
-            f"default prompts file {DEFAULT_PROMPTS_PATH} not found (expected ../shared/data next to the "
-            "repository); pass source= explicitly"
-        )
-    return DEFAULT_PROMPTS_PATH
-
-
-def _path_or_hub_name(source: str) -> Path | tuple[str, str | None, str]:
-    """Tell a local file from a hub dataset name; hub names are returned as (name, split, field)."""
-    if source.startswith("hf:"):
-        return _parse_hub_name(source[len("hf:"):])
-    path = Path(source).expanduser()
-    # A name ending in .json(l) is meant as a file: report it missing rather than asking the hub for it.
-    if path.exists() or path.suffix.lower() in (".json", ".jsonl"):
-        return path
-    return _parse_hub_name(source)
-
-
-def _parse_hub_name(spec: str) -> tuple[str, str | None, str]:
-    """``"NAME[:SPLIT[:FIELD]]"`` -> (name, split or None, field, default "text")."""
-    parts = spec.split(":")
-    if len(parts) > 3 or not parts[0]:
-        raise ValueError(f"hub dataset must be given as 'hf:NAME[:SPLIT[:FIELD]]', got {spec!r}")
-    name = parts[0]
-    split = parts[1] if len(parts) > 1 and parts[1] else None
-    field = parts[2] if len(parts) > 2 and parts[2] else "text"
-    return name, split, field
-
-
-def _read_prompt_file(path: Path) -> list[tuple[str, Any]]:
-    """Raw entries of a JSON or JSONL file as (location for messages, entry) pairs."""
-    if not path.exists():
-        raise ValueError(f"prompts file {path} not found")
-    if not path.is_file():
-        raise ValueError(f"prompts file {path} is not a file")
-    try:
-        content = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"prompts file {path} cannot be read: {e}") from e
-    if path.suffix.lower() == ".jsonl":
-        return _parse_jsonl(content, path)
-    return _parse_json_list(content, path)
-
-
-def _parse_json_list(content: str, path: Path) -> list[tuple[str, Any]]:
-    try:
-        data = json.loads(content)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"prompts file {path} is not valid JSON: {e}") from e
-    if not isinstance(data, list):
-        raise ValueError(f"prompts file {path} must hold a JSON list of objects, got {type(data).__name__}")
-    return [(f"entry {i}", entry) for i, entry in enumerate(data)]
-
-
-def _parse_jsonl(content: str, path: Path) -> list[tuple[str, Any]]:
-    entries = []
-    for line_no, line in enumerate(content.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entries.append((f"line {line_no}", json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"prompts file {path}, line {line_no}: not valid JSON: {e}") from e
-    return entries
-
-
-def _read_hub_dataset(name: str, split: str | None, field: str) -> list[tuple[str, Any]]:
-    """Rows of a Hugging Face dataset as (location, {"text", "id"?}) pairs; ``datasets`` is imported lazily."""
-    try:
-        import datasets
-    except ImportError as e:
-        raise ImportError(
-            f"loading the hub dataset {name!r} needs the 'datasets' package: pip install datasets"
-        ) from e
-    try:
-        loaded = datasets.load_dataset(name, split=split)
-    except Exception as e:  # network, unknown name, bad split: all mean "this source is not usable"
-        raise ValueError(
-            f"could not load hub dataset {name!r} (split={split!r}) with datasets.load_dataset; is the "
-            f"name right and the hub reachable? {type(e).__name__}: {e}"
-        ) from e
-    if split is None:
-        loaded = _single_split(loaded, name)
-    if field not in loaded.column_names:
-        raise ValueError(f"hub dataset {name!r} has no column {field!r}; columns: {loaded.column_names}")
-    ids = loaded["id"] if "id" in loaded.column_names else None
-    texts = loaded[field]
-    return [
-        (f"row {i}", {"text": text} if ids is None else {"text": text, "id": ids[i]}) for i, text in enumerate(texts)
-    ]
-
-
-def _single_split(dataset_dict: Any, name: str) -> Any:
-    splits = list(dataset_dict.keys())
-    if len(splits) != 1:
-        raise ValueError(f"hub dataset {name!r} has splits {splits}; choose one with 'hf:{name}:SPLIT'")
-    return dataset_dict[splits[0]]
-
-
-def _prompts_from_entries(entries: list[tuple[str, Any]], origin: str) -> list[Prompt]:
-    """Validate raw entries and turn them into prompts with unique ids."""
-    if not entries:
-        raise ValueError(f"{origin}: holds no prompt (empty list)")
-    prompts, seen = [], set()
-    for index, (where, entry) in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise ValueError(f"{origin}, {where}: expected an object with a 'text' field, got {type(entry).__name__}")
-        text = entry.get("text")
-        if not isinstance(text, str):
-            raise ValueError(f"{origin}, {where}: missing a string 'text' field")
-        if not text.strip():
-            raise ValueError(f"{origin}, {where}: empty text")
-        prompt_id = _entry_id(entry, index, origin, where)
-        if prompt_id in seen:
-            raise ValueError(f"{origin}, {where}: duplicate id {prompt_id!r}")
-        seen.add(prompt_id)
-        prompts.append(Prompt(id=prompt_id, text=text))
-    return prompts
-
-
-def _entry_id(entry: dict, index: int, origin: str, where: str) -> str:
-    if "id" not in entry:
-        return str(index)
-    value = entry["id"]
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
-        raise ValueError(f"{origin}, {where}: 'id' must be a non-empty string or an integer, got {value!r}")
-    return str(value)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -299,7 +88,7 @@ def run_sharded(
     out_dir = Path(out_dir)
     _start_run(out_dir, meta, overwrite, state)
 
-    done_ids = set(_read_shard_records(out_dir))
+    done_ids = set(read_shard_records(out_dir))
     # Nobody appends before every process has listed what is done, so all see the same pending list and
     # the round-robin deal below is consistent.
     state.wait_for_everyone()
@@ -330,7 +119,7 @@ def _start_run(out_dir: Path, meta: dict, overwrite: bool, state: Any) -> None:
             _clear_previous_run(out_dir)
         # An old merged file would look like the result of this run until it is merged again.
         (out_dir / RECORDS_FILE).unlink(missing_ok=True)
-        _write_json_atomic(out_dir / RUN_FILE, meta)
+        write_json_atomic(out_dir / RUN_FILE, meta)
         # No process writes before the barrier, so the shards can be repaired safely here.
         for shard in out_dir.glob(_SHARD_GLOB):
             _drop_partial_tail(shard)
@@ -489,7 +278,7 @@ def _parse_record_lines(data: bytes, path: Path) -> tuple[list[dict], bool]:
     return records, bool(tail.strip())
 
 
-def _read_shard_records(out_dir: Path) -> dict[str, dict]:
+def read_shard_records(out_dir: Path) -> dict[str, dict]:
     """Records of every shard in ``out_dir`` by id (first one kept), skipping half-written last lines."""
     by_id: dict[str, dict] = {}
     for shard in sorted(out_dir.glob(_SHARD_GLOB)):
@@ -513,21 +302,21 @@ def _drop_partial_tail(shard: Path) -> None:
 
 
 def _merge_shards(out_dir: Path, prompts: list[Prompt], records_path: Path) -> None:
-    by_id = _read_shard_records(out_dir)
+    by_id = read_shard_records(out_dir)
     missing = [p.id for p in prompts if p.id not in by_id]
     if missing:
         raise RuntimeError(
             f"{len(missing)} prompt(s) have no record in {out_dir} (first: {missing[:5]}); rerun to complete them"
         )
     lines = "".join(json.dumps(by_id[p.id], ensure_ascii=False) + "\n" for p in prompts)
-    _write_text_atomic(records_path, lines)
+    write_text_atomic(records_path, lines)
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    _write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so readers never see a half-written file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with tmp.open("w", encoding="utf-8") as f:

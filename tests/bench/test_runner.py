@@ -1,4 +1,5 @@
-"""Tests of captum_jscopes.runner: prompt loading, sharded resumable runs, multi-process runs."""
+"""Tests of captum_jscopes.bench.prompts (prompt loading, the shipped sets) and
+captum_jscopes.bench.runner (sharded resumable runs, multi-process runs)."""
 
 import json
 import os
@@ -10,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from captum_jscopes import runner
-from captum_jscopes.runner import Prompt, load_prompts, read_records, run_sharded
+from captum_jscopes.bench import prompts as prompt_sets
+from captum_jscopes.bench.prompts import Prompt, load_prompts
+from captum_jscopes.bench.runner import read_records, run_sharded
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-WORKER = Path(__file__).resolve().parent / "_runner_worker.py"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).resolve().parent / "runner_worker.py"
 
 
 def write_json(path: Path, obj) -> Path:
@@ -66,12 +68,25 @@ def test_jsonl_skips_blank_lines(tmp_path):
     assert load_prompts(path) == [Prompt("0", "first"), Prompt("s", "second")]
 
 
-def test_default_source_is_the_shared_lambada_file():
-    assert runner.DEFAULT_PROMPTS_PATH == REPO_ROOT.parent / "shared" / "data" / "lambada_1000.json"
+def test_default_source_is_the_lambada_set_inside_the_package():
+    path = prompt_sets.DATASETS[prompt_sets.DEFAULT_DATASET]
+    assert path.is_file() and path.is_relative_to(Path(prompt_sets.__file__).resolve().parent)
     prompts = load_prompts()
-    assert len(prompts) == 1000
+    assert len(prompts) == 1000 and load_prompts("lambada") == prompts
     assert [p.id for p in prompts[:3]] == ["0", "1", "2"]
     assert all(p.text.strip() for p in prompts)
+
+
+def test_the_translation_set_is_shipped_with_german_and_english_sides():
+    prompts = load_prompts("opus_de_en")
+    assert len(prompts) == 500
+    assert all(p.text.startswith("Deutsch: ") and " English: " in p.text for p in prompts)
+
+
+def test_every_shipped_set_has_its_provenance_noted():
+    readme = (prompt_sets.DATA_DIR / "README.md").read_text()
+    for path in prompt_sets.DATASETS.values():
+        assert f"`{path.name}`" in readme
 
 
 def test_n_and_offset(tmp_path):
@@ -135,14 +150,6 @@ def test_missing_file_raises(tmp_path, name):
 def test_directory_is_not_a_prompts_file(tmp_path):
     with pytest.raises(ValueError, match="is not a file"):
         load_prompts(tmp_path)
-
-
-def test_missing_default_file_raises(tmp_path, monkeypatch):
-    absent = tmp_path / "shared" / "data" / "lambada_1000.json"
-    monkeypatch.setattr(runner, "DEFAULT_PROMPTS_PATH", absent)
-    with pytest.raises(ValueError, match="default prompts file") as info:
-        load_prompts()
-    assert str(absent) in str(info.value)
 
 
 def test_wrong_source_type_raises():
@@ -328,7 +335,7 @@ def free_port() -> int:
 
 
 def launch_two_workers(tmp_path: Path, *worker_args: str) -> subprocess.CompletedProcess:
-    """Run tests/_runner_worker.py as two CPU processes with accelerate launch (torchrun underneath).
+    """Run tests/bench/runner_worker.py as two CPU processes with accelerate launch (torchrun underneath).
 
     `--multi_gpu` is what makes accelerate start several processes; `--cpu --num_processes 2` would start
     only one. CUDA is hidden so the processes use gloo on the CPU even on a GPU machine, and HF_HOME points to

@@ -1,5 +1,6 @@
-"""The paper's faithfulness benchmark (AOPC by deletion on LAMBADA, optional
-leave-one-out agreement) for the Jacobian Scopes and Captum baselines.
+"""The paper's faithfulness benchmark (AOPC by deletion on LAMBADA or another
+prompt set, optional leave-one-out agreement) for the Jacobian Scopes and the
+Captum baselines of :mod:`captum_jscopes.bench.methods`.
 
 Run it with ``jscopes bench faithfulness ...``, ``python benchmarks/faithfulness.py ...``
 or, on several processes sharing the prompts (CPU: ``--multi_gpu`` with
@@ -14,35 +15,36 @@ options): spell it ``--num-prompts`` there. One thread per process (``--threads 
 torchrun's default) is the fastest on a CPU shared with other jobs: idle OpenMP
 threads spin and slow everything down.
 
-Protocol per prompt (../shared/PAPER.md, "Evaluation protocol of the paper"):
+Protocol per prompt (the paper's evaluation protocol, docs/method.md):
 
-1. Tokenise the passage with the tokenizer's special tokens (a BOS only if the
-   tokenizer adds one; SmolLM2's adds none) and drop the last token: it is the
-   target (the last sub-token of the final word). The explained position is the
-   last remaining token.
+1. :func:`~captum_jscopes.bench.prompts.prepare_prompt`: tokenise the passage with
+   the tokenizer's special tokens (a BOS only if the tokenizer adds one; SmolLM2's
+   adds none) and drop the last token: it is the target (the last sub-token of the
+   final word). The explained position is the last remaining token.
 2. y* = the model's own top-1 prediction on the intact prompt; ``correct`` says
    whether y* is the true last token.
 3. Every method scores every token (one score per token, higher = more relevant);
-   :func:`captum_jscopes.faithfulness.deletion_curve` ablates the top tokens
+   :func:`captum_jscopes.metrics.deletion_curve` ablates the top tokens
    (input embedding -> 0) and measures ``log p(y*)`` at the AOPC fractions
    (5/10/20%) and the plot's (0, 0.05, ..., 0.5) in one go; the AOPC is the
-   trapezoid area at 5/10/20% (:func:`~captum_jscopes.faithfulness.trapezoid_area`,
-   equal to :func:`~captum_jscopes.faithfulness.aopc`); with ``--loo-n K`` the first
+   trapezoid area at 5/10/20% (:func:`~captum_jscopes.metrics.trapezoid_area`,
+   equal to :func:`~captum_jscopes.metrics.aopc`); with ``--loo-n K`` the first
    K prompts also get leave-one-out ground truth and
-   :func:`~captum_jscopes.faithfulness.loo_agreement` for every method.
+   :func:`~captum_jscopes.metrics.loo_agreement` for every method.
 
-Methods (:data:`METHODS`): the three scopes (Fisher twice: default unbiased
-estimator and the reference's top-1 eigen-direction), Captum's InputXGradient,
-Saliency and IntegratedGradients (50 and 5 steps) on the LOGIT of y* w.r.t. the
-input embeddings, and random scores. Captum attributions are reduced to one score
-per token with the L2 norm over the embedding dimension, like the scopes.
+Methods: any of the table :data:`captum_jscopes.bench.methods.METHODS`;
+``--methods all`` runs its default nine: the three scopes (Fisher twice: default
+unbiased estimator and the reference's top-1 eigen-direction), Captum's
+InputXGradient, Saliency and IntegratedGradients (50 and 5 steps) on the LOGIT of
+y* w.r.t. the input embeddings, and random scores. Captum attributions are reduced
+to one score per token with the L2 norm over the embedding dimension, like the scopes.
 
 Outputs in ``--out`` (default ``benchmarks/results/faithfulness-<model>``): the
 runner's ``run.json``, ``shard-*.jsonl`` and ``records.jsonl`` (one record per
 prompt, resumable), then ``summary.json``, ``report.md``, ``deletion_curves.png``
-and ``aopc.png`` (:mod:`captum_jscopes.faithfulness_report`). ``--report-only``
+and ``aopc.png`` (:mod:`captum_jscopes.bench.report`). ``--report-only``
 rebuilds the report from the records. ``--combine A,B --out C`` joins runs of
-different methods on the same prompts (:func:`~captum_jscopes.faithfulness_report.combine_runs`)
+different methods on the same prompts (:func:`~captum_jscopes.bench.report.combine_runs`)
 into one report with the paired tests across them.
 """
 
@@ -52,61 +54,37 @@ import argparse
 import os
 import sys
 import time
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from .faithfulness import (
-    _check_fractions,
+from ..metrics import (
+    AOPC_FRACTIONS,
+    AblationSettings,
     ablated_log_probs,
+    check_fractions,
     deletion_curves,
     leave_one_out,
     loo_agreement,
     rankable_mask,
     trapezoid_area,
 )
-from .faithfulness_report import (
-    AOPC_FRACTIONS,
-    CURVE_FRACTIONS,
-    METHODS,
-    PAPER_AOPC,
-    PAPER_LOO,
-    SCOPES,
-    _finite_or_none,
-    _fmt,
+from ..models import DEFAULT_MODEL, EMBEDDED_MODELS, ModelNotAvailableError, load_model
+from .methods import DEFAULT_METHODS, METHODS, parse_methods
+from .prompts import DATASETS, DEFAULT_DATASET, Prompt, load_prompts, prepare_prompt
+from .report import (
+    BENCH_CURVE_FRACTIONS,
     combine_runs,
-    render_report,
-    summarize,
+    finite_or_none,
+    format_number,
     write_report,
 )
-from .fisher_scope import FisherScope
-from .forward import accepts
-from .model_state import preserved_state
-from .models import DEFAULT_MODEL, EMBEDDED_MODELS, ModelNotAvailableError, load_model
-from .runner import Prompt, load_prompts, read_records, run_sharded
-from .semantic_scope import SemanticScope
-from .temperature_scope import TemperatureScope
+from .runner import read_records, run_sharded
 
-__all__ = [
-    "METHODS",
-    "SCOPES",
-    "PAPER_AOPC",
-    "PAPER_LOO",
-    "Settings",
-    "build_parser",
-    "main",
-    "prepare_prompt",
-    "method_scores",
-    "evaluate_prompt",
-    "summarize",
-    "render_report",
-    "write_report",
-    "combine_runs",
-]
+__all__ = ["Settings", "build_parser", "main", "evaluate_prompt", "parse_fractions", "default_out_dir"]
 
 # ====================================================================== constants
 IG_INTERNAL_BATCH = 10
@@ -119,7 +97,7 @@ class Settings:
     """What one benchmark run computes per prompt.
 
     Attributes:
-        methods: method names, a subset of :data:`METHODS` in that order.
+        methods: method names of :data:`captum_jscopes.bench.methods.METHODS`, in table order.
         loo_ids: ids of the prompts that get leave-one-out agreement.
         seed: seeds the random method (per prompt) and the Fisher probes. Default 0.
         aopc_fractions: fractions of the AOPC. Default (0.05, 0.10, 0.20).
@@ -128,29 +106,13 @@ class Settings:
         ig_batch: Integrated Gradients steps per forward. Default 10.
     """
 
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     loo_ids: frozenset = frozenset()
     seed: int = 0
     aopc_fractions: tuple[float, ...] = AOPC_FRACTIONS
-    curve_fractions: tuple[float, ...] = CURVE_FRACTIONS
+    curve_fractions: tuple[float, ...] = BENCH_CURVE_FRACTIONS
     batch_size: int = 16
     ig_batch: int = IG_INTERNAL_BATCH
-
-
-def parse_methods(text: str) -> tuple[str, ...]:
-    """"all" or a comma-separated list of method names -> names in :data:`METHODS` order.
-
-    Raises:
-        ValueError: an unknown or missing name (the message lists the valid ones).
-    """
-    names = [name.strip() for name in str(text).split(",") if name.strip()]
-    if names == ["all"]:
-        return METHODS
-    unknown = [name for name in names if name not in METHODS]
-    if unknown or not names:
-        what = f"unknown method(s) {', '.join(map(repr, unknown))}" if unknown else "no method given"
-        raise ValueError(f"{what}; choose among {', '.join(METHODS)} (comma-separated) or 'all'")
-    return tuple(m for m in METHODS if m in names)
 
 
 def parse_fractions(text: str) -> tuple[float, ...]:
@@ -164,7 +126,7 @@ def parse_fractions(text: str) -> tuple[float, ...]:
     except ValueError as err:
         raise ValueError(f"--curve-fractions must be comma-separated numbers, got {text!r}") from err
     # the metrics' own check: the same rules and messages as deletion_curve(fractions=...)
-    return _check_fractions(values, allow_zero=True, name="--curve-fractions")
+    return check_fractions(values, allow_zero=True, name="--curve-fractions")
 
 
 def model_short_name(name: Optional[str]) -> str:
@@ -190,138 +152,11 @@ def _model_id(name: Optional[str]) -> str:
 
 
 def _data_id(data: str) -> str:
-    """The prompt source as recorded in run.json ("lambada", an absolute path, or a Hub spec)."""
-    if data == "lambada":
+    """The prompt source as recorded in run.json (a shipped set's name, an absolute path, or a Hub spec)."""
+    if data in DATASETS:
         return data
     path = Path(data).expanduser()
     return str(path.resolve()) if path.exists() else data
-
-
-# ====================================================================== prompts
-@dataclass(frozen=True)
-class PreparedPrompt:
-    """A LAMBADA passage ready to explain.
-
-    Attributes:
-        input_ids: (1, n) int64 ids, the passage without its last token (with the
-            tokenizer's BOS if it adds one).
-        true_token: id of the dropped last token (the passage's real continuation).
-        has_bos: whether the tokenizer put a special token in front.
-    """
-
-    input_ids: Tensor
-    true_token: int
-    has_bos: bool
-
-
-def prepare_prompt(tokenizer: Any, text: str) -> PreparedPrompt:
-    """Tokenise a passage with the tokenizer's special tokens and split off its
-    last token as the target.
-
-    Special tokens the tokenizer appends (an EOS, for some) are removed first, so
-    the target is always the text's own last token.
-
-    Raises:
-        ValueError: fewer than one non-special token would remain to explain from.
-    """
-    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    while ids and ids[-1] in special:
-        ids.pop()
-    if len(ids) < 2 or all(i in special for i in ids[:-1]):
-        raise ValueError(f"passage too short: {len(ids)} token(s) after tokenisation, need at least 2")
-    has_bos = ids[0] in special
-    return PreparedPrompt(torch.tensor([ids[:-1]], dtype=torch.long), int(ids[-1]), has_bos)
-
-
-# ====================================================================== attribution methods
-def _logit_forward(model: nn.Module, n: int, position: int, target: int) -> Callable[[Tensor], Tensor]:
-    """``embeds (B, n, e) -> (B,)``: the logit of ``target`` at ``position``, for Captum."""
-    kwargs: dict[str, Any] = {"use_cache": False}
-    column = position
-    if accepts(model, "logits_to_keep"):
-        # the unembedding only for the columns from `position` on: the vocab
-        # projection of every other position would cost as much as the layers
-        kwargs["logits_to_keep"] = n - position
-        column = 0
-
-    def forward(embeds: Tensor) -> Tensor:
-        return model(inputs_embeds=embeds, **kwargs).logits[:, column, target]
-
-    return forward
-
-
-def captum_scores(model: nn.Module, input_ids: Tensor, target: int, method: str, *, ig_batch: int = 10) -> Tensor:
-    """A Captum baseline on the logit of ``target`` at the last position, w.r.t.
-    the input embeddings (the output of ``model.get_input_embeddings()``).
-
-    Args:
-        input_ids: (1, n) ids.
-        target: y*, the explained token id.
-        method: "grad_x_input", "saliency", "ig50" or "ig5" (zero baseline,
-            Captum's default Gauss-Legendre rule, ``ig_batch`` steps per forward).
-    Returns:
-        (n,) float32 CPU scores: the L2 norm of the attribution over the embedding
-        dimension (the reduction of the scopes).
-    """
-    from captum.attr import InputXGradient, IntegratedGradients, Saliency
-
-    n = input_ids.shape[-1]
-    embedding = model.get_input_embeddings()
-    ids = input_ids.to(embedding.weight.device)
-    # frozen parameters (restored after): Captum differentiates w.r.t. the inputs only
-    with preserved_state(model):
-        with torch.no_grad():
-            # a leaf that requires grad: Captum would otherwise warn and set it itself
-            embeds = embedding(ids).requires_grad_()
-        forward = _logit_forward(model, n, n - 1, target)
-        if method == "grad_x_input":
-            attr = InputXGradient(forward).attribute(embeds)
-        elif method == "saliency":
-            attr = Saliency(forward).attribute(embeds, abs=True)
-        elif method in ("ig50", "ig5"):
-            attr = IntegratedGradients(forward).attribute(
-                embeds, baselines=torch.zeros_like(embeds), n_steps=int(method[2:]), internal_batch_size=ig_batch
-            )
-        else:
-            raise ValueError(f"{method!r} is not a Captum baseline")
-    return attr[0].detach().float().norm(dim=-1).cpu()
-
-
-def random_scores(n: int, seed: int, prompt_id: str) -> Tensor:
-    """(n,) uniform scores, the same for a given (seed, prompt id) in every run and process."""
-    generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{prompt_id}".encode()))
-    return torch.rand(n, generator=generator, dtype=torch.float64)
-
-
-def method_scores(
-    method: str,
-    model: nn.Module,
-    tokenizer: Any,
-    input_ids: Tensor,
-    target: int,
-    *,
-    prompt_id: str = "0",
-    seed: int = 0,
-    ig_batch: int = IG_INTERNAL_BATCH,
-) -> Tensor:
-    """One score per token of ``input_ids`` (1, n) for the prediction at its last
-    position, by ``method`` (one of :data:`METHODS`). Returns (n,) CPU scores."""
-    if method == "semantic":
-        scores = SemanticScope(model, tokenizer).attribute(input_ids, target=target)
-    elif method == "temperature":
-        scores = TemperatureScope(model, tokenizer).attribute(input_ids)
-    elif method == "fisher":
-        scores = FisherScope(model, tokenizer).attribute(input_ids, seed=seed)
-    elif method == "fisher_eig1":
-        scores = FisherScope(model, tokenizer).attribute(input_ids, method="eig", k=1)
-    elif method == "random":
-        return random_scores(input_ids.shape[-1], seed, prompt_id)
-    elif method in METHODS:
-        return captum_scores(model, input_ids, target, method, ig_batch=ig_batch)
-    else:
-        raise ValueError(f"unknown method {method!r}; choose among {METHODS}")
-    return scores[0].detach().float().cpu()
 
 
 # ====================================================================== one prompt
@@ -344,7 +179,9 @@ def evaluate_prompt(model: nn.Module, tokenizer: Any, prompt: Prompt, settings: 
         return {"skipped": str(err)}
     ids = prepared.input_ids
     n = ids.shape[-1]
-    intact = ablated_log_probs(model, ids, torch.zeros(n, dtype=torch.bool), tokenizer=tokenizer)
+    # the paper's protocol: zeroed embeddings, special tokens kept
+    ablation = AblationSettings(tokenizer=tokenizer, batch_size=settings.batch_size)
+    intact = ablated_log_probs(model, ids, torch.zeros(n, dtype=torch.bool), settings=ablation)
     target = int(intact.argmax())
     rankable = rankable_mask(ids[0], tokenizer=tokenizer, config=getattr(model, "config", None))
     record: dict[str, Any] = {
@@ -359,21 +196,21 @@ def evaluate_prompt(model: nn.Module, tokenizer: Any, prompt: Prompt, settings: 
     loo = None
     if prompt.id in settings.loo_ids:
         loo_start = time.perf_counter()
-        loo = leave_one_out(model, ids, tokenizer=tokenizer, batch_size=settings.batch_size)
+        loo = leave_one_out(model, ids, settings=ablation)
         record["loo_time_s"] = time.perf_counter() - loo_start
-    record["methods"] = _evaluate_methods(model, tokenizer, ids, target, prompt.id, settings, loo)
+    record["methods"] = _evaluate_methods(model, tokenizer, ids, target, prompt.id, settings, ablation, loo)
     record["time_s"] = time.perf_counter() - start
     record["cpu_s"] = time.process_time() - cpu_start
     return record
 
 
-def _evaluate_methods(model, tokenizer, ids, target, prompt_id, settings, loo) -> dict:
+def _evaluate_methods(model, tokenizer, ids, target, prompt_id, settings, ablation, loo) -> dict:
     """Every method's scores, timed, then their metrics."""
     entries, scores = {}, {}
     for method in settings.methods:
         start, cpu_start = time.perf_counter(), time.process_time()
-        scores[method] = method_scores(method, model, tokenizer, ids, target, prompt_id=prompt_id,
-                                       seed=settings.seed, ig_batch=settings.ig_batch)
+        scores[method] = METHODS[method].scores(model, tokenizer, ids, target, prompt_id=prompt_id,
+                                                seed=settings.seed, batch_size=settings.ig_batch)
         entries[method] = {
             "time_s": time.perf_counter() - start,
             # CPU seconds of all threads: unlike wall time, not inflated by other jobs on a shared CPU
@@ -383,8 +220,7 @@ def _evaluate_methods(model, tokenizer, ids, target, prompt_id, settings, loo) -
     # all methods in shared batches: the AOPC is the trapezoid area of its points at
     # the AOPC fractions, exactly what aopc() computes, without a second run
     fractions = sorted(set(settings.curve_fractions) | set(settings.aopc_fractions))
-    curves = deletion_curves(model, ids, scores, fractions=fractions, tokenizer=tokenizer, target=target,
-                             batch_size=settings.batch_size)
+    curves = deletion_curves(model, ids, scores, fractions=fractions, target=target, settings=ablation)
     for method, curve in curves.items():
         deltas = dict(zip(curve.fractions, curve.deltas))
         aopc_deltas = [deltas[f] for f in settings.aopc_fractions]
@@ -394,14 +230,14 @@ def _evaluate_methods(model, tokenizer, ids, target, prompt_id, settings, loo) -
             curve=[deltas[f] for f in settings.curve_fractions],
         )
         if loo is not None:
-            entries[method]["loo"] = _finite_or_none(asdict(loo_agreement(scores[method], loo)))
+            entries[method]["loo"] = finite_or_none(asdict(loo_agreement(scores[method], loo)))
     return entries
 
 
 # ====================================================================== command line
 def default_out_dir(model: Optional[str]) -> Path:
     """``benchmarks/results/faithfulness-<model short name>`` in the repository."""
-    return Path(__file__).resolve().parents[1] / "benchmarks" / "results" / f"faithfulness-{model_short_name(model)}"
+    return Path(__file__).resolve().parents[2] / "benchmarks" / "results" / f"faithfulness-{model_short_name(model)}"
 
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
@@ -415,18 +251,21 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", default=None,
                         help="model name or path (default: the embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--data", default="lambada",
-                        help="'lambada' (default: ../shared/data/lambada_1000.json), a .json/.jsonl file of "
-                        "{\"text\": ...} objects, or hf:NAME[:SPLIT[:FIELD]]")
+    parser.add_argument("--data", default=DEFAULT_DATASET,
+                        help=f"a prompt set shipped with the package ({', '.join(DATASETS)}; default "
+                        f"{DEFAULT_DATASET}: LAMBADA-1000), a .json/.jsonl file of {{\"text\": ...}} objects, "
+                        "or hf:NAME[:SPLIT[:FIELD]]")
     # --num-prompts for launchers: torchrun's parser rejects "--n" even after the
     # script name (an ambiguous prefix of its own --nnodes, --nproc-per-node, ...)
     parser.add_argument("--n", "--num-prompts", dest="n", type=int, default=None,
                         help="number of prompts (default: all); spell it --num-prompts after torchrun")
     parser.add_argument("--offset", type=int, default=0, help="prompts skipped at the start (default 0)")
-    parser.add_argument("--curve-fractions", default=",".join(map(str, CURVE_FRACTIONS)),
+    parser.add_argument("--curve-fractions", default=",".join(map(str, BENCH_CURVE_FRACTIONS)),
                         help="fractions of the plotted deletion curve, comma-separated in [0, 1] "
                         "(default 0,0.05,...,0.5; fewer is faster, the AOPC's are always computed)")
-    parser.add_argument("--methods", default="all", help=f"comma-separated among {', '.join(METHODS)} (default all)")
+    parser.add_argument("--methods", default="all",
+                        help=f"comma-separated among {', '.join(METHODS)}, or all = {', '.join(DEFAULT_METHODS)} "
+                        "(default all)")
     parser.add_argument("--loo-n", type=int, default=0,
                         help="leave-one-out agreement on the first K prompts after --offset (default 0: none)")
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/results/faithfulness-<model>)")
@@ -472,7 +311,7 @@ def _device(choice: Optional[str]) -> str:
 
 
 def _run(args: argparse.Namespace, methods: tuple[str, ...], out_dir: Path) -> dict:
-    prompts = load_prompts(None if args.data == "lambada" else args.data, args.n, offset=args.offset)
+    prompts = load_prompts(args.data, args.n, offset=args.offset)
     curve_fractions = parse_fractions(args.curve_fractions)
     meta = {
         "benchmark": "faithfulness",
@@ -513,7 +352,7 @@ def _run(args: argparse.Namespace, methods: tuple[str, ...], out_dir: Path) -> d
 def _print_summary(summary: dict, out_dir: Path) -> None:
     print(f"{summary['n_prompts']} prompts; AOPC (more negative = more faithful), mean attribution time:")
     for m, s in summary["methods"].items():
-        print(f"  {m:13s} {_fmt(s['aopc_mean']):>7s} ± {_fmt(s['aopc_sem'])}   {s['time_mean_s']:.3f} s")
+        print(f"  {m:13s} {format_number(s['aopc_mean']):>7s} ± {format_number(s['aopc_sem'])}   {s['time_mean_s']:.3f} s")
     print(f"report: {out_dir / 'report.md'}")
 
 
@@ -545,3 +384,7 @@ def main(argv: Optional[Sequence[str]] = None, *, prog: Optional[str] = None) ->
     if summary:
         _print_summary(summary, out_dir)
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

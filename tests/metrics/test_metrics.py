@@ -1,18 +1,16 @@
-"""Tests of captum_jscopes.faithfulness on tiny random HF models built from configs.
+"""Tests of captum_jscopes.metrics on tiny random HF models built from configs.
 
 The hand computations below use plain single forwards, independent of the
-module's batching, to check the metrics against PAPER.md's definitions.
+module's batching, to check the metrics against the definitions in docs/method.md.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, assert_unchanged, make_model, snapshot
+from helpers import CONFIGS, assert_unchanged, make_model, snapshot
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
@@ -22,7 +20,7 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from captum_jscopes import faithfulness as F
+from captum_jscopes import metrics as F
 
 VOCAB = 64
 BOS = 1  # LlamaConfig's default bos_token_id; 2 is its eos
@@ -478,15 +476,13 @@ def test_other_bad_inputs():
 
 
 # ------------------------------------------------------------------ the real default model
-LAMBADA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lambada_1000.json"
-
-
 @pytest.mark.slow
 def test_paper_protocol_on_the_default_model():
+    from captum_jscopes.bench.prompts import load_prompts
     from captum_jscopes.models import load_model
 
     model, tokenizer = load_model(progress=False)
-    passages = [item["text"] for item in json.loads(LAMBADA.read_text())[:3]]
+    passages = [prompt.text for prompt in load_prompts("lambada", n=3)]
     loo_aopc, random_aopc = [], []
     for i, text in enumerate(passages):
         ids = tokenizer(text, return_tensors="pt").input_ids[0]

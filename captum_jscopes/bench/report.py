@@ -1,6 +1,6 @@
 """Summary, Markdown report, plots and combining of faithfulness benchmark runs.
 
-:mod:`captum_jscopes.bench_faithfulness` computes one record per prompt (a method's
+:mod:`captum_jscopes.bench.faithfulness` computes one record per prompt (a method's
 AOPC, deltas, deletion curve and leave-one-out agreement); this module turns the
 records of a run into the numbers of the report (:func:`summarize`: mean +- SEM,
 paired Wilcoxon tests, the comparison with the paper's published numbers), writes
@@ -19,88 +19,33 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from scipy import stats
 
-from .runner import (
-    RECORDS_FILE,
-    RUN_FILE,
-    _read_shard_records,
-    _write_json_atomic,
-    _write_text_atomic,
-    read_records,
-)
+from ..metrics import AOPC_FRACTIONS
+from .methods import METHODS
+from .paper import PAPER_AOPC, PAPER_AOPC_NAMES, PAPER_LOO, PAPER_MODELS
+from .runner import RECORDS_FILE, RUN_FILE, read_records, read_shard_records, write_json_atomic, write_text_atomic
 
-__all__ = [
-    "METHODS",
-    "SCOPES",
-    "PAPER_AOPC",
-    "PAPER_LOO",
-    "summarize",
-    "render_report",
-    "write_report",
-    "combine_runs",
-]
+__all__ = ["summarize", "render_report", "write_report", "combine_runs", "finite_or_none", "format_number"]
 
 # ====================================================================== constants
-#: Every method, in the order of the report's tables.
-METHODS = ("semantic", "temperature", "fisher", "fisher_eig1", "grad_x_input", "saliency", "ig50", "ig5", "random")
-#: The Jacobian Scopes among them (compared pairwise against the baselines below).
-SCOPES = ("semantic", "temperature", "fisher", "fisher_eig1")
+#: Baselines every scope of a run is compared with, prompt by prompt.
 PAIRED_BASELINES = ("ig50", "grad_x_input")
 
-METHOD_LABELS = {
-    "semantic": "Semantic Scope (target y*)",
-    "temperature": "Temperature Scope",
-    "fisher": "Fisher Scope (default: top-16 exact + 24 probes)",
-    "fisher_eig1": "Fisher Scope (eig, k=1)",
-    "grad_x_input": "gradient x input (Captum InputXGradient)",
-    "saliency": "saliency (Captum Saliency)",
-    "ig50": "Integrated Gradients, 50 steps (Captum)",
-    "ig5": "Integrated Gradients, 5 steps (Captum)",
-    "random": "random",
-}
-
-AOPC_FRACTIONS = (0.05, 0.10, 0.20)
-#: Fractions of the deletion curve plotted in deletion_curves.png: 0, 0.05, ..., 0.5.
-CURVE_FRACTIONS = tuple(round(0.05 * i, 2) for i in range(11))
-
-#: Published AOPC, LAMBADA-1000 (PAPER.md), keyed by OUR method name.
-PAPER_MODELS = ("Llama-3.2-1B", "Llama-3.2-3B", "Qwen2.5-1.5B", "gemma-3-1b-pt")
-PAPER_AOPC = {
-    "random": (-0.261, -0.229, -0.349, -0.418),
-    "ig5": (-1.095, -0.672, -1.714, -0.639),
-    "grad_x_input": (-1.284, -1.119, -1.720, -1.561),
-    "semantic": (-1.298, -1.162, -1.682, -1.635),
-    "temperature": (-1.317, -1.173, -1.861, -1.662),
-    "fisher_eig1": (-1.320, -1.175, -1.775, -1.670),
-}
-PAPER_AOPC_NAMES = {
-    "random": "random",
-    "ig5": "IG (5 steps, weak)",
-    "grad_x_input": "gradient x input",
-    "semantic": "Semantic",
-    "temperature": "Temperature",
-    "fisher_eig1": "Fisher k=1",
-}
-#: Published LOO agreement, LAMBADA-1000, Llama-3.2-1B: (paper's row name,
-#: top-1 LOO percentile, Spearman rho), keyed by the closest method of ours.
-#: The paper's Fisher row is k=4 and its IG row 10 steps: neither is run here exactly.
-PAPER_LOO = {
-    "fisher": ("Fisher k=4", 5.45, 0.590),
-    "semantic": ("Semantic", 6.55, 0.562),
-    "grad_x_input": ("gradient x input", 5.71, 0.556),
-    "temperature": ("Temperature", 7.96, 0.550),
-    "ig5": ("IG (10 steps)", 29.5, 0.300),
-    "random": ("random", 48.9, 0.0),
-}
+#: The benchmark's deletion-curve fractions, plotted in deletion_curves.png:
+#: 0, 0.05, ..., 0.5 (finer and shorter than the metrics' default 0, 0.1, ..., 1,
+#: because past half the prompt every method's curve has collapsed).
+BENCH_CURVE_FRACTIONS = tuple(round(0.05 * i, 2) for i in range(11))
+#: The scopes of the method table, in table order (drawn solid, compared pairwise).
+SCOPES = tuple(name for name, m in METHODS.items() if m.is_scope)
 
 
-def _finite_or_none(value: Any) -> Any:
+def finite_or_none(value: Any) -> Any:
     """NaN/inf -> None, recursively: records and summary.json stay standard JSON."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
+        return {k: finite_or_none(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
+        return [finite_or_none(v) for v in value]
     return value
 
 
@@ -150,7 +95,7 @@ def _method_summary(records: list[dict], method: str) -> dict:
     times = [e["time_s"] for e in entries]
     cpu = [e.get("cpu_s", float("nan")) for e in entries]
     return {
-        "label": METHOD_LABELS[method],
+        "label": METHODS[method].label,
         "n": len(entries),
         "aopc_mean": aopc_mean,
         "aopc_sem": aopc_sem,
@@ -254,7 +199,8 @@ def _verdict(paper_says_better: int, diff: float, p: float) -> str:
     return "DISAGREES with the paper" + (" (significant, p < 0.05)" if significant else ", though not significantly")
 
 
-def _fmt(x: float, digits: int = 3) -> str:
+def format_number(x: Optional[float], digits: int = 3) -> str:
+    """A number for a report: fixed digits, "n/a" for None, NaN or inf."""
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
@@ -264,9 +210,9 @@ def _findings(summary: dict) -> list[str]:
     out = []
     comparison = summary["paper"]
     if len(comparison["methods"]) >= 2:
-        ours = " < ".join(f"{m} ({_fmt(methods[m]['aopc_mean'])})" for m in comparison["ours"])
+        ours = " < ".join(f"{m} ({format_number(methods[m]['aopc_mean'])})" for m in comparison["ours"])
         out.append(f"Our AOPC ordering of the paper's methods, most faithful first: {ours}.")
-        taus = ", ".join(f"{model} {_fmt(c['kendall_tau'], 2)}" for model, c in comparison["columns"].items())
+        taus = ", ".join(f"{model} {format_number(c['kendall_tau'], 2)}" for model, c in comparison["columns"].items())
         out.append(
             f"Kendall tau between this ordering and each published column (1 = same order, -1 = reversed): {taus}."
         )
@@ -286,8 +232,8 @@ def _findings(summary: dict) -> list[str]:
         k = sum(s < g for s, g in zip(PAPER_AOPC[scope], PAPER_AOPC["grad_x_input"]))
         out.append(
             f"{scope} vs gradient x input: the paper has {scope} more faithful on {k} of 4 models; here the mean "
-            f"AOPC difference is {_fmt(pair['mean_difference'])} +- {_fmt(pair['sem'])} (Wilcoxon "
-            f"p = {_fmt(pair['wilcoxon_p'], 3)}, {scope} more negative on {100 * pair['share_more_negative']:.0f}% "
+            f"AOPC difference is {format_number(pair['mean_difference'])} +- {format_number(pair['sem'])} (Wilcoxon "
+            f"p = {format_number(pair['wilcoxon_p'], 3)}, {scope} more negative on {100 * pair['share_more_negative']:.0f}% "
             f"of prompts): {_verdict(k, pair['mean_difference'], pair['wilcoxon_p'])}."
         )
     for scope in SCOPES:
@@ -296,12 +242,12 @@ def _findings(summary: dict) -> list[str]:
             better = "more" if pair["mean_difference"] < 0 else "less"
             out.append(
                 f"{scope} is {better} faithful than Captum's 50-step Integrated Gradients (not in the paper): "
-                f"{_fmt(pair['mean_difference'])} +- {_fmt(pair['sem'])}, p = {_fmt(pair['wilcoxon_p'], 3)}."
+                f"{format_number(pair['mean_difference'])} +- {format_number(pair['sem'])}, p = {format_number(pair['wilcoxon_p'], 3)}."
             )
     if "ig5" in methods and "ig50" in methods:
         out.append(
-            f"Integrated Gradients with 5 steps (the paper's, weak) gives AOPC {_fmt(methods['ig5']['aopc_mean'])}, "
-            f"with 50 steps {_fmt(methods['ig50']['aopc_mean'])}."
+            f"Integrated Gradients with 5 steps (the paper's, weak) gives AOPC {format_number(methods['ig5']['aopc_mean'])}, "
+            f"with 50 steps {format_number(methods['ig50']['aopc_mean'])}."
         )
     if "random" in methods:
         worse = [m for m in methods if m != "random" and methods[m]["aopc_mean"] >= methods["random"]["aopc_mean"]]
@@ -337,7 +283,7 @@ def _loo_findings(summary: dict) -> list[str]:
     n = next(iter(loo.values()))["n"]
     return [
         f"LOO agreement (Spearman, {n} prompts), best first: here {' > '.join(ours)}; the paper (Llama-3.2-1B, "
-        f"its Fisher row is k=4 and its IG 10 steps) {' > '.join(paper)}; Kendall tau {_fmt(tau, 2)}."
+        f"its Fisher row is k=4 and its IG 10 steps) {' > '.join(paper)}; Kendall tau {format_number(tau, 2)}."
     ]
 
 
@@ -358,7 +304,7 @@ def render_report(summary: dict) -> str:
         f"{'' if summary['has_bos'] else ', so none is prepended'}.",
         f"y* (the model's top-1 on the intact prompt) is the true last token on {100 * summary['accuracy']:.1f}% "
         f"of prompts. Mean time per prompt, everything included: {summary['mean_prompt_time_s']:.2f} s wall, "
-        f"{_fmt(summary['mean_prompt_cpu_s'], 2)} s CPU (all threads).",
+        f"{format_number(summary['mean_prompt_cpu_s'], 2)} s CPU (all threads).",
         "",
         "## AOPC (deletion, most relevant first; more negative = more faithful)",
         "",
@@ -366,10 +312,10 @@ def render_report(summary: dict) -> str:
         "|---|---|" + "---|" * len(heads) + "---|---|",
     ]
     for m, s in methods.items():
-        deltas = " | ".join(_fmt(d) for d in s["deltas_mean"])
+        deltas = " | ".join(format_number(d) for d in s["deltas_mean"])
         lines.append(
-            f"| {m} | {_fmt(s['aopc_mean'])} ± {_fmt(s['aopc_sem'])} | {deltas} | {s['time_mean_s']:.4f} | "
-            f"{_fmt(s['cpu_mean_s'], 4)} |"
+            f"| {m} | {format_number(s['aopc_mean'])} ± {format_number(s['aopc_sem'])} | {deltas} | {s['time_mean_s']:.4f} | "
+            f"{format_number(s['cpu_mean_s'], 4)} |"
         )
     lines += ["", "D_f = mean of log p_ablated(y*) - log p_orig(y*) with the top f of the tokens zeroed.", ""]
     lines += _paper_table(summary)
@@ -387,7 +333,7 @@ def render_report(summary: dict) -> str:
     ]
     lines += [f"- {sentence}" for sentence in summary["findings"]]
     lines += ["", "## Methods and notes", ""]
-    lines += [f"- `{m}`: {METHOD_LABELS[m]}" for m in methods]
+    lines += [f"- `{m}`: {METHODS[m].label}" for m in methods]
     lines += [
         "- Captum baselines attribute the LOGIT of y* at the explained position w.r.t. the input embeddings "
         "(`model(inputs_embeds=e).logits[:, position, y*]`, parameters frozen); Integrated Gradients uses a zero "
@@ -433,7 +379,7 @@ def _paper_table(summary: dict) -> list[str]:
         "|---|---|---|" + "---|" * len(PAPER_MODELS),
     ]
     for m, s in methods.items():
-        ours = _fmt(s["aopc_mean"]) + (f" ({ranks[m]})" if m in ranks else "")
+        ours = format_number(s["aopc_mean"]) + (f" ({ranks[m]})" if m in ranks else "")
         if m in PAPER_AOPC:
             paper = []
             for i, model in enumerate(PAPER_MODELS):
@@ -457,8 +403,8 @@ def _paired_table(summary: dict) -> list[str]:
     ]
     for p in summary["paired"]:
         lines.append(
-            f"| {p['method']} | {p['baseline']} | {_fmt(p['mean_difference'])} ± {_fmt(p['sem'])} | "
-            f"{_fmt(p['wilcoxon_p'], 4)} | {_fmt(p['share_more_negative'], 3)} | {p['n']} |"
+            f"| {p['method']} | {p['baseline']} | {format_number(p['mean_difference'])} ± {format_number(p['sem'])} | "
+            f"{format_number(p['wilcoxon_p'], 4)} | {format_number(p['share_more_negative'], 3)} | {p['n']} |"
         )
     return lines + ["", "Negative difference = the scope removes more of the prediction = more faithful.", ""]
 
@@ -485,9 +431,9 @@ def _loo_table(summary: dict) -> list[str]:
             name, pct, rho = PAPER_LOO[m]
             paper = f"{name}: {pct} / {rho:.3f}"
         lines.append(
-            f"| {m} | {_fmt(s['spearman_mean'])} ± {_fmt(s['spearman_sem'])} | {_fmt(s['kendall_mean'])} | "
-            f"{_fmt(s['top1_percentile_mean'], 2)} ± {_fmt(s['top1_percentile_sem'], 2)} | "
-            f"{_fmt(s['top_jaccard_mean'])} | {paper} |"
+            f"| {m} | {format_number(s['spearman_mean'])} ± {format_number(s['spearman_sem'])} | {format_number(s['kendall_mean'])} | "
+            f"{format_number(s['top1_percentile_mean'], 2)} ± {format_number(s['top1_percentile_sem'], 2)} | "
+            f"{format_number(s['top_jaccard_mean'])} | {paper} |"
         )
     if "mean_loo_time_s" in summary:
         lines += ["", f"Leave-one-out ground truth cost {summary['mean_loo_time_s']:.2f} s per prompt."]
@@ -497,7 +443,7 @@ def _loo_table(summary: dict) -> list[str]:
 def _plot_curves(summary: dict, path: Path) -> None:
     from matplotlib.figure import Figure
 
-    fractions = summary["meta"].get("curve_fractions", CURVE_FRACTIONS)
+    fractions = summary["meta"].get("curve_fractions", BENCH_CURVE_FRACTIONS)
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
     for m, s in summary["methods"].items():
@@ -546,7 +492,7 @@ def write_report(out_dir: Path, records: Optional[list[dict]] = None) -> dict:
     summary = summarize(records, meta)
     summary["partial"] = partial or bool(meta.get("partial_sources"))
     (out_dir / "summary.json").write_text(
-        json.dumps(_finite_or_none(summary), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        json.dumps(finite_or_none(summary), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     (out_dir / "report.md").write_text(render_report(summary), encoding="utf-8")
     _plot_curves(summary, out_dir / "deletion_curves.png")
@@ -571,7 +517,7 @@ def _partial_records(out_dir: Path) -> list[dict]:
     """Records written so far by an unfinished (or running) run, from its shards,
     in prompt-id order (numeric ids numerically)."""
     # the runner's own shard reader: it skips a line still being written
-    by_id = _read_shard_records(out_dir)
+    by_id = read_shard_records(out_dir)
     if not by_id:
         raise ValueError(f"{out_dir} holds no record yet (no records.jsonl, no shard-*.jsonl with a record)")
     return [by_id[i] for i in sorted(by_id, key=lambda i: (0, int(i), "") if i.isdigit() else (1, 0, i))]
@@ -628,8 +574,8 @@ def combine_runs(run_dirs: Sequence[Path], out_dir: Path) -> dict:
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     # the runner's own writers: the combined folder has a run's layout, written atomically
-    _write_json_atomic(out_dir / RUN_FILE, meta)
-    _write_text_atomic(out_dir / RECORDS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_json_atomic(out_dir / RUN_FILE, meta)
+    write_text_atomic(out_dir / RECORDS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return write_report(out_dir, records)
 
 

@@ -4,25 +4,27 @@
   size the notebooks switch to when JSCOPES_TUTORIAL_FAST=1, in a temporary copy
   (the committed notebooks are never rewritten). It must run without an error,
   its assert cells must have run, and its figures must have been written and shown.
-- The committed notebooks must carry the outputs of a run, stay small, and be
-  what tutorials/_build.py writes (nobody hand-edits the JSON and forgets the source).
+- The committed notebooks must carry the outputs of a run, stay small, and hold
+  exactly the cells of their paired jupytext source tutorials/NN_name.py
+  (nobody hand-edits the JSON and forgets the source).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TUTORIALS = ROOT / "tutorials"
 NOTEBOOKS = sorted(TUTORIALS.glob("[0-9][0-9]_*.ipynb"))
+SOURCES = sorted(TUTORIALS.glob("[0-9][0-9]_*.py"))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_NOTEBOOK_BYTES = 1_000_000
 # a guard against a hung kernel, not a speed check: the benchmark cells of 06 take
@@ -153,18 +155,17 @@ def test_committed_notebook_has_outputs_and_is_small(path):
     assert last.cell_type == "markdown" and "TODO" not in last.source, "the findings are missing"
 
 
-def _load_build_script():
-    spec = importlib.util.spec_from_file_location("tutorials_build", TUTORIALS / "_build.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def test_every_notebook_is_paired_with_a_percent_source():
+    assert [p.stem for p in SOURCES] == [p.stem for p in NOTEBOOKS]
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        assert nb.metadata.get("jupytext", {}).get("formats") == "ipynb,py:percent", path.name
 
 
-@pytest.mark.parametrize("name", list(EXPECTED_FIGURES))
-def test_committed_notebook_matches_its_source(name):
-    build = _load_build_script()
-    expected = build.make_notebook(build.NOTEBOOKS[name])
-    committed = nbformat.read(TUTORIALS / f"{name}.ipynb", as_version=4)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_committed_notebook_matches_its_source(path):
+    source = jupytext.read(path.with_suffix(".py"), fmt="py:percent")
+    committed = nbformat.read(path, as_version=4)
     assert [(c.cell_type, c.source) for c in committed.cells] == [
-        (c.cell_type, c.source) for c in expected.cells
-    ], f"{name}.ipynb differs from tutorials/_build.py: run `python tutorials/_build.py {name[:2]}`"
+        (c.cell_type, c.source) for c in source.cells
+    ], f"{path.name} differs from {path.stem}.py: run `python tutorials/_build.py {path.stem[:2]}`"

@@ -1,4 +1,4 @@
-"""One process of a multi-process run_sharded test, started by tests/test_runner.py through accelerate launch.
+"""One process of a multi-process run_sharded test, started by tests/bench/test_runner.py through accelerate launch.
 
 Each record says which run (--tag) and which process computed it, so the test can tell fresh work from
 resumed work. Exits non-zero when run_sharded raises (e.g. a settings mismatch).
@@ -9,7 +9,8 @@ import json
 
 from accelerate import PartialState
 
-from captum_jscopes.runner import load_prompts, run_sharded
+from captum_jscopes.bench.prompts import load_prompts
+from captum_jscopes.bench.runner import run_sharded
 
 
 def main() -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_model, make_tokenizer
+from helpers import make_model, make_tokenizer
 
-from captum_jscopes import bench_speed
+from captum_jscopes.bench import speed as bench_speed
 
 
 @pytest.fixture
@@ -51,19 +51,29 @@ def test_speed_benchmark_writes_every_table(tiny_model_dir, prompts_file, tmp_pa
     assert (out / "speed.png").stat().st_size > 0 and (out / "fisher_accuracy.png").stat().st_size > 0
 
 
-def test_fisher_method_names():
-    assert bench_speed.fisher_options("fisher_eig16") == {"method": "eig", "k": 16}
-    assert bench_speed.fisher_options("fisher_deflated_8_16") == {"method": "deflated", "k": 8, "n_probes": 16}
-    assert bench_speed.n_vjps("fisher", 576) == 40 and bench_speed.n_vjps("fisher_exact", 576) == 576
-    with pytest.raises(ValueError, match="unknown Fisher method"):
-        bench_speed.fisher_options("fisher_magic")
-
-
 def test_bad_arguments_exit_with_an_error(capsys):
     with pytest.raises(SystemExit) as exc:
         bench_speed.parse_args(["--methods", "semantic,nope"])
     assert exc.value.code == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_speed.parse_args(["--fisher-methods", "fisher,semantic"])  # not a Fisher entry
+    assert "unknown Fisher method 'semantic'" in capsys.readouterr().err
+
+
+def test_report_only_rebuilds_the_tables_also_from_earlier_method_names(tiny_model_dir, prompts_file, tmp_path):
+    out = tmp_path / "out"
+    argv = ["--model", str(tiny_model_dir), "--data", str(prompts_file), "--n", "1", "--n-slow", "1", "--repeats", "1",
+            "--methods", "floor,semantic,ig50", "--lengths", "", "--multi-token", "0", "--skip-memory", "--out", str(out)]
+    assert bench_speed.main(argv) == 0
+    table = (out / "speed.md").read_text()
+    results = json.loads((out / "speed.json").read_text())
+    results["single_token"]["captum_ig50"] = results["single_token"].pop("ig50")  # as an earlier version wrote it
+    (out / "speed.json").write_text(json.dumps(results))
+    (out / "speed.md").unlink()
+    assert bench_speed.main(["--report-only", "--out", str(out)]) == 0
+    assert (out / "speed.md").read_text() == table
+    assert bench_speed.main(["--report-only", "--out", str(tmp_path / "none")]) == 2
 
 
 def test_fisher_accuracy_study_resumes(tiny_model_dir, prompts_file, tmp_path, capsys):

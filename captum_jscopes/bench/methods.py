@@ -1,0 +1,250 @@
+"""The one table of the benchmarks' attribution methods.
+
+Every method either benchmark can run is one :class:`BenchMethod` entry of
+:data:`METHODS`, with its options spelled out: a Jacobian Scope of the
+registry (:data:`captum_jscopes.registry.SCOPES`) with the options of its
+``attribute``, a Captum baseline with its arguments, or random scores. The
+faithfulness and speed benchmarks, their command-line choices and the reports'
+labels all read this table; adding a method is adding one entry.
+
+Every method explains the same thing: the prediction of the token ``target``
+after the last token of ``input_ids`` (1, n), and returns one non-negative
+score per token, (n,) float CPU, higher = more relevant. Gradient baselines
+differentiate the LOGIT of ``target`` w.r.t. the input embeddings (the output
+of ``model.get_input_embeddings()``) and are reduced to one score per token
+with the L2 norm over the embedding dimension, like the scopes.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..forward import accepts
+from ..metrics import replacement_token_id
+from ..model_state import preserved_state
+from ..registry import SCOPES
+
+__all__ = ["BenchMethod", "METHODS", "DEFAULT_METHODS", "method", "parse_methods", "random_scores"]
+
+
+@dataclass(frozen=True)
+class BenchMethod:
+    """One attribution method of the benchmarks.
+
+    Attributes:
+        name: key in reports, records and ``--methods``.
+        label: one line for the reports.
+        kind: ``"scope"`` (a Jacobian Scope), ``"captum"`` (a Captum baseline) or ``"random"``.
+        scope: the scope's registry name (kind "scope").
+        options: keyword arguments of the scope's ``attribute`` (kind "scope") or of
+            the baseline (kind "captum": ``algorithm``, and for Integrated Gradients
+            ``n_steps`` and ``baseline``: ``"zero"`` embeddings or ``"token"``, every
+            position replaced by the tokenizer's pad token, else unk, else eos).
+        in_default: part of ``--methods all`` of the faithfulness benchmark (the
+            paper's six methods and three more); the others are asked for by name.
+        slow: the speed benchmark times it once, on its ``--n-slow`` prompts.
+    """
+
+    name: str
+    label: str
+    kind: str
+    scope: Optional[str] = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    in_default: bool = False
+    slow: bool = False
+
+    def __post_init__(self) -> None:
+        # frozen and hashable-looking entries must not share a mutable dict
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+
+    @property
+    def is_scope(self) -> bool:
+        return self.kind == "scope"
+
+    def backward_passes(self, hidden_size: int) -> Optional[int]:
+        """Backward passes per explained token (scopes and gradient baselines); None for the others."""
+        if self.kind == "scope":
+            if self.scope != "fisher":
+                return 1
+            fisher = self.options.get("method", "deflated")
+            if fisher == "exact":
+                return hidden_size
+            k = self.options.get("k", 1 if fisher == "eig" else 16)
+            return k if fisher == "eig" else k + self.options.get("n_probes", 24)
+        if self.options.get("algorithm") == "integrated_gradients":
+            return self.options["n_steps"]
+        return 1 if self.kind == "captum" and self.options.get("algorithm") != "feature_ablation" else None
+
+    def scores(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        input_ids: Tensor,
+        target: int,
+        *,
+        prompt_id: str = "0",
+        seed: int = 0,
+        batch_size: int = 10,
+    ) -> Tensor:
+        """(n,) float CPU scores of the tokens of ``input_ids`` (1, n) for the
+        prediction of ``target`` after its last token.
+
+        Args:
+            prompt_id, seed: seed the random method (per prompt) and Fisher's probes.
+            batch_size: Integrated Gradients steps / ablated copies per forward.
+        """
+        if self.kind == "random":
+            return random_scores(input_ids.shape[-1], seed, prompt_id)
+        if self.kind == "scope":
+            options = dict(self.options)
+            if self.scope == "fisher" and options.get("method", "deflated") == "deflated":
+                options.setdefault("seed", seed)
+            scope = SCOPES[self.scope](model, tokenizer)
+            target_arg = {"target": target} if self.scope == "semantic" else {}
+            return scope.attribute(input_ids, **target_arg, **options)[0].detach().float().cpu()
+        return _captum_scores(model, tokenizer, input_ids, target, dict(self.options), batch_size)
+
+
+def _scope(name: str, label: str, scope: str, *, default: bool = False, slow: bool = False, **options) -> BenchMethod:
+    return BenchMethod(name, label, "scope", scope=scope, options=options, in_default=default, slow=slow)
+
+
+def _captum(name: str, label: str, *, default: bool = False, slow: bool = False, **options) -> BenchMethod:
+    return BenchMethod(name, label, "captum", options=options, in_default=default, slow=slow)
+
+
+_TABLE = (
+    _scope("semantic", "Semantic Scope (target y*)", "semantic", default=True),
+    _scope("temperature", "Temperature Scope", "temperature", default=True),
+    _scope("fisher", "Fisher Scope (default: top-16 exact + 24 probes)", "fisher", default=True),
+    _scope("fisher_exact", "Fisher Scope (exact, d backward passes)", "fisher", slow=True, method="exact"),
+    _scope("fisher_eig1", "Fisher Scope (eig, k=1)", "fisher", default=True, method="eig", k=1),
+    _scope("fisher_eig4", "Fisher Scope (eig, k=4)", "fisher", method="eig", k=4),
+    _scope("fisher_eig16", "Fisher Scope (eig, k=16)", "fisher", method="eig", k=16),
+    _scope("fisher_eig64", "Fisher Scope (eig, k=64)", "fisher", method="eig", k=64),
+    _scope("fisher_deflated_8_16", "Fisher Scope (deflated, k=8, 16 probes)", "fisher",
+           method="deflated", k=8, n_probes=16),
+    _scope("fisher_deflated_16_16", "Fisher Scope (deflated, k=16, 16 probes)", "fisher",
+           method="deflated", k=16, n_probes=16),
+    _scope("fisher_deflated_16_32", "Fisher Scope (deflated, k=16, 32 probes)", "fisher",
+           method="deflated", k=16, n_probes=32),
+    _captum("grad_x_input", "gradient x input (Captum InputXGradient)", default=True, algorithm="input_x_gradient"),
+    _captum("saliency", "saliency (Captum Saliency)", default=True, algorithm="saliency"),
+    _captum("ig50", "Integrated Gradients, 50 steps, zero baseline (Captum)", default=True,
+            slow=True, algorithm="integrated_gradients", n_steps=50, baseline="zero"),
+    _captum("ig5", "Integrated Gradients, 5 steps, zero baseline (Captum)", default=True,
+            algorithm="integrated_gradients", n_steps=5, baseline="zero"),
+    _captum("ig50_token", "Integrated Gradients, 50 steps, pad-token baseline (Captum)", slow=True,
+            algorithm="integrated_gradients", n_steps=50, baseline="token"),
+    _captum("feature_ablation", "leave-one-out on log p(y*) (Captum FeatureAblation, zero embedding)",
+            slow=True, algorithm="feature_ablation"),
+    BenchMethod("random", "random", "random", in_default=True),
+)
+
+#: name -> method, in the order of the reports' tables.
+METHODS: dict[str, BenchMethod] = {m.name: m for m in _TABLE}
+#: What ``--methods all`` runs in the faithfulness benchmark.
+DEFAULT_METHODS: tuple[str, ...] = tuple(m.name for m in _TABLE if m.in_default)
+
+
+def method(name: str) -> BenchMethod:
+    """The method registered under ``name``; a ValueError lists the names."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose among {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def parse_methods(text: str, default: tuple[str, ...] = DEFAULT_METHODS) -> tuple[str, ...]:
+    """``"all"`` (the ``default`` methods) or a comma-separated list of names ->
+    the names in table order.
+
+    Raises:
+        ValueError: an unknown or missing name (the message lists the valid ones).
+    """
+    names = [name.strip() for name in str(text).split(",") if name.strip()]
+    if names == ["all"]:
+        return default
+    unknown = [name for name in names if name not in METHODS]
+    if unknown or not names:
+        what = f"unknown method(s) {', '.join(map(repr, unknown))}" if unknown else "no method given"
+        raise ValueError(f"{what}; choose among {', '.join(METHODS)} (comma-separated) or 'all'")
+    return tuple(m for m in METHODS if m in names)
+
+
+def random_scores(n: int, seed: int, prompt_id: str) -> Tensor:
+    """(n,) uniform scores, the same for a given (seed, prompt id) in every run and process."""
+    generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{prompt_id}".encode()))
+    return torch.rand(n, generator=generator, dtype=torch.float64)
+
+
+# ---------------------------------------------------------------------- Captum baselines
+def target_forward(model: nn.Module, n: int, target: int, log_prob: bool) -> Callable[[Tensor], Tensor]:
+    """``embeds (B, n, e) -> (B,)``: the logit (or log-probability) of ``target``
+    after the last token, for Captum."""
+    kwargs: dict[str, Any] = {"use_cache": False}
+    if accepts(model, "logits_to_keep"):
+        # the unembedding only for the last column: the vocabulary projection of
+        # every other position would cost as much as the layers
+        kwargs["logits_to_keep"] = 1
+
+    def forward(embeds: Tensor) -> Tensor:
+        logits = model(inputs_embeds=embeds, **kwargs).logits[:, -1]
+        return torch.log_softmax(logits.float(), -1)[:, target] if log_prob else logits[:, target]
+
+    return forward
+
+
+def _captum_scores(model: nn.Module, tokenizer: Any, input_ids: Tensor, target: int, options: dict,
+                   batch_size: int) -> Tensor:
+    from captum.attr import FeatureAblation, InputXGradient, IntegratedGradients, Saliency
+
+    algorithm = options.pop("algorithm")
+    embedding = model.get_input_embeddings()
+    ids = input_ids.to(embedding.weight.device)
+    n = ids.shape[-1]
+    # frozen parameters (restored after): Captum differentiates w.r.t. the inputs only
+    with preserved_state(model):
+        with torch.no_grad():
+            # a leaf that requires grad: Captum would otherwise warn and set it itself
+            embeds = embedding(ids).requires_grad_()
+        forward = target_forward(model, n, target, log_prob=algorithm == "feature_ablation")
+        if algorithm == "input_x_gradient":
+            attr = InputXGradient(forward).attribute(embeds)
+        elif algorithm == "saliency":
+            attr = Saliency(forward).attribute(embeds, abs=True)
+        elif algorithm == "integrated_gradients":
+            baseline = ig_baseline(model, tokenizer, embeds, ids, options["baseline"])
+            attr = IntegratedGradients(forward).attribute(
+                embeds, baselines=baseline, n_steps=options["n_steps"], internal_batch_size=batch_size
+            )
+        elif algorithm == "feature_ablation":
+            # one group per token: ablating a token zeroes its whole embedding
+            mask = torch.arange(n, device=ids.device)[None, :, None].expand_as(embeds)
+            attr = FeatureAblation(forward).attribute(
+                embeds.detach(), baselines=0.0, feature_mask=mask, perturbations_per_eval=batch_size
+            )
+            # log p(y*) intact minus ablated, the same value on every dimension of a token
+            return attr[0, :, 0].detach().float().cpu()
+        else:
+            raise ValueError(f"unknown Captum algorithm {algorithm!r}")
+    return attr[0].detach().float().norm(dim=-1).cpu()
+
+
+def ig_baseline(model: nn.Module, tokenizer: Any, embeds: Tensor, ids: Tensor, baseline: str) -> Tensor:
+    """Integrated Gradients' starting point: zero embeddings, or every position
+    the embedding of the replacement token (pad, else unk, else eos)."""
+    if baseline == "zero":
+        return torch.zeros_like(embeds)
+    if baseline == "token":
+        token = replacement_token_id(tokenizer, getattr(model, "config", None))
+        if token is None:
+            raise ValueError("the token baseline needs a pad, unk or eos token; the tokenizer has none")
+        with torch.no_grad():
+            return model.get_input_embeddings()(torch.full_like(ids, token))
+    raise ValueError(f"unknown Integrated Gradients baseline {baseline!r}; use 'zero' or 'token'")

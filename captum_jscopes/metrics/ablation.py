@@ -1,0 +1,300 @@
+"""Removing tokens from a prompt and reading the model's next-token
+distribution: which tokens may be ranked, how they are ranked, how a fraction
+becomes a token count, and the batched no-grad forwards every metric runs.
+
+All ablated variants of a prompt run in batches of ``batch_size`` under
+``torch.no_grad()``; log-softmax is taken in float64 at the explained position
+only. The caller's model is left as it was (see
+:func:`captum_jscopes.model_state.preserved_state`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..forward import accepts
+from ..model_state import check_causal_lm, preserved_state
+from ..tokens import TargetLike, resolve_target, special_tokens_mask
+from .checks import check_order, check_position, check_prompt
+from .settings import ABLATION_MODES, AblationSettings
+
+__all__ = [
+    "AblatedPrompt",
+    "ablated_log_probs",
+    "ablation_inputs",
+    "n_tokens_for_fraction",
+    "rank_tokens",
+    "rankable_mask",
+]
+
+
+# ============================================================ ranking
+def rankable_mask(
+    input_ids: Tensor,
+    position: int = -1,
+    *,
+    tokenizer: Any = None,
+    config: Any = None,
+    include_special: bool = False,
+) -> Tensor:
+    """Which tokens may be ranked and ablated.
+
+    Args:
+        input_ids: (n,) token ids.
+        position: explained position (negative counts from the end). Default -1.
+        tokenizer, config: where the special token ids come from.
+        include_special: also rank special tokens (BOS, ...). Default False.
+    Returns:
+        (n,) bool CPU tensor: True at or before ``position`` (later tokens cannot
+        influence a causal LM's prediction there) and, unless
+        ``include_special``, not special.
+    """
+    ids = input_ids.detach().flatten().cpu()
+    n = ids.shape[0]
+    position = check_position(position, n)
+    mask = torch.arange(n) <= position
+    if not include_special:
+        mask &= ~special_tokens_mask(ids, tokenizer, config)
+    return mask
+
+
+def rank_tokens(scores: Tensor, rankable: Tensor, order: str = "most") -> Tensor:
+    """Positions of the rankable tokens sorted by score.
+
+    Args:
+        scores: (n,) real scores.
+        rankable: (n,) bool.
+        order: "most" (highest score first, default) or "least".
+    Returns:
+        (m,) int64 CPU positions. Ties keep the earlier position first, so the
+        ranking is deterministic.
+    """
+    order = check_order(order)
+    positions = rankable.cpu().nonzero().flatten()
+    values = scores.detach().cpu().to(torch.float64)[positions]
+    key = -values if order == "most" else values
+    return positions[torch.sort(key, stable=True).indices]
+
+
+def n_tokens_for_fraction(fraction: float, m: int) -> int:
+    """Tokens a fraction stands for: 0 for 0, else ``max(1, floor(fraction * m))``.
+
+    A 1e-9 slack absorbs float error (0.29 * 100 = 28.999999999999996 -> 29).
+    """
+    if fraction <= 0:
+        return 0
+    return min(m, max(1, math.floor(fraction * m + 1e-9)))
+
+
+# ============================================================ forwards
+def ablation_inputs(
+    model: nn.Module,
+    input_ids: Tensor,
+    ablate: Tensor,
+    *,
+    mode: str = "zero",
+    replacement_id: Optional[int] = None,
+) -> dict[str, Tensor]:
+    """Forward keyword arguments for a batch of ablated copies of one prompt.
+
+    Args:
+        model: the causal LM (used for its embedding lookup in "zero" mode).
+        input_ids: (n,) token ids on the model's embedding device.
+        ablate: (V, n) bool, True where variant v ablates a token.
+        mode: "zero", "token" or "mask" (see :class:`AblationSettings`).
+        replacement_id: the id "token" mode writes (required there).
+    Returns:
+        dict with ``attention_mask`` (V, n) int64, ``position_ids`` (V, n) =
+        0..n-1, and ``inputs_embeds`` (V, n, e) ("zero") or ``input_ids`` (V, n).
+        Only the ablated tokens differ from the intact prompt.
+    """
+    if mode not in ABLATION_MODES:
+        raise ValueError(f"unknown ablation mode {mode!r}; choose one of {ABLATION_MODES}")
+    device = input_ids.device
+    ablate = ablate.to(device)
+    variants, n = ablate.shape
+    ids = input_ids.expand(variants, n)
+    attention_mask = torch.ones(variants, n, dtype=torch.long, device=device)
+    # explicit positions: masking a token in "mask" mode must not shift the others
+    kwargs = {"position_ids": torch.arange(n, device=device).expand(variants, n)}
+    if mode == "zero":
+        with torch.no_grad():
+            embeds = model.get_input_embeddings()(input_ids.unsqueeze(0))
+        kwargs["inputs_embeds"] = embeds.expand(variants, -1, -1).masked_fill(ablate.unsqueeze(-1), 0.0)
+    elif mode == "token":
+        if replacement_id is None:
+            raise ValueError("mode='token' needs replacement_id")
+        kwargs["input_ids"] = ids.masked_fill(ablate, replacement_id)
+    else:
+        kwargs["input_ids"] = ids
+        attention_mask = attention_mask.masked_fill(ablate, 0)
+    kwargs["attention_mask"] = attention_mask
+    return kwargs
+
+
+def _log_probs_at(model: nn.Module, kwargs: dict[str, Tensor], position: int, n: int) -> Tensor:
+    """One batched forward; float64 log-softmax at ``position`` only -> (V, vocab)."""
+    kwargs = dict(kwargs, use_cache=False)
+    column = position
+    if accepts(model, "logits_to_keep"):
+        # the head only for the last n - position columns; the wanted one is first
+        kwargs["logits_to_keep"] = n - position
+        column = 0
+    logits = model(**kwargs).logits[:, column, :]
+    return torch.log_softmax(logits.to(torch.float64), dim=-1)
+
+
+def _run_variants(
+    model: nn.Module,
+    input_ids: Tensor,
+    ablate: Tensor,
+    position: int,
+    settings: AblationSettings,
+    replacement_id: Optional[int],
+) -> Tensor:
+    """Log-probs (V, vocab) float64 at ``position`` for each ablation row; inputs
+    already checked, called inside ``preserved_state(model, grad=False)``."""
+    n = input_ids.shape[0]
+    if settings.mode == "mask":
+        blind = ablate[:, : position + 1].all(dim=1)
+        if bool(blind.any()):
+            raise ValueError(
+                "mode='mask' cannot ablate every token up to the explained position (the prediction "
+                "would attend to nothing); keep a BOS token in the prompt or use mode='zero'"
+            )
+    out = []
+    for chunk in ablate.split(settings.batch_size):
+        kwargs = ablation_inputs(model, input_ids, chunk, mode=settings.mode, replacement_id=replacement_id)
+        out.append(_log_probs_at(model, kwargs, position, n).cpu())
+    return torch.cat(out)
+
+
+def ablated_log_probs(
+    model: nn.Module,
+    input_ids: Tensor,
+    ablate: Tensor,
+    *,
+    position: int = -1,
+    settings: Optional[AblationSettings] = None,
+    **ablation: Any,
+) -> Tensor:
+    """Next-token log-probabilities at ``position`` for ablated copies of a prompt.
+
+    Args:
+        model: a Hugging Face causal LM (not modified).
+        input_ids: (n,) or (1, n) token ids.
+        ablate: (V, n) or (n,) bool, True where a token is ablated. A row of all
+            False gives the intact prompt.
+        position: explained position. Default -1.
+        settings: :class:`AblationSettings` (mode, replacement token, batch
+            size); default the defaults ("zero" mode, batches of 16).
+        **ablation: overrides of single settings, e.g. ``mode="token"``.
+    Returns:
+        (V, vocab) float64 CPU tensor (1-D (vocab,) for a 1-D ``ablate``).
+    """
+    settings = AblationSettings.of(settings, **ablation)
+    check_causal_lm(model)
+    ids = check_prompt(model, input_ids)
+    n = ids.shape[0]
+    position = check_position(position, n)
+    if not isinstance(ablate, Tensor) or ablate.dtype != torch.bool:
+        raise TypeError("ablate must be a bool tensor of shape (n,) or (V, n)")
+    single = ablate.dim() == 1
+    rows = ablate.unsqueeze(0) if single else ablate
+    if rows.dim() != 2 or rows.shape[1] != n or rows.shape[0] == 0:
+        raise ValueError(f"ablate must have shape ({n},) or (V, {n}) with V >= 1, got {tuple(ablate.shape)}")
+    replacement_id = settings.replacement(model)
+    with preserved_state(model, grad=False):
+        out = _run_variants(model, ids, rows.cpu(), position, settings, replacement_id)
+    return out[0] if single else out
+
+
+# ============================================================ one prompt, many ablations
+@dataclass
+class AblatedPrompt:
+    """A checked prompt with its intact prediction, from which the metrics run
+    their ablations. Build it with :meth:`prepare` inside
+    ``preserved_state(model, grad=False)``."""
+
+    model: nn.Module
+    ids: Tensor  # (n,) on the embedding device
+    position: int
+    rankable: Tensor  # (n,) bool CPU
+    settings: AblationSettings
+    replacement_id: Optional[int]
+    log_probs: Tensor  # (vocab,) float64, intact prompt
+    target: int
+
+    @classmethod
+    def prepare(
+        cls,
+        model: nn.Module,
+        input_ids: Any,
+        position: Any,
+        settings: AblationSettings,
+        target: Optional[TargetLike] = None,
+    ) -> "AblatedPrompt":
+        """Check the prompt, find its rankable tokens, run it intact and fix the
+        target: ``target`` (an id or a one-token string) or, when None, the
+        intact prompt's top-1 prediction y*."""
+        check_causal_lm(model)
+        ids = check_prompt(model, input_ids)
+        position = check_position(position, ids.shape[0])
+        rankable = rankable_mask(
+            ids, position, tokenizer=settings.tokenizer, config=getattr(model, "config", None),
+            include_special=settings.include_special,
+        )
+        if not bool(rankable.any()):
+            raise ValueError(
+                f"no token to rank: every token up to position {position} is special "
+                "(pass include_special=True to rank special tokens)"
+            )
+        replacement_id = settings.replacement(model)
+        nothing = torch.zeros(1, ids.shape[0], dtype=torch.bool)
+        log_probs = _run_variants(model, ids, nothing, position, settings, replacement_id)[0]
+        if target is None:
+            target_id = int(log_probs.argmax())
+        else:
+            target_id = resolve_target(target, settings.tokenizer, log_probs.shape[0])
+        return cls(model, ids, position, rankable, settings, replacement_id, log_probs, target_id)
+
+    @property
+    def n(self) -> int:
+        return self.ids.shape[0]
+
+    @property
+    def m(self) -> int:
+        """The number of rankable tokens."""
+        return int(self.rankable.sum())
+
+    @property
+    def log_prob(self) -> float:
+        """log p(target) on the intact prompt."""
+        return float(self.log_probs[self.target])
+
+    def run(self, ablate: Tensor) -> Tensor:
+        """(V, n) bool -> (V, vocab) log-probs. A row that ablates nothing IS the
+        intact prompt: it reuses that forward, so its delta is exactly 0 (a
+        batched forward can differ from a single one by ~1e-7)."""
+        out = self.log_probs.expand(ablate.shape[0], -1).clone()
+        changed = ablate.any(dim=1)
+        if bool(changed.any()):
+            # identical rows (methods that agree on their top tokens) run once
+            unique, inverse = torch.unique(ablate[changed].to(torch.uint8), dim=0, return_inverse=True)
+            log_probs = _run_variants(
+                self.model, self.ids, unique.bool(), self.position, self.settings, self.replacement_id
+            )
+            out[changed] = log_probs[inverse]
+        return out
+
+    def masks(self, token_sets: Sequence[Tensor]) -> Tensor:
+        """One (n,) bool row per set of positions."""
+        rows = torch.zeros(len(token_sets), self.n, dtype=torch.bool)
+        for row, positions in zip(rows, token_sets):
+            row[positions] = True
+        return rows

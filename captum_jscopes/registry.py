@@ -1,0 +1,26 @@
+"""The one table of the Jacobian Scopes, keyed by their ``name``.
+
+The command line's ``--scope`` choices, the benchmarks' method table
+(:mod:`captum_jscopes.bench.methods`) and the reports all read from here, so a
+new scope is one class with a ``name`` and one entry below.
+"""
+
+from __future__ import annotations
+
+from .fisher import METHODS as FISHER_METHODS
+from .fisher_scope import FisherScope
+from .scope import JacobianScope
+from .semantic_scope import SemanticScope
+from .temperature_scope import TemperatureScope
+
+#: name -> scope class, in the order the command line and the reports list them.
+SCOPES: dict[str, type[JacobianScope]] = {cls.name: cls for cls in (SemanticScope, TemperatureScope, FisherScope)}
+
+__all__ = ["SCOPES", "FISHER_METHODS", "scope_class"]
+
+
+def scope_class(name: str) -> type[JacobianScope]:
+    """The scope class registered under ``name``; a ValueError lists the names."""
+    if name not in SCOPES:
+        raise ValueError(f"unknown scope {name!r}; choose one of {', '.join(SCOPES)}")
+    return SCOPES[name]

@@ -1,0 +1,151 @@
+"""The repository stands on its own and keeps its structure:
+
+- nothing refers to a folder outside the clone (a user's clone has nothing beside it);
+- a copy of the tracked files in a folder with nothing beside it runs the data-reading
+  tests and a benchmark on the default prompt set;
+- no private name (leading underscore) is imported from another module, and Captum's
+  private API is used only in ``captum_jscopes/captum_compat.py``, whose pinned version
+  must be the installed one.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import captum
+import pytest
+from helpers import make_model, make_tokenizer
+
+from captum_jscopes import captum_compat
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "captum_jscopes"
+
+
+def tracked_files() -> list[Path]:
+    """The files a commit of the working tree would hold: tracked, or new and not ignored."""
+    if shutil.which("git") and (ROOT / ".git").exists():
+        command = ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
+        out = subprocess.run(command, cwd=ROOT, capture_output=True, check=True).stdout
+        return [ROOT / name for name in out.decode().split("\0") if name and (ROOT / name).is_file()]
+    # a source archive without git: every file but the virtual environment and caches
+    skip = {".venv", ".git", "__pycache__", ".pytest_cache"}
+    return [p for p in ROOT.rglob("*") if p.is_file() and not skip & set(p.relative_to(ROOT).parts)]
+
+
+def test_no_tracked_file_refers_to_a_folder_beside_the_clone():
+    outside = "../" + "shared"  # spelled in two parts so this file does not match itself
+    hits = []
+    for path in tracked_files():
+        if path.suffix in {".png", ".jsonl"} or path.stat().st_size > 5_000_000:
+            continue
+        text = path.read_text(encoding="utf-8", errors="ignore")
+        hits += [f"{path.relative_to(ROOT)}:{i}" for i, line in enumerate(text.splitlines(), 1) if outside in line]
+    assert not hits, f"these lines point outside the repository: {hits}"
+
+
+@pytest.fixture(scope="module")
+def lone_clone(tmp_path_factory) -> Path:
+    """The tracked files, copied into a folder with nothing beside them."""
+    copy = tmp_path_factory.mktemp("alone") / "captum_jscopes_clone"
+    for path in tracked_files():
+        relative = path.relative_to(ROOT)
+        if relative.parts[0] in {"benchmarks", "tutorials", "docs"} and relative.suffix in {".png", ".jsonl", ".ipynb"}:
+            continue  # results and notebooks: large, and not read by the code
+        target = copy / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    assert not (copy.parent / "shared").exists()
+    return copy
+
+
+def _run_in(copy: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    # the copy's package first on the path: the installed (editable) one must not be used
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(copy), str(copy / "tests")]))
+    return subprocess.run([sys.executable, *args], cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_clone_with_nothing_beside_it_reads_its_data(lone_clone):
+    done = _run_in(lone_clone, "-c", "import captum_jscopes, sys; print(captum_jscopes.__file__)")
+    assert done.returncode == 0 and done.stdout.strip().startswith(str(lone_clone)), done.stderr
+    done = _run_in(lone_clone, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                   "tests/bench/test_runner.py", "tests/bench/test_prompts.py", "-k", "not processes")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def test_a_clone_with_nothing_beside_it_runs_the_faithfulness_benchmark(lone_clone, tmp_path):
+    model_dir = tmp_path / "tiny"
+    make_model("llama").save_pretrained(model_dir)
+    make_tokenizer().save_pretrained(model_dir)
+    out = tmp_path / "out"
+    done = _run_in(lone_clone, "-m", "captum_jscopes", "bench", "faithfulness", "--model", str(model_dir),
+                   "--n", "2", "--methods", "semantic,random", "--curve-fractions", "0,0.1", "--out", str(out))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["data"] == "lambada"
+    assert len((out / "records.jsonl").read_text().splitlines()) == 2
+
+
+# ----------------------------------------------------------------------------- structure
+def _imports(path: Path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            yield node.module or "", node.level, [alias.name for alias in node.names]
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, 0, []
+
+
+def test_no_private_name_is_imported_across_modules():
+    offenders = []
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "tests").rglob("*.py")]:
+        for module, level, names in _imports(path):
+            if module.startswith("captum") and level == 0:
+                continue  # third-party: checked by the next test
+            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            if private or any(part.startswith("_") and not part.startswith("__") for part in module.split(".")):
+                offenders.append(f"{path.relative_to(ROOT)}: from {'.' * level}{module} import {private}")
+    assert not offenders, offenders
+
+
+def test_captums_private_api_is_used_only_in_the_compat_module():
+    users = []
+    for path in PACKAGE.rglob("*.py"):
+        for module, level, names in _imports(path):
+            if level == 0 and module.startswith("captum.") and (
+                any(p.startswith("_") for p in module.split(".")) or any(n.startswith("_") for n in names)
+            ):
+                users.append(path.name)
+        text = path.read_text(encoding="utf-8")
+        if path.name != "captum_compat.py" and ("._get_target_tokens" in text or "._format_model_input" in text):
+            users.append(path.name)
+    assert set(users) == {"captum_compat.py"}, users
+
+
+def test_the_compat_module_was_checked_against_the_installed_captum():
+    assert captum.__version__ == captum_compat.CAPTUM_VERSION, (
+        f"Captum {captum.__version__} is installed, captum_compat.py was checked against "
+        f"{captum_compat.CAPTUM_VERSION}: re-check its private calls, then update the pin and the constant"
+    )
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f'"captum=={captum_compat.CAPTUM_VERSION}"' in pyproject
+
+
+def test_the_compat_helpers_work_on_a_tiny_model():
+    from captum.attr import LayerGradientXActivation, LLMGradientAttribution, TextTokenInput
+
+    model, tokenizer = make_model("llama"), make_tokenizer()
+    attribution = LLMGradientAttribution(LayerGradientXActivation(model, model.get_input_embeddings()), tokenizer)
+    inp = TextTokenInput("the cat sat", tokenizer)
+    ids = captum_compat.prompt_token_ids(attribution, inp)
+    assert ids.tolist() == [tokenizer("the cat sat")["input_ids"]]
+    target = captum_compat.target_token_ids(attribution, inp, "on the mat", None)
+    assert target.tolist() == tokenizer.encode("on the mat", add_special_tokens=False)
+    assert captum_compat.pretty_tokens(target, tokenizer) == ["on", "the", "mat"]
