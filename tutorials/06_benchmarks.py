@@ -419,7 +419,10 @@ for path in shown:
 #   The small run above shows the same ratios to within its noise.
 # - **Captum's Integrated Gradients (50 steps) is 85x slower** than the Semantic Scope and needs 89x the floor's
 #   memory (its 50 interpolation steps run as one batch); gradient and gradient x input through Captum's LLM
-#   wrapper cost 1.3x the floor.
+#   wrapper cost 1.3x the floor. That committed run timed an earlier version of the benchmark, whose Captum rows
+#   went through Captum's LLM wrapper (`LayerIntegratedGradients`); the benchmark now times the one
+#   implementation per baseline that the faithfulness benchmark also uses (`IntegratedGradients` on the input
+#   embeddings, 10 steps per batch), which the small run above puts at about 40x the Semantic Scope.
 # - **The Fisher Scope is the expensive one**: the default estimator is 40 backward passes (17.5x the floor),
 #   exact Fisher 576 (308x). On the first 50 LAMBADA prompts the default's scores have median Spearman 0.9996
 #   and relative L2 error 1.7% against exact, at 1/14 of exact's time; the reference's eig k = 1 is cheap
