@@ -213,8 +213,7 @@ def _run_attribute(args: argparse.Namespace, forwarded: list[str]) -> int:
     scopes = tuple(SCOPES) if args.scope == "all" else (args.scope,)
     out = _output_folder(args.out)
     model, tokenizer = _load_model(args)
-    results, written = [], []
-    for scope in scopes:
+    for i, scope in enumerate(scopes):
         result = explain(
             model,
             tokenizer,
@@ -225,9 +224,10 @@ def _run_attribute(args: argparse.Namespace, forwarded: list[str]) -> int:
             keep_special=args.keep_special,
             fisher_method=args.fisher_method,
         )
-        results.append(result)
-        written += write_result(result, out, scope)
-    _print_summary(results, written)
+        if i == 0:
+            _print_header(result)
+        # each scope's summary and files as soon as it is done: the Fisher Scope can take minutes
+        _print_scope(result, write_result(result, out, scope))
     return 0
 
 
@@ -322,20 +322,24 @@ def _target_line(result: ScopeResult) -> str:
     return f"{result.metadata['target']!r} (p = {prob:.3g})"
 
 
-def _print_summary(results: list[ScopeResult], written: list[Path]) -> None:
-    first = results[0].metadata
+def _print_header(result: ScopeResult) -> None:
+    first = result.metadata
     prediction = first["prediction"]
     settings = first["settings"]
     print(f"model:      {first['model']} ({settings['dtype']}, {settings['device']})")
-    print(f"prompt:     {_short(first['prompt'])!r} ({len(results[0].input_tokens)} tokens scored)")
+    print(f"prompt:     {_short(first['prompt'])!r} ({len(result.input_tokens)} tokens scored)")
     print(f"prediction: {prediction['token']!r} (p = {prediction['prob']:.3g})")
     if not first["target_is_prediction"]:
-        n = len(results[0].output_tokens)
-        print(f"target:     {_target_line(results[0])}" + (f", {n} tokens, teacher-forced" if n > 1 else ""))
-    for result in results:
-        print(f"\n{result.metadata['scope']}: top {TOP_K} tokens by influence")
-        for rank, (index, token, score) in enumerate(result.top_tokens(TOP_K), start=1):
-            print(f"  {rank}. {_shown(token)!r:<20} (token {index:>3})  {score:.4g}")
+        n = len(result.output_tokens)
+        print(f"target:     {_target_line(result)}" + (f", {n} tokens, teacher-forced" if n > 1 else ""))
+    if first.get("target_hint"):
+        print(f"hint: {first['target_hint']}", file=sys.stderr)
+
+
+def _print_scope(result: ScopeResult, written: list[Path]) -> None:
+    print(f"\n{result.metadata['scope']}: top {TOP_K} tokens by influence")
+    for rank, (index, token, score) in enumerate(result.top_tokens(TOP_K), start=1):
+        print(f"  {rank}. {_shown(token)!r:<20} (token {index:>3})  {score:.4g}")
     _print_files(written)
 
 

@@ -27,7 +27,7 @@ from .result import ScopeResult
 from .tokens import encode_target, special_token_ids
 from .visualize import PNG_DPI, plot_token_heatmap, save_html
 
-__all__ = ["explain", "prompt_input", "predict_next", "write_result", "model_name", "check_prompt", "versions"]
+__all__ = ["explain", "prompt_input", "predict_next", "target_hint", "write_result", "model_name", "check_prompt", "versions"]
 
 
 def explain(
@@ -52,14 +52,16 @@ def explain(
             next token.
         chat: wrap ``prompt`` in the tokenizer's chat template and score only the
             user's tokens. Default False.
-        keep_special: show and score special tokens (BOS, chat markers). Default
-            False: they are left out of the result.
+        keep_special: show and score special tokens (BOS, chat markers); with
+            ``chat``, every token of the template too. Default False: they are
+            left out of the result.
         fisher_method: Fisher Scope estimator, "deflated" (default), "exact" or "eig".
     Returns:
         ScopeResult with ``input_tokens`` (n,), ``output_tokens`` (m target tokens),
         ``token_attr`` (m, n), ``seq_attr`` (n,) = sum of the rows, ``output_probs``
         (m,) = p(target token k | prompt + earlier target tokens), and metadata:
-        model, scope, prompt, target, prediction {token, id, prob}, settings, versions.
+        model, scope, prompt, target, prediction {token, id, prob}, target_hint
+        (:func:`target_hint`), settings, versions.
     """
     scope_cls = scope_class(scope)
     if fisher_method not in FISHER_METHODS:
@@ -71,6 +73,7 @@ def explain(
     attribution = LLMScopeAttribution(scope_cls(model, tokenizer, exclude_special_tokens=not keep_special), tokenizer)
     result = attribution.attribute(inp, target=torch.tensor(target_ids), **options)
     result.metadata.update(
+        target_hint=target_hint(tokenizer, target, target_ids, prediction),
         model=model_name(model),
         scope=scope,
         prompt=prompt,
@@ -95,13 +98,28 @@ def prompt_input(model: Any, tokenizer: Any, prompt: str, *, chat: bool = False,
     whose interpretable tokens are the user's message. Raises ValueError when no
     token is left to explain."""
     if chat:
-        inp = chat_input(tokenizer, prompt)
+        inp = chat_input(tokenizer, prompt, keep_template=keep_special)
     else:
         skip = None if keep_special else sorted(special_token_ids(tokenizer, getattr(model, "config", None)))
         inp = TextTokenInput(prompt, tokenizer, skip_tokens=skip or None)
     if inp.n_itp_features == 0:
         raise ValueError("the prompt holds only special tokens; pass --keep-special to explain them")
     return inp
+
+
+def target_hint(tokenizer: Any, target: Optional[str], target_ids: list[int], prediction: dict) -> Optional[str]:
+    """A one-line hint when ``target`` lacks the leading space that would make it
+    the model's prediction (``"Paris"`` against the predicted ``" Paris"``: two
+    different tokens), else None."""
+    if target is None or target[:1].isspace() or target_ids[0] == prediction["id"]:
+        return None
+    spaced = tokenizer.encode(" " + target, add_special_tokens=False)
+    if not spaced or spaced[0] != prediction["id"]:
+        return None
+    return (
+        f"the target {target!r} starts with a token other than the model's prediction {prediction['token']!r} "
+        f"(p = {prediction['prob']:.3g}); did you mean {' ' + target!r}, with its leading space?"
+    )
 
 
 def predict_next(model: Any, tokenizer: Any, input_ids: Any) -> dict:

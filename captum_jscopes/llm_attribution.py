@@ -128,10 +128,16 @@ def chat_prompt(tokenizer: Any, message: str, *, system: Optional[str] = None) -
 class ChatTokenInput(TextTokenInput):
     """A Captum ``TextTokenInput`` for a chat-formatted prompt whose interpretable
     tokens are only those of the user's message (template markers and the system
-    prompt are kept in the model input but not attributed)."""
+    prompt are kept in the model input but not attributed), or with
+    ``keep_template=True`` every token of the formatted prompt."""
 
-    def __init__(self, tokenizer: Any, message: str, *, system: Optional[str] = None, baselines: int = 0) -> None:
+    def __init__(
+        self, tokenizer: Any, message: str, *, system: Optional[str] = None, baselines: int = 0,
+        keep_template: bool = False,
+    ) -> None:
         input_ids, user_mask = chat_prompt(tokenizer, message, system=system)
+        if keep_template:
+            user_mask = torch.ones_like(user_mask)
         self.inp_tensor = input_ids
         self.itp_mask = user_mask
         self.itp_tensor = input_ids[user_mask].unsqueeze(0)
@@ -142,6 +148,9 @@ class ChatTokenInput(TextTokenInput):
         self.baselines = baselines
 
 
-def chat_input(tokenizer: Any, message: str, *, system: Optional[str] = None) -> ChatTokenInput:
-    """The chat prompt as a Captum input for :class:`LLMScopeAttribution`."""
-    return ChatTokenInput(tokenizer, message, system=system)
+def chat_input(
+    tokenizer: Any, message: str, *, system: Optional[str] = None, keep_template: bool = False
+) -> ChatTokenInput:
+    """The chat prompt as a Captum input for :class:`LLMScopeAttribution`: the
+    user's tokens are attributed, or every token with ``keep_template=True``."""
+    return ChatTokenInput(tokenizer, message, system=system, keep_template=keep_template)

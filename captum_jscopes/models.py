@@ -295,9 +295,20 @@ def _resolve_device(device: Any) -> torch.device:
     if not isinstance(device, (str, torch.device)):
         raise TypeError(f"device must be a str or torch.device, not {type(device).__name__}")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"invalid device {device!r}: {err}") from err
+    # checked here, before any weights load: torch would fail only at .to(device),
+    # with an AssertionError and a traceback
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: this torch build has no CUDA or sees no GPU "
+                             f"(torch {torch.__version__}, torch.cuda.is_available() is False); use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
+    return resolved
 
 
 def _check_bool(value: Any, name: str) -> None:

@@ -114,6 +114,9 @@ def test_attribute_all_scopes_writes_what_the_scopes_compute(model_dir, tiny, tm
         assert f"{scope}: top 5 tokens" in stdout and f"(token {top_index:>3})" in stdout
     assert f"prediction: {predicted_text!r}" in stdout
     assert all(str(out / f"{s}.{ext}") in stdout for s in SCOPES for ext in ("png", "html", "json"))
+    # each scope's files are listed right after its summary, before the next scope runs
+    for earlier, later in zip(list(SCOPES), list(SCOPES)[1:]):
+        assert stdout.index(str(out / f"{earlier}.json")) < stdout.index(f"{later}: top 5 tokens")
 
 
 def test_one_token_target_is_explained_instead_of_the_prediction(model_dir, tiny, tmp_path, capsys):
@@ -181,6 +184,31 @@ def test_keep_special_shows_and_scores_the_bos_token(model_dir, tiny, tmp_path, 
     alone = SemanticScope(model, tokenizer, exclude_special_tokens=False).attribute(prompt_ids(tokenizer), target=target)
     torch.testing.assert_close(saved.seq_attr, alone[0], rtol=1e-5, atol=1e-7)
     assert float(saved.seq_attr[0]) > 0
+
+
+def test_keep_special_with_chat_shows_and_scores_the_template_too(model_dir, tiny, tmp_path, capsys):
+    code, _, stderr = run(
+        ["attribute", PROMPT, "--model", model_dir, "--out", tmp_path, "--scope", "temperature", "--chat",
+         "--keep-special"], capsys
+    )
+    assert code == 0, stderr
+    model, tokenizer = tiny
+    saved = ScopeResult.load_json(tmp_path / "temperature.json")
+    ids, user_mask = chat_prompt(tokenizer, PROMPT)
+    assert len(saved.input_tokens) == ids.shape[1] > len(WORDS)  # the markers are there
+    assert saved.metadata["settings"]["keep_special"] is True
+    alone = TemperatureScope(model, tokenizer, exclude_special_tokens=False).attribute(ids)[0]
+    torch.testing.assert_close(saved.seq_attr, alone, rtol=1e-5, atol=1e-7)
+    assert float(saved.seq_attr[~user_mask[0]].sum()) > 0  # template tokens get scores
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_a_device_without_cuda_is_one_line_before_the_model_loads(model_dir, tmp_path, monkeypatch, capsys):
+    loaded = []
+    monkeypatch.setattr("captum_jscopes.models._from_pretrained", lambda *a, **k: loaded.append(a))
+    code, _, stderr = run(["attribute", PROMPT, "--model", model_dir, "--device", "cuda", "--out", tmp_path], capsys)
+    assert code == 1 and stderr.count("\n") == 1 and "no CUDA" in stderr and "use --device cpu" in stderr, stderr
+    assert not loaded
 
 
 def test_explain_rejects_bad_arguments(tiny):
@@ -314,6 +342,16 @@ def test_attribute_on_the_default_model(tmp_path, capsys):
     assert saved.input_tokens == ["The", "Ġcapital", "Ġof", "ĠFrance", "Ġis"]
     assert "prediction: ' Paris'" in stdout
     assert_valid_png(tmp_path / "semantic.png")
+    assert saved.metadata["target_hint"] is None and "hint:" not in stderr
+
+
+@pytest.mark.slow
+def test_a_target_without_its_leading_space_gets_a_hint(tmp_path, capsys):
+    argv = ["attribute", "The capital of France is", "--target", "Paris", "--scope", "semantic", "--out", tmp_path]
+    code, stdout, stderr = run(argv, capsys)
+    assert code == 0, stderr
+    assert "hint: " in stderr and "did you mean ' Paris'" in stderr, stderr
+    assert "did you mean" in ScopeResult.load_json(tmp_path / "semantic.json").metadata["target_hint"]
 
 
 @pytest.mark.slow
