@@ -5,6 +5,7 @@
 """
 
 from .fisher_scope import FisherScope
+from .linearity import LinearityResult, linearity_check
 from .llm_attribution import ChatTokenInput, LLMScopeAttribution, chat_input, chat_prompt
 from .models import DEFAULT_MODEL, ModelNotAvailableError, describe_model, load_model, load_tokenizer
 from .result import ScopeResult, sink_share
@@ -23,6 +24,8 @@ __all__ = [
     "chat_input",
     "chat_prompt",
     "sink_share",
+    "linearity_check",
+    "LinearityResult",
     "load_model",
     "load_tokenizer",
     "describe_model",

@@ -1,0 +1,734 @@
+"""When is a Jacobian map locally valid? A per-token validity radius.
+
+A Jacobian Scope is a first-order (Semantic, Temperature) or second-order
+(Fisher) statement about what happens when one token's input embedding ``x_t``
+moves a little. :func:`linearity_check` measures how far it may move before the
+statement stops holding: it perturbs ``x_t`` alone by a relative size ``eps``
+(in units of ``||x_t||``), runs the model, and compares the real change with the
+scope's prediction.
+
+- Semantic / Temperature: ``x_t`` moves by ``delta = eps * ||x_t|| * u_t`` along
+  the unit gradient ``u_t = g_t / ||g_t||`` of the scope's scalar (the target
+  logit, the logit difference target - foil, or ``||y||``). Predicted change of
+  the scalar: ``eps * ||x_t|| * s_t`` with ``s_t = ||g_t||`` the scope's score
+  (exactly ``g_t . delta`` of the move the model sees once ``delta`` is rounded
+  to the embedding dtype, which matters only in half precision).
+- Fisher: isotropic Gaussian noise on ``x_t`` with per-coordinate
+  ``sigma = eps * ||x_t|| / sqrt(e)`` (expected squared norm ``(eps ||x_t||)^2``).
+  Predicted expected ``KL(P_orig || P_perturbed)``: ``sigma^2 * s_t / 2``, compared
+  with the mean real KL over ``n_draws`` seeded draws.
+
+The relative error is ``|real - predicted| / |predicted|``; a token's radius is the
+largest ``eps`` of the grid up to which (every smaller ``eps`` included) it stays
+``<= tol``. The radius says nothing about larger moves: zero ablation is at
+distance 1.0 in these units and a token swap at :attr:`LinearityResult.swap_distance`.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from .fisher import fisher_matrix, probes
+from .fisher_scope import FisherScope
+from .forward import accepts, prepare_inputs, resolve_positions, run_forward
+from .model_state import preserved_state
+from .semantic_scope import SemanticScope
+from .temperature_scope import TemperatureScope
+from .tokens import resolve_target
+
+__all__ = ["DEFAULT_EPSILONS", "FISHER_REFERENCES", "LinearityResult", "linearity_check", "plot_linearity"]
+
+#: relative perturbation sizes (units of ||x_t||) checked by default
+DEFAULT_EPSILONS: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+#: moves orthogonal to the gradient per token that estimate the noise floor
+_FLOOR_PROBES = 2
+#: what the Fisher check compares the mean KL with (see :func:`linearity_check`)
+FISHER_REFERENCES = ("expected", "paired")
+
+
+@dataclass(frozen=True, eq=False)
+class LinearityResult:
+    """What :func:`linearity_check` measured for one prompt. ``seq`` is the prompt
+    length, ``E`` the number of perturbation sizes; all tensors are CPU float64
+    unless said otherwise.
+
+    Attributes:
+        epsilons: (E,) ascending perturbation sizes, in units of ``||x_t||``.
+        relative_error: (seq, E) ``|real - predicted| / |predicted|``; NaN for
+            tokens not checked (inf where the perturbed model gave NaN/inf).
+        radius: (seq,) largest eps with ``relative_error <= tol`` there and at every
+            smaller eps of the grid; 0 if the smallest eps already fails; NaN for
+            tokens not checked.
+        scores: (seq,) the scope's scores ``s_t`` (as :meth:`attribute` returns them).
+        swap_distance: (seq,) ``min_{c != id_t} ||x_t - E[c]|| / ||x_t||``: how far
+            (same units as eps) the nearest other token's embedding lies. NaN
+            where ``||x_t|| = 0``.
+        zero_distance: (seq,) distance to the zero vector in these units: 1.0
+            (NaN where ``||x_t|| = 0``).
+        predicted: (seq, E) the scope's prediction: the change of the scalar
+            (``g_t . delta``), or for Fisher ``sigma^2 s_t / 2`` (``"expected"``) or
+            the draws' mean quadratic form (``"paired"``); NaN for tokens not checked.
+        observed: (seq, E) the measured change (mean KL over the draws for Fisher).
+        sampling_error: (seq, E) Fisher only: standard error of the mean over the
+            draws (of the KL for ``"expected"``, of KL minus its paired quadratic
+            prediction for ``"paired"``) relative to the prediction; a relative
+            error of this size is Monte Carlo noise, not non-linearity. NaN for the
+            other scopes, for unchecked tokens and for ``n_draws=1``.
+        noise_floor: (seq, E) Semantic / Temperature only: the largest change of
+            the scalar under two seeded moves of x_t of the smallest size, orthogonal
+            to g_t (so with no first-order change), relative to the prediction at
+            each eps. It measures rounding (plus curvature at the smallest eps): where it is
+            not well below ``tol`` the relative error there is not resolved, e.g.
+            float32 rounding (also inside float64 models whose norms compute in
+            float32, like Llama's RMSNorm). NaN for Fisher (not estimated: the
+            KL is second order in the logits' rounding, negligible in float32 and
+            float64 but not in half precision) and for unchecked tokens.
+        tokens: (K,) int64 positions that were checked, ascending.
+        input_ids: (seq,) int64 token ids of the prompt.
+        token_labels: one string per prompt token (the tokenizer's pieces, or ids).
+        position: absolute index of the explained token.
+        scope: the scope's name ("semantic", "temperature", "fisher").
+        tol: the tolerance the radii were computed with.
+        n_draws, seed: the noise draws of the Fisher check (unused otherwise).
+        fisher_reference: ``"expected"`` or ``"paired"`` for Fisher, else None.
+    """
+
+    epsilons: Tensor
+    relative_error: Tensor
+    radius: Tensor
+    scores: Tensor
+    swap_distance: Tensor
+    zero_distance: Tensor
+    predicted: Tensor
+    observed: Tensor
+    sampling_error: Tensor
+    noise_floor: Tensor
+    tokens: Tensor
+    input_ids: Tensor
+    token_labels: tuple[str, ...]
+    position: int
+    scope: str
+    tol: float
+    n_draws: int
+    seed: int
+    fisher_reference: Optional[str] = None
+
+    def summary(self) -> str:
+        """A short text report: one line per checked token with its score, radius
+        and swap distance, and how many tokens are valid over the whole grid. A
+        token whose first failing eps lies within the check's own noise (noise
+        floor or sampling error above ``tol / 2`` there) is flagged: its radius
+        is a lower bound set by the check's resolution, not by the model."""
+        largest = float(self.epsilons[-1])
+        reference = f" ({self.fisher_reference} reference)" if self.fisher_reference else ""
+        lines = [
+            f"linearity check of the {self.scope} scope{reference} at position {self.position} "
+            f"(tol {self.tol:g}, eps {float(self.epsilons[0]):g}..{largest:g} x ||x_t||)"
+        ]
+        width = max([len(self.token_labels[t]) for t in self.tokens.tolist()] + [5])
+        lines.append(f"  {'pos':>4}  {'token':<{width}}  {'score':>10}  {'radius':>7}  {'swap':>6}")
+        flagged = 0
+        for t, limited in zip(self.tokens.tolist(), self.limited_by_noise()[self.tokens].tolist()):
+            flagged += limited
+            lines.append(
+                f"  {t:>4}  {self.token_labels[t]:<{width}}  {float(self.scores[t]):>10.3e}  "
+                f"{float(self.radius[t]):>7.3g}  {float(self.swap_distance[t]):>6.3g}" + ("  *" if limited else "")
+            )
+        checked = self.radius[self.tokens]
+        whole = int((checked == largest).sum())
+        failing = int((checked == 0).sum())
+        lines.append(
+            f"  {whole}/{len(self.tokens)} tokens valid up to the largest eps, "
+            f"{failing} fail already at the smallest"
+        )
+        if flagged:
+            cause = (
+                "the Monte Carlo error of the mean KL (more n_draws, or fisher_reference='paired')"
+                if self.scope == "fisher"
+                else "rounding (the noise floor; larger eps or a float64 model)"
+            )
+            lines.append(f"  * the first failing eps is within {cause}")
+        return "\n".join(lines)
+
+    def limited_by_noise(self) -> Tensor:
+        """(seq,) bool: checked tokens whose first failing eps has a noise floor
+        (Semantic, Temperature) or sampling error (Fisher) above ``tol / 2``."""
+        noise = self.sampling_error if self.scope == "fisher" else self.noise_floor
+        failing = ~(self.relative_error <= self.tol)  # NaN (unchecked) counts as failing
+        first = failing.long().argmax(dim=1)  # first failing eps (0 when none fails)
+        any_fail = failing.any(dim=1)
+        at_first = noise.gather(1, first[:, None])[:, 0]
+        out = any_fail & (at_first > self.tol / 2)
+        out[~torch.isin(torch.arange(out.shape[0]), self.tokens)] = False
+        return out
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+# ============================================================ checks
+def _check_epsilons(epsilons: Any) -> tuple[float, ...]:
+    if epsilons is None:
+        return DEFAULT_EPSILONS
+    if isinstance(epsilons, Tensor):
+        if epsilons.dim() > 1:
+            raise ValueError(f"epsilons must be 1-D, got shape {tuple(epsilons.shape)}")
+        epsilons = epsilons.flatten().tolist()
+    elif isinstance(epsilons, (int, float)) and not isinstance(epsilons, bool):
+        epsilons = [epsilons]
+    if isinstance(epsilons, (str, bytes)):
+        raise TypeError(f"epsilons must be a sequence of numbers, got {epsilons!r}")
+    try:
+        items = list(epsilons)
+    except TypeError:
+        raise TypeError(f"epsilons must be a sequence of numbers, got {type(epsilons).__name__}") from None
+    if any(isinstance(e, bool) for e in items):
+        raise TypeError(f"epsilons must be numbers, not bools: {items!r}")
+    try:
+        values = [float(e) for e in items]
+    except (TypeError, ValueError):
+        raise TypeError(f"epsilons must be a sequence of numbers, got {items!r}") from None
+    if not values:
+        raise ValueError("epsilons is empty: give at least one perturbation size")
+    for e in values:
+        if not math.isfinite(e) or e <= 0:
+            raise ValueError(f"epsilons must be finite and > 0 (units of ||x_t||), got {e}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"epsilons contain duplicates: {values}")
+    return tuple(sorted(values))
+
+
+def _check_tol(tol: Any) -> float:
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)):
+        raise TypeError(f"tol must be a number, got {type(tol).__name__}")
+    tol = float(tol)
+    if not math.isfinite(tol) or tol <= 0:
+        raise ValueError(f"tol must be finite and > 0, got {tol}")
+    return tol
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_tokens(tokens: Any, n: int) -> Optional[list[int]]:
+    if tokens is None:
+        return None
+    if isinstance(tokens, Tensor):
+        if tokens.dtype == torch.bool or tokens.is_floating_point() or tokens.is_complex():
+            raise TypeError(f"tokens must hold integer positions, got dtype {tokens.dtype}")
+        tokens = tokens.flatten().tolist()
+    elif isinstance(tokens, int) and not isinstance(tokens, bool):
+        tokens = [tokens]
+    try:
+        items = list(tokens)
+    except TypeError:
+        raise TypeError(f"tokens must be a list or tensor of positions, got {type(tokens).__name__}") from None
+    out = []
+    for t in items:
+        try:
+            if isinstance(t, bool):
+                raise TypeError
+            t = operator.index(t)
+        except TypeError:
+            raise TypeError(f"tokens must hold integer positions, got {t!r}") from None
+        if not -n <= t < n:
+            raise ValueError(f"token position {t} is out of range for a prompt of {n} tokens")
+        out.append(t % n)
+    if not out:
+        raise ValueError("tokens is empty: give at least one position (or None for every scored token)")
+    return sorted(set(out))
+
+
+# ============================================================ the check
+def linearity_check(
+    scope: Union[SemanticScope, TemperatureScope, FisherScope],
+    input_ids: Tensor,
+    target: Any = None,
+    position: Union[int, Tensor] = -1,
+    attention_mask: Optional[Tensor] = None,
+    epsilons: Optional[Sequence[float]] = None,
+    tol: float = 0.1,
+    tokens: Optional[Union[Sequence[int], Tensor]] = None,
+    *,
+    n_draws: int = 4,
+    seed: int = 0,
+    batch_size: int = 16,
+    scope_options: Optional[dict] = None,
+    fisher_reference: str = "expected",
+) -> LinearityResult:
+    """Per-token validity radius of a scope's map: up to which relative
+    perturbation of ``x_t`` does the scope's local prediction hold?
+
+    Args:
+        scope: a :class:`SemanticScope`, :class:`TemperatureScope` or
+            :class:`FisherScope` (its ``model``, ``tokenizer`` and
+            ``exclude_special_tokens`` are used).
+        input_ids: (seq,) or (1, seq) token ids: one prompt.
+        target: the Semantic Scope's target (id, one-token string, or a
+            (target, foil) pair); None: the model's top-1 prediction. Must be None
+            for the other scopes.
+        position: explained token, counted over real tokens; default -1 (last).
+        attention_mask: (seq,) or (1, seq) of 0/1; default all ones.
+        epsilons: perturbation sizes in units of ``||x_t||``; finite, > 0, no
+            duplicates (sorted here). Default :data:`DEFAULT_EPSILONS`
+            (0.001 ... 1.0).
+        tol: largest accepted relative error. Default 0.1.
+        tokens: positions to check (list or tensor; negative counts from the end).
+            Default: every token with a score > 0 (at or before the explained
+            position, not padding, not an excluded special token).
+        n_draws: Gaussian draws per (token, eps) for the Fisher check. Default 4.
+        seed: seeds the Fisher draws and the noise-floor probes
+            (``torch.Generator``). Default 0.
+        batch_size: perturbed prompts per no-grad forward. Default 16.
+        scope_options: extra options for ``scope.attribute`` (e.g.
+            ``{"exclude_special_tokens": False}``). The Fisher Scope defaults to
+            ``method="exact"`` here, so the prediction is not an estimate; the
+            path-integrated Semantic Scope (``n_steps``) is not a local map and is
+            refused.
+        fisher_reference: what the mean KL over the draws is compared with.
+            ``"expected"`` (default): ``sigma^2 * s_t / 2``, the scope's claim
+            about the expected KL; with few draws the relative error then also
+            holds the Monte Carlo error of the mean (see ``sampling_error``),
+            which can exceed ``tol`` at every eps. ``"paired"``: the same draws'
+            quadratic form ``1/2 delta^T J_t^T F J_t delta`` (whose expectation is
+            ``sigma^2 s_t / 2``), from d extra backward passes: the error then
+            measures only the non-linearity.
+    Returns:
+        a :class:`LinearityResult`.
+    Raises:
+        TypeError: unsupported scope type, or arguments of the wrong type.
+        ValueError: a batch of several prompts, a bad eps grid / tol / n_draws /
+            batch_size, a token out of range or with score 0 (or a zero embedding).
+
+    The caller's model is left exactly as it was (see
+    :func:`captum_jscopes.model_state.preserved_state`), also when this raises.
+    """
+    if isinstance(scope, FisherScope):
+        kind = "fisher"
+    elif isinstance(scope, TemperatureScope):
+        kind = "temperature"
+    elif isinstance(scope, SemanticScope):
+        kind = "semantic"
+    else:
+        raise TypeError(
+            "scope must be a SemanticScope, TemperatureScope or FisherScope instance, "
+            f"got {type(scope).__name__}"
+        )
+    model = scope.model
+    eps = _check_epsilons(epsilons)
+    tol = _check_tol(tol)
+    n_draws = _check_int(n_draws, "n_draws", 1)
+    seed = _check_int(seed, "seed", 0)
+    batch_size = _check_int(batch_size, "batch_size", 1)
+    if isinstance(input_ids, Tensor) and input_ids.dim() == 2 and input_ids.shape[0] != 1:
+        raise ValueError(
+            f"input_ids must be one prompt, shape (seq,) or (1, seq); got {tuple(input_ids.shape)} "
+            "(call linearity_check once per prompt)"
+        )
+    ids, mask = prepare_inputs(model, input_ids, attention_mask)
+    n = ids.shape[1]
+    wanted = _check_tokens(tokens, n)
+    options = dict(scope_options or {})
+    if kind == "semantic" and options.get("n_steps") is not None:
+        raise ValueError("the path-integrated Semantic Scope (n_steps) is not a local map; drop n_steps")
+    if kind == "fisher":
+        options.setdefault("method", "exact")
+    if fisher_reference not in FISHER_REFERENCES:
+        raise ValueError(f"fisher_reference must be one of {FISHER_REFERENCES}, got {fisher_reference!r}")
+    pos = int(resolve_positions(position, mask)[0])
+
+    with preserved_state(model):
+        scores = scope.attribute(ids, target=target, position=position, attention_mask=mask, **options)
+        scores = scores[0].detach().to("cpu", torch.float64)
+        with torch.no_grad():
+            x = model.get_input_embeddings()(ids)[0].detach()  # (n, e)
+        norms = x.to(torch.float64).norm(dim=-1).cpu()
+        checked = _tokens_to_check(wanted, scores, norms)
+        directions, pair, noise, quadratic = None, None, None, None
+        if kind == "fisher":
+            generator = torch.Generator().manual_seed(seed)
+            # the same standard-normal draws at every eps of a token: smoother curves
+            noise = torch.randn(len(checked), n_draws, x.shape[-1], generator=generator, dtype=torch.float64)
+            if fisher_reference == "paired":
+                quadratic = _fisher_quadratic(scope, ids, mask, pos, checked, noise)
+        else:
+            directions, pair = _unit_gradients(scope, kind, ids, mask, pos, target, scores, checked)
+        with torch.no_grad():
+            predicted, observed, sampling, floor = _measure(
+                model, kind, x, mask, pos, checked, eps, scores, norms,
+                directions=directions, pair=pair, noise=noise, quadratic=quadratic, seed=seed,
+                batch_size=batch_size,
+            )
+            swap = _swap_distance(model, ids[0], x, norms)
+
+    E = len(eps)
+    relative = torch.full((n, E), float("nan"), dtype=torch.float64)
+    pred_full = relative.clone()
+    obs_full = relative.clone()
+    sampling_full = relative.clone()
+    floor_full = relative.clone()
+    rows = torch.tensor(checked, dtype=torch.long)
+    error = (observed - predicted).abs() / predicted.abs()
+    error = torch.where(torch.isfinite(error), error, torch.full_like(error, float("inf")))
+    relative[rows] = error
+    pred_full[rows] = predicted
+    obs_full[rows] = observed
+    sampling_full[rows] = sampling
+    floor_full[rows] = floor
+    grid = torch.tensor(eps, dtype=torch.float64)
+    radius = torch.full((n,), float("nan"), dtype=torch.float64)
+    passing = (error <= tol).long().cumprod(dim=1)  # 1 while every smaller eps passed
+    count = passing.sum(1)
+    radius[rows] = torch.where(count > 0, grid[(count - 1).clamp(min=0)], torch.zeros_like(count, dtype=torch.float64))
+    zero = torch.where(norms > 0, torch.ones_like(norms), torch.full_like(norms, float("nan")))
+    return LinearityResult(
+        epsilons=grid,
+        relative_error=relative,
+        radius=radius,
+        scores=scores,
+        swap_distance=swap,
+        zero_distance=zero,
+        predicted=pred_full,
+        observed=obs_full,
+        sampling_error=sampling_full,
+        noise_floor=floor_full,
+        tokens=rows,
+        input_ids=ids[0].cpu(),
+        token_labels=_labels(scope.tokenizer, ids[0].cpu()),
+        position=pos,
+        scope=scope.name,
+        tol=tol,
+        n_draws=n_draws,
+        seed=seed,
+        fisher_reference=fisher_reference if kind == "fisher" else None,
+    )
+
+
+def _tokens_to_check(wanted: Optional[list[int]], scores: Tensor, norms: Tensor) -> list[int]:
+    usable = (scores > 0) & (norms > 0)
+    if wanted is None:
+        checked = usable.nonzero().flatten().tolist()
+        if not checked:
+            raise ValueError("no token to check: every token has score 0 (or a zero embedding)")
+        return checked
+    for t in wanted:
+        if not bool(norms[t] > 0):
+            raise ValueError(f"token {t} has a zero input embedding: a relative perturbation of it is empty")
+        if not bool(scores[t] > 0):
+            raise ValueError(
+                f"token {t} has score 0 (after the explained position, padding, or an excluded special "
+                "token; construct the scope with exclude_special_tokens=False to check special tokens): "
+                "its relative error is undefined"
+            )
+    return wanted
+
+
+def _unit_gradients(
+    scope, kind: str, ids: Tensor, mask: Tensor, pos: int, target: Any, scores: Tensor, checked: list[int]
+) -> tuple[Tensor, Optional[list[int]]]:
+    """(K, e) unit gradients ``u_t`` of the scope's scalar w.r.t. ``x_t`` (float64
+    CPU), from one forward and one backward pass of the library's engine, and the
+    Semantic Scope's resolved (target[, foil]) ids (None for Temperature)."""
+    positions = torch.tensor([[pos]], device=ids.device)
+    forward = run_forward(scope.model, ids, mask, positions)
+    pair = None
+    if kind == "temperature":
+        y = forward.hidden.detach().to(forward.compute_dtype)
+        direction = y / y.norm(dim=-1, keepdim=True)
+    else:
+        pair = _semantic_target(scope, target, forward.logits)
+        device = forward.logits.device
+        direction = forward.head_rows(torch.tensor([[pair[0]]], device=device))
+        if len(pair) == 2:
+            direction = direction - forward.head_rows(torch.tensor([[pair[1]]], device=device))
+    grads = forward.vjp(direction[None])[0, 0, 0].detach().to("cpu", torch.float64)  # (n, e)
+    grads = grads[checked]
+    norm = grads.norm(dim=-1)
+    expected = scores[checked]
+    if not torch.allclose(norm, expected, rtol=5e-2, atol=0):
+        raise RuntimeError(
+            f"the gradient norms {norm.tolist()} disagree with the scope's scores {expected.tolist()}: "
+            "the check would not test the scope's map"
+        )
+    return grads / norm[:, None], pair
+
+
+def _semantic_target(scope, target: Any, logits: Tensor) -> list[int]:
+    """[target] or [target, foil] ids, resolved as the Semantic Scope does (the
+    scope itself has already validated ``target``)."""
+    if target is None:
+        return [int(logits[0, 0].argmax())]
+    if isinstance(target, Tensor) and target.dim() == 1 and target.numel() == 1:
+        target = target[0]
+    if isinstance(target, list):
+        target = target[0]
+    vocab = scope.model.get_output_embeddings().weight.shape[0]
+    if isinstance(target, tuple):
+        return [resolve_target(t, scope.tokenizer, vocab) for t in target]
+    return [resolve_target(target, scope.tokenizer, vocab)]
+
+
+def _read_out(
+    model: nn.Module, kind: str, embeds: Tensor, mask: Tensor, pos: int, pair: Optional[list[int]]
+) -> Tensor:
+    """One no-grad forward of (B, n, e) embeddings -> (B, V) float64 log-probs
+    (Fisher) or (B,) float64 scalars (the target logit [- foil], or ||y||) at the
+    explained column ``pos``."""
+    batch, n = embeds.shape[:2]
+    attention = mask.expand(batch, n)
+    kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": attention, "use_cache": False}
+    if accepts(model, "position_ids"):  # as in run_forward: positions count real tokens
+        kwargs["position_ids"] = (attention.cumsum(-1) - 1).clamp(min=0)
+    if accepts(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = n - pos  # the head for the last columns only; ours is the first
+    captured: dict[str, Tensor] = {}
+
+    def record_input(_module, args, kwargs_):
+        captured["y"] = args[0] if args else next(iter(kwargs_.values()))
+
+    handle = None
+    if kind == "temperature":
+        handle = model.get_output_embeddings().register_forward_pre_hook(record_input, with_kwargs=True)
+    try:
+        output = model(**kwargs)
+    finally:
+        if handle is not None:
+            handle.remove()
+    if kind == "temperature":
+        y = captured["y"]
+        # the head saw the last y.shape[1] columns (all of them if it ignored logits_to_keep)
+        y = y[:, pos - (n - y.shape[1])].to(torch.float64)
+        return y.norm(dim=-1).cpu()
+    logits = output.logits if hasattr(output, "logits") else output[0]
+    z = logits[:, pos - (n - logits.shape[1])].to(torch.float64)
+    if kind == "fisher":
+        return torch.log_softmax(z, dim=-1).cpu()
+    value = z[:, pair[0]]
+    if len(pair) == 2:
+        value = value - z[:, pair[1]]
+    return value.cpu()
+
+
+def _fisher_quadratic(scope, ids: Tensor, mask: Tensor, pos: int, checked: list[int], noise: Tensor) -> Tensor:
+    """(K, D) ``z^T J_t^T F J_t z`` for each token's standard-normal draws ``z``
+    (K, D, e): with ``F = sum_i v_i v_i^T`` (its exact eigen-directions) this is
+    ``sum_i (v_i^T J_t . z)^2``, from d backward passes of the library's engine."""
+    positions = torch.tensor([[pos]], device=ids.device)
+    forward = run_forward(scope.model, ids, mask, positions)
+    found = probes(fisher_matrix(forward), method="exact")
+    total = torch.zeros(noise.shape[:2], dtype=torch.float64)
+    rows = torch.tensor(checked, device=forward.embeddings.device)
+    for chunk in found.exact.split(max(1, scope.chunk_size), dim=0):
+        grads = forward.vjp(chunk)[:, 0, 0].index_select(1, rows).detach().to("cpu", torch.float64)  # (m, K, e)
+        total += torch.einsum("mke,kde->mkd", grads, noise).pow(2).sum(0)
+    return total
+
+
+def _measure(
+    model: nn.Module,
+    kind: str,
+    x: Tensor,
+    mask: Tensor,
+    pos: int,
+    checked: list[int],
+    eps: tuple[float, ...],
+    scores: Tensor,
+    norms: Tensor,
+    *,
+    directions: Optional[Tensor],
+    pair: Optional[list[int]],
+    noise: Optional[Tensor],
+    quadratic: Optional[Tensor],
+    seed: int,
+    batch_size: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Predicted and observed (K, E) float64 CPU changes, the relative sampling
+    error (Fisher; NaN otherwise) and the relative noise floor (Semantic and
+    Temperature; NaN for Fisher), from batched no-grad forwards of the perturbed
+    prompts (one token moved per prompt)."""
+    K, E, e = len(checked), len(eps), x.shape[-1]
+    grid = torch.tensor(eps, dtype=torch.float64)
+    size = grid[None, :] * norms[checked][:, None]  # (K, E): eps * ||x_t||
+    s = scores[checked][:, None]
+    if kind == "fisher":
+        sigma = size / math.sqrt(e)
+        deltas = sigma[:, :, None, None] * noise[:, None]  # (K, E, D, e)
+        if quadratic is None:
+            predicted = sigma.pow(2) * s / 2
+        else:
+            per_draw = sigma[:, :, None].pow(2) * quadratic[:, None, :] / 2  # (K, E, D)
+            predicted = per_draw.mean(-1)
+    else:
+        deltas = (size[:, :, None] * directions[:, None, :])[:, :, None]  # (K, E, 1, e)
+        predicted = size * s
+    draws = deltas.shape[2]
+    token_of = torch.tensor(checked).repeat_interleave(E * draws)
+    flat = deltas.reshape(-1, e)
+    if kind != "fisher":
+        # noise-floor probes: moves of the smallest size orthogonal to g_t (no first-order change)
+        generator = torch.Generator().manual_seed(seed)
+        side = torch.randn(K, _FLOOR_PROBES, e, generator=generator, dtype=torch.float64)
+        side = side - (side @ directions[:, :, None]) * directions[:, None, :]
+        side = side / side.norm(dim=-1, keepdim=True) * size[:, :1, None]
+        flat = torch.cat([flat, side.reshape(-1, e)])
+        token_of = torch.cat([token_of, torch.tensor(checked).repeat_interleave(_FLOOR_PROBES)])
+    base = _read_out(model, kind, x[None], mask, pos, pair)[0]
+    x64 = x.to(torch.float64)
+    outs, applied = [], []
+    for start in range(0, flat.shape[0], batch_size):
+        chunk = flat[start : start + batch_size].to(x.device)
+        columns = token_of[start : start + batch_size].to(x.device)
+        embeds = x[None].repeat(chunk.shape[0], 1, 1)
+        rows = torch.arange(chunk.shape[0], device=x.device)
+        embeds[rows, columns] = (x64[columns] + chunk).to(x.dtype)
+        # the move the model really sees, after rounding to the embedding dtype
+        applied.append((embeds[rows, columns].to(torch.float64) - x64[columns]).cpu())
+        outs.append(_read_out(model, kind, embeds, mask, pos, pair))
+    out = torch.cat(outs)
+    moved = torch.cat(applied)
+    sampling = torch.full((K, E), float("nan"), dtype=torch.float64)
+    floor = sampling.clone()
+    if kind == "fisher":
+        out = out.view(K, E, draws, -1)
+        kl = (base.exp() * (base - out)).sum(-1)  # KL(P_orig || P_perturbed), (K, E, D)
+        observed = kl.mean(-1)
+        if draws > 1:
+            spread = kl if quadratic is None else kl - per_draw
+            sampling = spread.std(-1) / math.sqrt(draws) / predicted.abs()
+    else:
+        # first-order prediction g_t . delta of the applied move: eps ||x_t|| s_t unless the
+        # embedding dtype rounded the move (half precision at small eps)
+        slope = (directions * s)[:, None, :]  # (K, 1, e) = g_t
+        predicted = (moved[: K * E].view(K, E, e) * slope).sum(-1)
+        side = moved[K * E :].view(K, _FLOOR_PROBES, e)
+        side_change = out[K * E :].view(K, _FLOOR_PROBES) - base - (side * slope).sum(-1)
+        observed = out[: K * E].view(K, E) - base
+        floor = side_change.abs().max(-1).values[:, None] / predicted.abs()
+    return predicted, observed, sampling, floor
+
+
+def _swap_distance(model: nn.Module, ids: Tensor, x: Tensor, norms: Tensor, chunk: int = 8192) -> Tensor:
+    """(n,) distance from each ``x_t`` to the nearest other token's embedding (the
+    output of the embedding module for every id, in chunks of the vocabulary),
+    divided by ``||x_t||``."""
+    embedding = model.get_input_embeddings()
+    vocab = getattr(embedding, "num_embeddings", None)
+    if vocab is None:
+        vocab = embedding.weight.shape[0]
+    x64 = x.to(torch.float64)
+    best = torch.full((x.shape[0],), float("inf"), dtype=torch.float64, device=x.device)
+    for start in range(0, vocab, chunk):
+        candidates = torch.arange(start, min(vocab, start + chunk), device=ids.device)
+        rows = embedding(candidates).to(x.device, torch.float64)  # (C, e)
+        distance = torch.cdist(x64, rows)  # (n, C)
+        distance[candidates[None, :].to(x.device) == ids[:, None].to(x.device)] = float("inf")
+        best = torch.minimum(best, distance.min(dim=1).values)
+    best = best.cpu()
+    return torch.where(norms > 0, best / norms, torch.full_like(best, float("nan")))
+
+
+def _labels(tokenizer: Any, ids: Tensor) -> tuple[str, ...]:
+    if tokenizer is not None and callable(getattr(tokenizer, "convert_ids_to_tokens", None)):
+        try:
+            return tuple(str(p) for p in tokenizer.convert_ids_to_tokens(ids.tolist()))
+        except Exception:  # a tokenizer that cannot name these ids: fall back to the ids
+            pass
+    return tuple(str(i) for i in ids.tolist())
+
+
+# ============================================================ figure
+def plot_linearity(
+    result: LinearityResult,
+    tokens: Optional[Union[Sequence[int], Tensor]] = None,
+    labels: Optional[Sequence[str]] = None,
+    ax: Any = None,
+):
+    """Relative error against eps (log-log), one line per token, with the ``tol``
+    line, each token's radius (a large dot on its curve; a cross at the smallest
+    eps when the radius is 0) and its swap distance (a triangle of the same colour
+    on the top edge).
+
+    Args:
+        result: a :class:`LinearityResult`.
+        tokens: positions to draw (a subset of ``result.tokens``); default all checked.
+        labels: one label per prompt token (seq,) or per drawn token; default the
+            result's token labels.
+        ax: a matplotlib Axes to draw on; default a new
+            :class:`matplotlib.figure.Figure` (no pyplot state).
+    Returns:
+        the matplotlib Figure.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.transforms import blended_transform_factory
+
+    if not isinstance(result, LinearityResult):
+        raise TypeError(f"result must be a LinearityResult, got {type(result).__name__}")
+    n = result.radius.shape[0]
+    checked = set(result.tokens.tolist())
+    drawn = result.tokens.tolist() if tokens is None else _check_tokens(tokens, n)
+    missing = [t for t in drawn if t not in checked]
+    if missing:
+        raise ValueError(f"tokens {missing} were not checked; checked: {sorted(checked)}")
+    if labels is None:
+        names = [f"{t}: {result.token_labels[t]}" for t in drawn]
+    else:
+        labels = [str(label) for label in labels]
+        if len(labels) == n:
+            names = [labels[t] for t in drawn]
+        elif len(labels) == len(drawn):
+            names = labels
+        else:
+            raise ValueError(
+                f"labels must have one entry per prompt token ({n}) or per drawn token ({len(drawn)}), "
+                f"got {len(labels)}"
+            )
+    if ax is None:
+        figure = Figure(figsize=(6.4, 4.4), layout="constrained")
+        ax = figure.add_subplot()
+    else:
+        figure = ax.get_figure()
+    eps = result.epsilons.numpy()
+    finite = result.relative_error[drawn].flatten()
+    finite = finite[torch.isfinite(finite) & (finite > 0)]
+    floor = float(finite.min()) / 3 if finite.numel() else result.tol * 1e-3
+    floor = min(floor, result.tol / 10)
+    top_edge = blended_transform_factory(ax.transData, ax.transAxes)
+    for t, name in zip(drawn, names):
+        error = result.relative_error[t].clamp(min=floor).nan_to_num(posinf=1e300).numpy()
+        (line,) = ax.plot(eps, error, marker="o", markersize=3, label=name, gid="relative_error")
+        color = line.get_color()
+        radius = float(result.radius[t])
+        if radius > 0:
+            k = int((result.epsilons == radius).nonzero()[0, 0])
+            ax.plot([radius], [error[k]], marker="o", markersize=9, color=color, gid="radius")
+        else:
+            ax.plot([eps[0]], [error[0]], marker="x", markersize=9, color=color, gid="radius")
+        swap = float(result.swap_distance[t])
+        if math.isfinite(swap) and swap > 0:
+            ax.plot([swap], [0.97], marker="v", markersize=8, color=color, transform=top_edge,
+                    clip_on=False, gid="swap_distance")
+    ax.axhline(result.tol, color="0.3", linestyle="--", linewidth=1, label=f"tol = {result.tol:g}", gid="tol")
+    ax.axvline(1.0, color="0.6", linestyle=":", linewidth=1, gid="zero_distance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(r"perturbation size $\varepsilon$ (units of $\|x_t\|$; dotted: zero ablation; triangles: token swap)")
+    ax.set_ylabel("relative error of the scope's prediction")
+    reference = f", {result.fisher_reference} reference" if result.fisher_reference else ""
+    ax.set_title(f"{result.scope} scope: linearity check (position {result.position}{reference})")
+    ax.legend(fontsize="small", loc="best")
+    return figure
