@@ -72,9 +72,18 @@ from ..metrics import (
     rankable_mask,
     trapezoid_area,
 )
-from ..models import DEFAULT_MODEL, EMBEDDED_MODELS, ModelNotAvailableError, load_model
+from ..models import ModelNotAvailableError, load_model
+from .common import (
+    add_model_arguments,
+    add_output_arguments,
+    add_prompt_arguments,
+    data_id,
+    model_id,
+    model_short_name,
+    results_dir,
+)
 from .methods import DEFAULT_METHODS, METHODS, parse_methods
-from .prompts import DATASETS, DEFAULT_DATASET, Prompt, load_prompts, prepare_prompt
+from .prompts import Prompt, load_prompts, prepare_prompt
 from .report import (
     BENCH_CURVE_FRACTIONS,
     combine_runs,
@@ -84,7 +93,7 @@ from .report import (
 )
 from .runner import read_records, run_sharded
 
-__all__ = ["Settings", "build_parser", "main", "evaluate_prompt", "parse_fractions", "default_out_dir"]
+__all__ = ["Settings", "build_parser", "main", "evaluate_prompt", "parse_fractions", "default_out_dir", "model_short_name"]
 
 # ====================================================================== constants
 IG_INTERNAL_BATCH = 10
@@ -127,36 +136,6 @@ def parse_fractions(text: str) -> tuple[float, ...]:
         raise ValueError(f"--curve-fractions must be comma-separated numbers, got {text!r}") from err
     # the metrics' own check: the same rules and messages as deletion_curve(fractions=...)
     return check_fractions(values, allow_zero=True, name="--curve-fractions")
-
-
-def model_short_name(name: Optional[str]) -> str:
-    """Short model name for the output folder: the embedded model's key
-    (None, "default", "smollm2" -> "smollm2-135m-instruct"), else the last part
-    of the path or Hub name ("meta-llama/Llama-3.2-1B" -> "Llama-3.2-1B")."""
-    if name is None:
-        return DEFAULT_MODEL
-    key = str(name).strip().lower()
-    for spec in EMBEDDED_MODELS.values():
-        if key == spec.key or key in spec.aliases:
-            return spec.key
-    return str(name).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
-
-
-def _model_id(name: Optional[str]) -> str:
-    """The model as recorded in run.json: embedded key, absolute local path, or Hub name."""
-    short = model_short_name(name)
-    if name is None or short in EMBEDDED_MODELS:
-        return short
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.exists() else str(name)
-
-
-def _data_id(data: str) -> str:
-    """The prompt source as recorded in run.json (a shipped set's name, an absolute path, or a Hub spec)."""
-    if data in DATASETS:
-        return data
-    path = Path(data).expanduser()
-    return str(path.resolve()) if path.exists() else data
 
 
 # ====================================================================== one prompt
@@ -237,7 +216,7 @@ def _evaluate_methods(model, tokenizer, ids, target, prompt_id, settings, ablati
 # ====================================================================== command line
 def default_out_dir(model: Optional[str]) -> Path:
     """``benchmarks/results/faithfulness-<model short name>`` in the repository."""
-    return Path(__file__).resolve().parents[2] / "benchmarks" / "results" / f"faithfulness-{model_short_name(model)}"
+    return results_dir("faithfulness", model)
 
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
@@ -249,17 +228,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         epilog='Several processes: CUDA_VISIBLE_DEVICES="" accelerate launch --multi_gpu --num_processes 2 '
         "benchmarks/faithfulness.py ... (or torchrun --nproc_per_node 2 ...). Reruns resume.",
     )
-    parser.add_argument("--model", default=None,
-                        help="model name or path (default: the embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--data", default=DEFAULT_DATASET,
-                        help=f"a prompt set shipped with the package ({', '.join(DATASETS)}; default "
-                        f"{DEFAULT_DATASET}: LAMBADA-1000), a .json/.jsonl file of {{\"text\": ...}} objects, "
-                        "or hf:NAME[:SPLIT[:FIELD]]")
-    # --num-prompts for launchers: torchrun's parser rejects "--n" even after the
-    # script name (an ambiguous prefix of its own --nnodes, --nproc-per-node, ...)
-    parser.add_argument("--n", "--num-prompts", dest="n", type=int, default=None,
-                        help="number of prompts (default: all); spell it --num-prompts after torchrun")
-    parser.add_argument("--offset", type=int, default=0, help="prompts skipped at the start (default 0)")
+    add_model_arguments(parser)
+    add_prompt_arguments(parser)
+    add_output_arguments(parser, "faithfulness")
     parser.add_argument("--curve-fractions", default=",".join(map(str, BENCH_CURVE_FRACTIONS)),
                         help="fractions of the plotted deletion curve, comma-separated in [0, 1] "
                         "(default 0,0.05,...,0.5; fewer is faster, the AOPC's are always computed)")
@@ -268,22 +239,11 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                         "(default all)")
     parser.add_argument("--loo-n", type=int, default=0,
                         help="leave-one-out agreement on the first K prompts after --offset (default 0: none)")
-    parser.add_argument("--out", default=None, help="output folder (default benchmarks/results/faithfulness-<model>)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random method and Fisher probes (default 0)")
-    parser.add_argument("--overwrite", action="store_true", help="discard a previous run in --out instead of resuming")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"],
-                        help="model dtype (default float32)")
-    parser.add_argument("--device", default=None,
-                        help="torch device (default: cuda:LOCAL_RANK when CUDA is available, else cpu)")
     parser.add_argument("--batch-size", type=int, default=16, help="ablated variants per forward (default 16)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads per process (default: torch's, i.e. OMP_NUM_THREADS or all cores); "
-                        "1 is much faster on a CPU shared with other jobs")
     parser.add_argument("--combine", default=None, metavar="DIR,DIR[,...]",
                         help="join the records of runs of different methods on the same prompts into --out "
                         "(paired tables across them) and report; unfinished runs give a partial report")
-    parser.add_argument("--report-only", action="store_true",
-                        help="rebuild the report from the records in --out (a partial one while a run is unfinished)")
     return parser
 
 
@@ -316,8 +276,8 @@ def _run(args: argparse.Namespace, methods: tuple[str, ...], out_dir: Path) -> d
     meta = {
         "benchmark": "faithfulness",
         "format": RECORD_FORMAT,
-        "model": _model_id(args.model),
-        "data": _data_id(args.data),
+        "model": model_id(args.model),
+        "data": data_id(args.data),
         "dtype": args.dtype,
         "methods": list(methods),
         "loo_n": args.loo_n,

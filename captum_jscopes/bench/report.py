@@ -24,7 +24,10 @@ from .methods import METHODS
 from .paper import PAPER_AOPC, PAPER_AOPC_NAMES, PAPER_LOO, PAPER_MODELS
 from .runner import RECORDS_FILE, RUN_FILE, read_records, read_shard_records, write_json_atomic, write_text_atomic
 
-__all__ = ["summarize", "render_report", "write_report", "combine_runs", "finite_or_none", "format_number"]
+__all__ = [
+    "summarize", "render_report", "write_report", "combine_runs", "finite_or_none", "format_number", "mean_sem",
+    "wilcoxon_p", "read_meta", "read_run_records",
+]
 
 # ====================================================================== constants
 #: Baselines every scope of a run is compared with, prompt by prompt.
@@ -50,7 +53,7 @@ def finite_or_none(value: Any) -> Any:
 
 
 # ====================================================================== statistics
-def _mean_sem(values: Sequence[float]) -> tuple[float, float]:
+def mean_sem(values: Sequence[float]) -> tuple[float, float]:
     """Mean and standard error of the mean (NaN for the SEM of fewer than 2 values)."""
     x = np.asarray([v for v in values if v is not None], dtype=float)
     if x.size == 0:
@@ -59,7 +62,7 @@ def _mean_sem(values: Sequence[float]) -> tuple[float, float]:
     return float(x.mean()), sem
 
 
-def _wilcoxon_p(differences: np.ndarray) -> float:
+def wilcoxon_p(differences: np.ndarray) -> float:
     """Two-sided Wilcoxon signed-rank p-value; NaN when undefined (n < 2, all zero)."""
     if differences.size < 2 or not np.any(differences != 0):
         return float("nan")
@@ -74,21 +77,21 @@ def _paired(records: list[dict], method: str, baseline: str) -> dict:
     a = np.array([r["methods"][method]["aopc"] for r in records])
     b = np.array([r["methods"][baseline]["aopc"] for r in records])
     diff = a - b
-    mean, sem = _mean_sem(diff.tolist())
+    mean, sem = mean_sem(diff.tolist())
     return {
         "method": method,
         "baseline": baseline,
         "n": int(diff.size),
         "mean_difference": mean,
         "sem": sem,
-        "wilcoxon_p": _wilcoxon_p(diff),
+        "wilcoxon_p": wilcoxon_p(diff),
         "share_more_negative": float(np.mean(diff < 0)) if diff.size else float("nan"),
     }
 
 
 def _method_summary(records: list[dict], method: str) -> dict:
     entries = [r["methods"][method] for r in records]
-    aopc_mean, aopc_sem = _mean_sem([e["aopc"] for e in entries])
+    aopc_mean, aopc_sem = mean_sem([e["aopc"] for e in entries])
     deltas = np.array([e["deltas"] for e in entries], dtype=float).reshape(len(entries), -1)
     curve = np.array([e["curve"] for e in entries], dtype=float).reshape(len(entries), -1)
     correct = [r["methods"][method]["aopc"] for r in records if r["correct"]]
@@ -99,11 +102,11 @@ def _method_summary(records: list[dict], method: str) -> dict:
         "n": len(entries),
         "aopc_mean": aopc_mean,
         "aopc_sem": aopc_sem,
-        "aopc_mean_correct": _mean_sem(correct)[0],
-        "deltas_mean": [_mean_sem(col.tolist())[0] for col in deltas.T],
-        "deltas_sem": [_mean_sem(col.tolist())[1] for col in deltas.T],
-        "curve_mean": [_mean_sem(col.tolist())[0] for col in curve.T],
-        "curve_sem": [_mean_sem(col.tolist())[1] for col in curve.T],
+        "aopc_mean_correct": mean_sem(correct)[0],
+        "deltas_mean": [mean_sem(col.tolist())[0] for col in deltas.T],
+        "deltas_sem": [mean_sem(col.tolist())[1] for col in deltas.T],
+        "curve_mean": [mean_sem(col.tolist())[0] for col in curve.T],
+        "curve_sem": [mean_sem(col.tolist())[1] for col in curve.T],
         "time_mean_s": float(np.mean(times)),
         "time_median_s": float(np.median(times)),
         "cpu_mean_s": float(np.mean(cpu)),
@@ -116,7 +119,7 @@ def _loo_summary(records: list[dict], method: str) -> Optional[dict]:
         return None
     out: dict[str, Any] = {"n": len(entries)}
     for key in ("spearman", "kendall", "top1_percentile", "top_jaccard"):
-        out[f"{key}_mean"], out[f"{key}_sem"] = _mean_sem([e[key] for e in entries])
+        out[f"{key}_mean"], out[f"{key}_sem"] = mean_sem([e[key] for e in entries])
     out["top_fraction"] = entries[0]["top_fraction"]
     return out
 
@@ -486,9 +489,9 @@ def write_report(out_dir: Path, records: Optional[list[dict]] = None) -> dict:
         ValueError: no ``run.json`` / records in ``out_dir``.
     """
     out_dir = Path(out_dir)
-    meta, partial = _read_meta(out_dir), False
+    meta, partial = read_meta(out_dir), False
     if records is None:
-        records, partial = _read_run_records(out_dir)
+        records, partial = read_run_records(out_dir)
     summary = summarize(records, meta)
     summary["partial"] = partial or bool(meta.get("partial_sources"))
     (out_dir / "summary.json").write_text(
@@ -500,14 +503,14 @@ def write_report(out_dir: Path, records: Optional[list[dict]] = None) -> dict:
     return summary
 
 
-def _read_meta(out_dir: Path) -> dict:
+def read_meta(out_dir: Path) -> dict:
     run_file = Path(out_dir) / "run.json"
     if not run_file.is_file():
         raise ValueError(f"{out_dir} holds no benchmark run (no run.json); run the benchmark first")
     return json.loads(run_file.read_text(encoding="utf-8"))
 
 
-def _read_run_records(out_dir: Path) -> tuple[list[dict], bool]:
+def read_run_records(out_dir: Path) -> tuple[list[dict], bool]:
     """The records of a run and whether it is unfinished (then read from its shards)."""
     partial = not (Path(out_dir) / RECORDS_FILE).is_file()
     return (_partial_records(out_dir) if partial else read_records(out_dir)), partial
@@ -555,9 +558,9 @@ def combine_runs(run_dirs: Sequence[Path], out_dir: Path) -> dict:
         raise ValueError(f"combining needs at least two runs, got {len(run_dirs)}")
     if any(out_dir.resolve() == d.resolve() for d in run_dirs):
         raise ValueError(f"the combined run's folder {out_dir} must differ from the runs combined")
-    metas = [_read_meta(d) for d in run_dirs]
+    metas = [read_meta(d) for d in run_dirs]
     _check_combinable(run_dirs, metas)
-    runs = [_read_run_records(d) for d in run_dirs]
+    runs = [read_run_records(d) for d in run_dirs]
     by_id = [{r["id"]: r for r in records} for records, _ in runs]
     common = [i for i in by_id[0] if all(i in other for other in by_id[1:])]
     if not common:

@@ -16,6 +16,8 @@ Where each kind lives:
   batches), ERASER :func:`comprehensiveness` and :func:`sufficiency`;
 - :mod:`.leave_one_out` - ground-truth influence KL(P_orig || P_ablated) of each
   token and :func:`loo_agreement` of scores with it;
+- :mod:`.sinks` - :func:`sink_report`: a map's share of BOS / special tokens and
+  of the first real tokens against the leave-one-out share of the same positions;
 - :mod:`.evaluate` - several of these at once.
 
 Vocabulary used throughout:
@@ -54,8 +56,9 @@ from .curves import (
     trapezoid_area,
 )
 from .evaluate import METRICS, evaluate
-from .leave_one_out import LeaveOneOutResult, LooAgreement, leave_one_out, loo_agreement
+from .leave_one_out import LeaveOneOutResult, LooAgreement, leave_one_out, loo_agreement, single_token_kl
 from .settings import ABLATION_MODES, AblationSettings, replacement_token_id
+from .sinks import SINK_MODES, SinkReport, SinkRow, sink_report
 
 __all__ = [
     "ABLATION_MODES",
@@ -70,6 +73,9 @@ __all__ = [
     "LeaveOneOutResult",
     "LooAgreement",
     "METRICS",
+    "SINK_MODES",
+    "SinkReport",
+    "SinkRow",
     "ablated_log_probs",
     "ablation_inputs",
     "aopc",
@@ -85,6 +91,8 @@ __all__ = [
     "rank_tokens",
     "rankable_mask",
     "replacement_token_id",
+    "single_token_kl",
+    "sink_report",
     "sufficiency",
     "trapezoid_area",
 ]

@@ -99,6 +99,7 @@ def ablation_inputs(
     *,
     mode: str = "zero",
     replacement_id: Optional[int] = None,
+    first_position: int = 0,
 ) -> dict[str, Tensor]:
     """Forward keyword arguments for a batch of ablated copies of one prompt.
 
@@ -108,9 +109,11 @@ def ablation_inputs(
         ablate: (V, n) bool, True where variant v ablates a token.
         mode: "zero", "token" or "mask" (see :class:`AblationSettings`).
         replacement_id: the id "token" mode writes (required there).
+        first_position: position id of the first token (default 0; a prompt
+            whose leading tokens were left out keeps its other positions).
     Returns:
         dict with ``attention_mask`` (V, n) int64, ``position_ids`` (V, n) =
-        0..n-1, and ``inputs_embeds`` (V, n, e) ("zero") or ``input_ids`` (V, n).
+        first_position..first_position+n-1, and ``inputs_embeds`` (V, n, e) ("zero") or ``input_ids`` (V, n).
         Only the ablated tokens differ from the intact prompt.
     """
     if mode not in ABLATION_MODES:
@@ -121,7 +124,7 @@ def ablation_inputs(
     ids = input_ids.expand(variants, n)
     attention_mask = torch.ones(variants, n, dtype=torch.long, device=device)
     # explicit positions: masking a token in "mask" mode must not shift the others
-    kwargs = {"position_ids": torch.arange(n, device=device).expand(variants, n)}
+    kwargs = {"position_ids": torch.arange(first_position, first_position + n, device=device).expand(variants, n)}
     if mode == "zero":
         with torch.no_grad():
             embeds = model.get_input_embeddings()(input_ids.unsqueeze(0))
@@ -167,11 +170,26 @@ def _run_variants(
                 "mode='mask' cannot ablate every token up to the explained position (the prediction "
                 "would attend to nothing); keep a BOS token in the prompt or use mode='zero'"
             )
-    out = []
-    for chunk in ablate.split(settings.batch_size):
-        kwargs = ablation_inputs(model, input_ids, chunk, mode=settings.mode, replacement_id=replacement_id)
-        out.append(_log_probs_at(model, kwargs, position, n).cpu())
-    return torch.cat(out)
+        # A masked token whose earlier tokens are all masked too attends to nothing: its hidden state is
+        # NaN, and 0 * NaN in the attention of every later token spreads it. Masking a leading run of
+        # tokens is the same as leaving them out with the other positions kept, so that is what runs.
+        lead = torch.where(ablate.all(dim=1), n, (~ablate).long().argmax(dim=1))
+    else:
+        lead = torch.zeros(ablate.shape[0], dtype=torch.long)
+    out = torch.empty(0)
+    for skip in lead.unique().tolist():
+        rows = (lead == skip).nonzero().flatten()
+        parts = []
+        for chunk in ablate[rows, skip:].split(settings.batch_size):
+            kwargs = ablation_inputs(
+                model, input_ids[skip:], chunk, mode=settings.mode, replacement_id=replacement_id, first_position=skip
+            )
+            parts.append(_log_probs_at(model, kwargs, position - skip, n - skip).cpu())
+        log_probs = torch.cat(parts)
+        if out.numel() == 0:
+            out = log_probs.new_empty(ablate.shape[0], log_probs.shape[1])
+        out[rows] = log_probs
+    return out
 
 
 def ablated_log_probs(

@@ -17,7 +17,7 @@ from .ablation import AblatedPrompt, n_tokens_for_fraction, rank_tokens
 from .checks import Scores, as_real_vector, check_fractions, check_scores
 from .settings import AblationSettings
 
-__all__ = ["LeaveOneOutResult", "LooAgreement", "leave_one_out", "loo_agreement"]
+__all__ = ["LeaveOneOutResult", "LooAgreement", "leave_one_out", "loo_agreement", "single_token_kl"]
 
 
 @dataclass(frozen=True)
@@ -90,17 +90,23 @@ def leave_one_out(
     settings = AblationSettings.of(settings, **ablation)
     with preserved_state(model, grad=False):
         prompt = AblatedPrompt.prepare(model, input_ids, position, settings)
-        kl = torch.zeros(prompt.n, dtype=torch.float64)
-        reference = prompt.log_probs
-        # one batch at a time: all m x vocab log-probs at once would be ~1 GB for
-        # a 1000-token prompt and a 128k vocabulary
-        for chunk in prompt.rankable.nonzero().flatten().split(settings.batch_size):
-            ablated = prompt.run(prompt.masks([t.view(1) for t in chunk]))
-            kl[chunk] = (reference.exp() * (reference - ablated)).sum(-1)
-    kl.clamp_(min=0.0)  # float rounding can dip a tiny KL below 0
+        kl = single_token_kl(prompt)
     return LeaveOneOutResult(
         kl=kl, rankable=prompt.rankable, position=prompt.position, target=prompt.target, mode=settings.mode
     )
+
+
+def single_token_kl(prompt: AblatedPrompt) -> Tensor:
+    """(n,) float64 ``KL(P_orig || P_without_t)`` for every rankable token t of a
+    prepared prompt (each ablated alone), 0 for the others."""
+    kl = torch.zeros(prompt.n, dtype=torch.float64)
+    reference = prompt.log_probs
+    # one batch at a time: all m x vocab log-probs at once would be ~1 GB for
+    # a 1000-token prompt and a 128k vocabulary
+    for chunk in prompt.rankable.nonzero().flatten().split(prompt.settings.batch_size):
+        ablated = prompt.run(prompt.masks([t.view(1) for t in chunk]))
+        kl[chunk] = (reference.exp() * (reference - ablated)).sum(-1)
+    return kl.clamp_(min=0.0)  # float rounding can dip a tiny KL below 0
 
 
 def loo_agreement(

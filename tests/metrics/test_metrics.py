@@ -158,7 +158,7 @@ def test_batched_ablations_match_one_at_a_time(mode):
     model, ids = tiny_gpt2(), prompt(18, seed=3)
     g = torch.Generator().manual_seed(1)
     ablate = torch.rand(7, 18, generator=g) < 0.3
-    ablate[:, 0] = False  # keep one visible token for "mask" mode
+    ablate[:3, :2] = True  # leading runs, which "mask" mode leaves out
     batched = F.ablated_log_probs(model, ids, ablate, mode=mode, replacement_id=7, batch_size=16)
     single = torch.stack([
         F.ablated_log_probs(model, ids, row, mode=mode, replacement_id=7, batch_size=1) for row in ablate
@@ -167,6 +167,27 @@ def test_batched_ablations_match_one_at_a_time(mode):
     loo_batched = F.leave_one_out(model, ids, mode=mode, replacement_id=7, batch_size=16).kl
     loo_single = F.leave_one_out(model, ids, mode=mode, replacement_id=7, batch_size=1).kl
     torch.testing.assert_close(loo_batched, loo_single, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2])
+def test_mask_mode_on_the_leading_tokens_is_leaving_them_out_with_positions_kept(make):
+    # a masked first token attends to nothing; run naively its NaN hidden state would reach every token
+    model, ids = make(), prompt(12, seed=4, bos=False)
+    for lead in (1, 3):
+        row = torch.zeros(12, dtype=torch.bool)
+        row[:lead] = True
+        row[7] = True  # an inner token masked in the same variant
+        masked = F.ablated_log_probs(model, ids, row, mode="mask")
+        assert torch.isfinite(masked).all()
+        attention = torch.ones(1, 12 - lead, dtype=torch.long)
+        attention[0, 7 - lead] = 0
+        with torch.no_grad():
+            logits = model(
+                input_ids=ids[None, lead:], attention_mask=attention, position_ids=torch.arange(lead, 12)[None]
+            ).logits[0, -1]
+        torch.testing.assert_close(masked, torch.log_softmax(logits.double(), -1), atol=1e-5, rtol=0)
+    kl = F.leave_one_out(model, ids, mode="mask").kl
+    assert torch.isfinite(kl).all() and kl[0] > 0
 
 
 def test_modes_differ_and_actually_ablate():
