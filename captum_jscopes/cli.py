@@ -1,20 +1,23 @@
 """The ``jscopes`` command line (also ``python -m captum_jscopes``).
 
     jscopes attribute "The capital of France is" --target " Paris"
+    jscopes attribute-dataset prompts.jsonl --scope semantic --out out/
     jscopes demo
     jscopes bench speed --help
 
 ``attribute`` explains the next-token prediction after a prompt with one or all
 three scopes and writes, per scope, ``<out>/<scope>.png`` (heatmap, the explained
 token in red), ``<out>/<scope>.html`` (self-contained) and ``<out>/<scope>.json``
-(a :class:`~captum_jscopes.ScopeResult`). ``demo`` does the same on built-in
+(a :class:`~captum_jscopes.ScopeResult`). ``attribute-dataset`` does it for every
+prompt of a JSON / JSONL file or hub dataset, sharded over processes and
+resumable (:mod:`captum_jscopes.dataset`). ``demo`` does the same on built-in
 examples (:mod:`captum_jscopes.demo_prompts`). ``bench`` forwards to the
 benchmark modules (:mod:`captum_jscopes.bench`).
 
 This module only parses and dispatches: the work is done by
-:func:`captum_jscopes.explain.explain` and :func:`~captum_jscopes.explain.write_result`,
-and the ``--scope`` and ``--fisher-method`` choices come from
-:mod:`captum_jscopes.registry`.
+:func:`captum_jscopes.explain.explain`, :func:`~captum_jscopes.explain.write_result`
+and :func:`captum_jscopes.dataset.attribute_dataset`, and the ``--scope`` and
+``--fisher-method`` choices come from :mod:`captum_jscopes.registry`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from .dataset import DatasetSettings, attribute_dataset, device_for_process, is_main_process, select_prompts
 from .explain import check_prompt, explain, model_name, package_version, write_result
 from .models import ModelNotAvailableError, load_model
 from .registry import FISHER_METHODS, SCOPES
@@ -38,6 +42,7 @@ DTYPES = ("float32", "bfloat16", "float16", "float64", "auto")
 BENCHMARKS = {
     "speed": "captum_jscopes.bench.speed",
     "faithfulness": "captum_jscopes.bench.faithfulness",
+    "trust": "captum_jscopes.bench.trust",
 }
 TOP_K = 5
 DEBUG_ENV = "JSCOPES_DEBUG"
@@ -45,6 +50,10 @@ DEBUG_ENV = "JSCOPES_DEBUG"
 
 class CommandError(RuntimeError):
     """A problem the command reports as one line (e.g. a benchmark that is not installed)."""
+
+
+class UsageError(CommandError):
+    """Bad input found before any work (a missing field, an empty file): exit status 2, like a bad option."""
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -64,12 +73,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _exit_status(stop)
     debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     if args.command is None:
-        print(f"{PROG}: error: missing command: attribute, demo or bench (see '{PROG} --help')", file=sys.stderr)
+        print(f"{PROG}: error: missing command: {', '.join(COMMAND_TEXTS)} (see '{PROG} --help')", file=sys.stderr)
         return 2
     try:
         return args.handler(args, forwarded)
     except SystemExit as stop:  # a benchmark's own argparse (--help, bad flag)
         return _exit_status(stop)
+    except UsageError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -98,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_debug_flag(parser, False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_attribute_command(commands)
+    _add_attribute_dataset_command(commands)
     _add_demo_command(commands)
     _add_bench_command(commands)
     return parser
@@ -129,13 +142,20 @@ COMMAND_TEXTS = {
         "Explain the model's next-token prediction after PROMPT (or --target) with Jacobian "
         "Scopes. Writes <out>/<scope>.png, .html and .json for each scope.",
     ),
+    "attribute-dataset": (
+        "explain the next token of every prompt of a dataset (sharded, resumable)",
+        "Explain the next token (or --target-field) of every prompt of FILE with Jacobian Scopes. "
+        "Writes one record per prompt to <out>/records.jsonl, summary.md/.json and index.html with a "
+        "page per prompt; a rerun resumes where a stopped run ended, and several processes "
+        "(torchrun --nproc_per_node N -m captum_jscopes attribute-dataset ...) share the prompts.",
+    ),
     "demo": (
         "the three scopes on built-in examples (factual recall, implicit bias, LAMBADA)",
         "Run the Semantic, Temperature and Fisher Scopes on built-in examples and write "
         "their pictures into one sub-folder per example.",
     ),
     "bench": (
-        "benchmarks: 'bench speed ...' or 'bench faithfulness ...'",
+        "benchmarks: 'bench speed ...', 'bench faithfulness ...' or 'bench trust ...'",
         "Run a benchmark; the arguments after its name go to the benchmark "
         "(see 'jscopes bench speed --help').",
     ),
@@ -164,6 +184,11 @@ def _add_attribute_command(commands: Any) -> None:
     )
     _add_model_flags(p)
     p.add_argument("--out", default="jscopes-out", metavar="DIR", help="output folder (default: ./jscopes-out)")
+    _add_scope_option_flags(p, "prompt")
+
+
+def _add_scope_option_flags(p: argparse.ArgumentParser, what: str) -> None:
+    """--fisher-method, --chat and --keep-special, shared by the attribute commands."""
     p.add_argument(
         "--fisher-method",
         choices=FISHER_METHODS,
@@ -171,7 +196,7 @@ def _add_attribute_command(commands: Any) -> None:
         help="Fisher Scope estimator (default: deflated; exact costs one backward pass per hidden dimension)",
     )
     p.add_argument(
-        "--chat", action="store_true", help="wrap the prompt in the chat template; only the user's tokens are scored"
+        "--chat", action="store_true", help=f"wrap the {what} in the chat template; only the user's tokens are scored"
     )
     p.add_argument(
         "--keep-special",
@@ -179,6 +204,61 @@ def _add_attribute_command(commands: Any) -> None:
         help="also show and score special tokens (BOS, chat markers); by default they are left out, "
         "as attention sinks they would dominate the map",
     )
+
+
+def _add_attribute_dataset_command(commands: Any) -> None:
+    p = _add_command(commands, "attribute-dataset", _run_attribute_dataset)
+    p.add_argument(
+        "file",
+        metavar="FILE",
+        help="the prompts: a .json list or .jsonl file of objects, a shipped set (lambada, opus_de_en) "
+        "or hf:NAME[:SPLIT] (needs the datasets package)",
+    )
+    p.add_argument(
+        "--scope",
+        action="append",
+        choices=(*SCOPES, "all"),
+        help="a scope to run; repeat for several (default: all)",
+    )
+    p.add_argument("--text-field", default="text", metavar="NAME", help="field holding the prompt (default: text)")
+    p.add_argument(
+        "--target-field",
+        metavar="NAME",
+        help="field holding the continuation to explain, with its leading space (e.g. ' Paris'); "
+        "default: the model's top-1 prediction",
+    )
+    p.add_argument(
+        "--slice",
+        type=_parse_slice,
+        default=slice(0, None),
+        metavar="START:STOP",
+        help="only prompts START to STOP-1 of FILE, counted from 0, e.g. 0:100 or 500: (default: all)",
+    )
+    _add_model_flags(p)
+    p.add_argument(
+        "--out", default="jscopes-dataset", metavar="DIR", help="output folder (default: ./jscopes-dataset)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard the previous run in --out instead of resuming it (needed to change its settings)",
+    )
+    _add_scope_option_flags(p, "prompts")
+
+
+def _parse_slice(text: str) -> slice:
+    """'START:STOP' (either may be left out) -> slice; argparse turns the error into a usage error."""
+    parts = text.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        start, stop = (int(part) if part.strip() else None for part in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:STOP with whole numbers, e.g. 0:100, got {text!r}") from None
+    start = 0 if start is None else start
+    if start < 0 or (stop is not None and stop <= start):
+        raise argparse.ArgumentTypeError(f"expected 0 <= START < STOP, got {text!r}")
+    return slice(start, stop)
 
 
 def _add_demo_command(commands: Any) -> None:
@@ -229,6 +309,33 @@ def _run_attribute(args: argparse.Namespace, forwarded: list[str]) -> int:
         # each scope's summary and files as soon as it is done: the Fisher Scope can take minutes
         _print_scope(result, write_result(result, out, scope))
     return 0
+
+
+def _run_attribute_dataset(args: argparse.Namespace, forwarded: list[str]) -> int:
+    # Everything that reads only the arguments and FILE comes first, so that bad
+    # input is a usage error before the model (seconds to minutes) loads.
+    try:
+        settings = DatasetSettings(
+            scopes=tuple(SCOPES) if args.scope is None or "all" in args.scope else tuple(args.scope),
+            text_field=args.text_field,
+            target_field=args.target_field,
+            chat=args.chat,
+            keep_special=args.keep_special,
+            fisher_method=args.fisher_method,
+        )
+        out = _output_folder(args.out)
+        prompts = select_prompts(args.file, settings, start=args.slice.start, stop=args.slice.stop)
+    except (ValueError, TypeError, ImportError) as err:
+        raise UsageError(str(err)) from err
+    args.device = device_for_process(args.device)  # one GPU per process under torchrun
+    model, tokenizer = _load_model(args)
+    if is_main_process():  # under torchrun, once
+        print(f"model:   {model_name(model)}")
+        print(f"prompts: {len(prompts)} from {args.file}; scopes: {', '.join(settings.scopes)}")
+    summary = attribute_dataset(model, tokenizer, prompts, out, settings, overwrite=args.overwrite)
+    if summary is None:  # another process prints
+        return 0
+    return _print_dataset_summary(summary, out)
 
 
 def _run_demo(args: argparse.Namespace, forwarded: list[str]) -> int:
@@ -341,6 +448,46 @@ def _print_scope(result: ScopeResult, written: list[Path]) -> None:
     for rank, (index, token, score) in enumerate(result.top_tokens(TOP_K), start=1):
         print(f"  {rank}. {_shown(token)!r:<20} (token {index:>3})  {score:.4g}")
     _print_files(written)
+
+
+#: prompts listed in the terminal; the rest are in summary.md and index.html
+SHOWN_PROMPTS = 10
+
+
+def _print_dataset_summary(summary: dict, out: Path) -> int:
+    """Print the run's summary; the exit status (1 when no prompt could be explained)."""
+    n = summary["n_prompts"]
+    seconds = summary["seconds"]
+    print(f"done:    {n - summary['resumed']} prompts computed, {summary['resumed']} resumed from an earlier run")
+    if seconds["per_prompt"] is not None:
+        per_scope = ", ".join(f"{s} {v:.3g} s" for s, v in seconds["per_scope"].items())
+        print(f"time:    {seconds['per_prompt']:.3g} s per prompt ({per_scope})")
+    print()
+    for entry in summary["prompts"][:SHOWN_PROMPTS]:
+        if "error" in entry:
+            print(f"  {entry['id']:>6}  error: {entry['error']}")
+            continue
+        tops = "; ".join(
+            f"{scope}: " + ", ".join(repr(token) for _, token, _ in top[:3]) for scope, top in entry["top_tokens"].items()
+        )
+        print(f"  {entry['id']:>6}  {_short(' '.join(entry['text'].split()), 40)!r} -> {entry['explains']!r} "
+              f"(p = {entry['prob']:.3g})  {tops}")  # fmt: skip
+    if n > SHOWN_PROMPTS:
+        print(f"  ... {n - SHOWN_PROMPTS} more in {out / 'summary.md'}")
+    _print_files([out / name for name in ("index.html", "summary.md", "summary.json", "records.jsonl")])
+    if summary["n_hints"]:
+        print(f"hint: {summary['n_hints']} target(s) start with another token than the prediction but would match "
+              "it with a leading space; see the hints in summary.json", file=sys.stderr)  # fmt: skip
+    failed = [e for e in summary["prompts"] if "error" in e]
+    if failed:
+        first = f"first: prompt {failed[0]['id']!r}: {failed[0]['error']}"
+        if len(failed) == n:
+            # The errors are recorded, so a plain rerun would not retry them.
+            print(f"{PROG}: error: no prompt could be explained ({first}); fix it and rerun with --overwrite",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        print(f"{PROG}: warning: {len(failed)} of {n} prompts could not be explained ({first})", file=sys.stderr)
+    return 0
 
 
 def _print_files(written: list[Path]) -> None:

@@ -41,10 +41,13 @@ class Prompt:
         id: stable identifier (the index in the source as a string, or the source's "id" field); the key
             under which results are stored and resumed.
         text: the prompt text (non-empty).
+        target: the continuation to explain (e.g. ``" Paris"``), read from ``load_prompts``'s
+            ``target_field``; default None: none given (the model's own prediction is explained).
     """
 
     id: str
     text: str
+    target: Optional[str] = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -52,7 +55,14 @@ class Prompt:
 # --------------------------------------------------------------------------------------------------
 
 
-def load_prompts(source: str | os.PathLike | None = None, n: int | None = None, *, offset: int = 0) -> list[Prompt]:
+def load_prompts(
+    source: str | os.PathLike | None = None,
+    n: int | None = None,
+    *,
+    offset: int = 0,
+    text_field: str = "text",
+    target_field: str | None = None,
+) -> list[Prompt]:
     """Load prompts from a file or a Hugging Face dataset.
 
     Args:
@@ -64,23 +74,29 @@ def load_prompts(source: str | os.PathLike | None = None, n: int | None = None, 
             - a ``.jsonl`` file with one ``{"text": ...}`` object per line (blank lines are skipped);
             - ``"hf:NAME[:SPLIT[:FIELD]]"``, or any string that is not an existing path and does not end in
               ``.json``/``.jsonl``: ``datasets.load_dataset(NAME, split=SPLIT)``, text taken from column
-              FIELD (default ``"text"``); without SPLIT the dataset must have a single split.
+              FIELD (default: ``text_field``); without SPLIT the dataset must have a single split.
 
             Ids are the entry's ``"id"`` field (string or integer) when present, else its 0-based index.
         n: keep only the first ``n`` prompts after ``offset`` (default ``None``: all). Like slicing, fewer are
             returned when the source is shorter.
         offset: number of prompts skipped at the start (default 0).
+        text_field: the field (column) holding the prompt text (default ``"text"``).
+        target_field: a field holding each prompt's target, a non-empty string stored as ``Prompt.target``
+            (default ``None``: no target is read and ``Prompt.target`` is None).
 
     Returns:
         list of ``Prompt``, in source order.
 
     Raises:
-        ValueError: a missing or unreadable source, an entry without a non-empty string ``"text"``, an empty
-            source, duplicate ids, or no prompt left after ``offset``; the message names the file (and the line
-            for JSONL).
+        ValueError: a missing or unreadable source, an entry without a non-empty string text (or target, with
+            ``target_field``), an empty source, duplicate ids, or no prompt left after ``offset``; the message
+            names the file (and the line for JSONL).
         ImportError: a hub dataset was asked for but ``datasets`` is not installed.
     """
     _check_slice(n, offset)
+    _check_field(text_field, "text_field")
+    if target_field is not None:
+        _check_field(target_field, "target_field")
     if source is None:
         source = DEFAULT_DATASET
     if isinstance(source, str) and source in DATASETS:
@@ -96,9 +112,11 @@ def load_prompts(source: str | os.PathLike | None = None, n: int | None = None, 
         entries = _read_prompt_file(source)
         origin = str(source)
     else:
-        entries = _read_hub_dataset(*source)
-        origin = f"hub dataset {source[0]!r}"
-    prompts = _prompts_from_entries(entries, origin)
+        name, split, field = source
+        text_field = field or text_field  # a FIELD in the spec names the text column
+        entries = _read_hub_dataset(name, split, text_field, target_field)
+        origin = f"hub dataset {name!r}"
+    prompts = _prompts_from_entries(entries, origin, text_field, target_field)
     end = None if n is None else offset + n
     selected = prompts[offset:end]
     if not selected:
@@ -114,7 +132,12 @@ def _check_slice(n: int | None, offset: int) -> None:
         raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
 
 
-def _path_or_hub_name(source: str) -> Path | tuple[str, str | None, str]:
+def _check_field(field: Any, name: str) -> None:
+    if not isinstance(field, str) or not field:
+        raise ValueError(f"{name} must be a non-empty string, got {field!r}")
+
+
+def _path_or_hub_name(source: str) -> Path | tuple[str, str | None, str | None]:
     """Tell a local file from a hub dataset name; hub names are returned as (name, split, field)."""
     if source.startswith("hf:"):
         return _parse_hub_name(source[len("hf:"):])
@@ -125,14 +148,14 @@ def _path_or_hub_name(source: str) -> Path | tuple[str, str | None, str]:
     return _parse_hub_name(source)
 
 
-def _parse_hub_name(spec: str) -> tuple[str, str | None, str]:
-    """``"NAME[:SPLIT[:FIELD]]"`` -> (name, split or None, field, default "text")."""
+def _parse_hub_name(spec: str) -> tuple[str, str | None, str | None]:
+    """``"NAME[:SPLIT[:FIELD]]"`` -> (name, split or None, field or None)."""
     parts = spec.split(":")
     if len(parts) > 3 or not parts[0]:
         raise ValueError(f"hub dataset must be given as 'hf:NAME[:SPLIT[:FIELD]]', got {spec!r}")
     name = parts[0]
     split = parts[1] if len(parts) > 1 and parts[1] else None
-    field = parts[2] if len(parts) > 2 and parts[2] else "text"
+    field = parts[2] if len(parts) > 2 and parts[2] else None
     return name, split, field
 
 
@@ -173,8 +196,11 @@ def _parse_jsonl(content: str, path: Path) -> list[tuple[str, Any]]:
     return entries
 
 
-def _read_hub_dataset(name: str, split: str | None, field: str) -> list[tuple[str, Any]]:
-    """Rows of a Hugging Face dataset as (location, {"text", "id"?}) pairs; ``datasets`` is imported lazily."""
+def _read_hub_dataset(
+    name: str, split: str | None, text_field: str, target_field: str | None
+) -> list[tuple[str, Any]]:
+    """Rows of a Hugging Face dataset as (location, {text_field, target_field?, "id"?}) pairs, the same
+    entries a JSON file gives; ``datasets`` is imported lazily."""
     try:
         import datasets
     except ImportError as e:
@@ -190,13 +216,14 @@ def _read_hub_dataset(name: str, split: str | None, field: str) -> list[tuple[st
         ) from e
     if split is None:
         loaded = _single_split(loaded, name)
-    if field not in loaded.column_names:
-        raise ValueError(f"hub dataset {name!r} has no column {field!r}; columns: {loaded.column_names}")
-    ids = loaded["id"] if "id" in loaded.column_names else None
-    texts = loaded[field]
-    return [
-        (f"row {i}", {"text": text} if ids is None else {"text": text, "id": ids[i]}) for i, text in enumerate(texts)
-    ]
+    wanted = [text_field] + ([target_field] if target_field else [])
+    for column in wanted:
+        if column not in loaded.column_names:
+            raise ValueError(f"hub dataset {name!r} has no column {column!r}; columns: {loaded.column_names}")
+    columns = wanted + (["id"] if "id" in loaded.column_names else [])
+    # Column by column: indexing a datasets.Dataset row by row is much slower.
+    values = {column: loaded[column] for column in columns}
+    return [(f"row {i}", {column: values[column][i] for column in columns}) for i in range(len(loaded))]
 
 
 def _single_split(dataset_dict: Any, name: str) -> Any:
@@ -206,24 +233,36 @@ def _single_split(dataset_dict: Any, name: str) -> Any:
     return dataset_dict[splits[0]]
 
 
-def _prompts_from_entries(entries: list[tuple[str, Any]], origin: str) -> list[Prompt]:
+def _prompts_from_entries(
+    entries: list[tuple[str, Any]], origin: str, text_field: str = "text", target_field: str | None = None
+) -> list[Prompt]:
     """Validate raw entries and turn them into prompts with unique ids."""
     if not entries:
         raise ValueError(f"{origin}: holds no prompt (empty list)")
     prompts, seen = [], set()
     for index, (where, entry) in enumerate(entries):
         if not isinstance(entry, dict):
-            raise ValueError(f"{origin}, {where}: expected an object with a 'text' field, got {type(entry).__name__}")
-        text = entry.get("text")
+            raise ValueError(
+                f"{origin}, {where}: expected an object with a {text_field!r} field, got {type(entry).__name__}"
+            )
+        text = entry.get(text_field)
         if not isinstance(text, str):
-            raise ValueError(f"{origin}, {where}: missing a string 'text' field")
+            raise ValueError(f"{origin}, {where}: missing a string {text_field!r} field")
         if not text.strip():
             raise ValueError(f"{origin}, {where}: empty text")
+        target = None
+        if target_field is not None:
+            target = entry.get(target_field)
+            if not isinstance(target, str):
+                raise ValueError(f"{origin}, {where}: missing a string {target_field!r} field (the target)")
+            # Only "" is refused: a lone space can be a real token to explain.
+            if not target:
+                raise ValueError(f"{origin}, {where}: empty target in {target_field!r}")
         prompt_id = _entry_id(entry, index, origin, where)
         if prompt_id in seen:
             raise ValueError(f"{origin}, {where}: duplicate id {prompt_id!r}")
         seen.add(prompt_id)
-        prompts.append(Prompt(id=prompt_id, text=text))
+        prompts.append(Prompt(id=prompt_id, text=text, target=target))
     return prompts
 
 

@@ -1,0 +1,541 @@
+"""Attribute a whole dataset: every prompt, every chosen scope, sharded over
+processes and resumable (what ``jscopes attribute-dataset`` runs).
+
+    from captum_jscopes import load_model
+    from captum_jscopes.dataset import attribute_dataset, read_results
+
+    model, tokenizer = load_model()
+    summary = attribute_dataset(model, tokenizer, "prompts.jsonl", "out/", scopes=("semantic",), stop=100)
+    results = read_results("out/")          # {prompt id: {scope: ScopeResult}}
+
+Each prompt is explained with :func:`captum_jscopes.explain.explain` (the same
+call as ``jscopes attribute``), and the prompts go through the benchmarks'
+runner (:func:`captum_jscopes.bench.runner.run_sharded`): every process of a
+launch (torchrun, accelerate launch) takes its share, each finished prompt is one
+fsync'd line of its process's shard file, so a killed run loses at most the
+prompt in flight and a rerun computes only what is missing, and ``run.json``
+refuses a rerun with other settings.
+
+Layout of ``out_dir``::
+
+    run.json                 the settings (model, dtype, scopes, fields, chat, ...)
+    shard-000-of-001.jsonl   one record per finished prompt, per process (the resumable state)
+    records.jsonl            all records, in prompt order (merged at the end)
+    summary.json summary.md  top tokens per prompt and scope, seconds per prompt
+    index.html               one row per prompt, linking pages/<prompt>.html
+    pages/<prompt>.html      the prompt's token map for every scope
+
+A record is ``{"id", "text", "target", "seconds": {scope: s}, "results": {scope:
+ScopeResult.to_dict()}}``, or ``{"id", "text", "target", "error"}`` for a prompt
+that cannot be explained (too long for the model, a target outside the
+vocabulary, ...): it is kept so that a rerun does not retry it forever.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import html
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+from urllib.parse import quote
+
+from .bench.prompts import Prompt, load_prompts
+from .bench.runner import RUN_FILE, read_records, read_shard_records, run_sharded, write_json_atomic, write_text_atomic
+from .explain import explain, model_name
+from .registry import FISHER_METHODS, SCOPES, scope_class
+from .result import ScopeResult
+from .visualize import display_token, render_html
+
+__all__ = [
+    "DatasetSettings",
+    "RECORD_FORMAT",
+    "attribute_dataset",
+    "attribute_prompt",
+    "select_prompts",
+    "read_results",
+    "write_reports",
+    "page_name",
+    "device_for_process",
+    "is_main_process",
+]
+
+#: Version of the record layout, stored in run.json: a folder written by another
+#: layout is refused instead of being resumed.
+RECORD_FORMAT = 1
+TOP_K = 5
+SUMMARY_JSON = "summary.json"
+SUMMARY_MD = "summary.md"
+INDEX_HTML = "index.html"
+PAGES_DIR = "pages"
+
+#: Where prompts come from: a file, a shipped set or hub name, or the prompts themselves.
+Source = Union[str, os.PathLike, Sequence[Prompt]]
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    """What is computed for every prompt; stored in ``run.json``, so a rerun into
+    the same folder with other settings is refused.
+
+    Attributes:
+        scopes: scope names of :data:`captum_jscopes.registry.SCOPES` (a single name
+            is accepted); kept in the registry's order, duplicates dropped.
+            Default: all of them.
+        text_field: field (column) of the source holding the prompt. Default "text".
+        target_field: field holding the continuation to explain (e.g. " Paris").
+            Default None: the model's top-1 next token is explained.
+        chat: wrap each prompt in the chat template; only the user's tokens are
+            scored. Default False.
+        keep_special: also show and score special tokens (BOS, chat markers).
+            Default False.
+        fisher_method: Fisher Scope estimator ("deflated", "exact", "eig"); only
+            used, and only stored, when "fisher" is among the scopes. Default "deflated".
+    """
+
+    scopes: tuple[str, ...] = tuple(SCOPES)
+    text_field: str = "text"
+    target_field: Optional[str] = None
+    chat: bool = False
+    keep_special: bool = False
+    fisher_method: str = "deflated"
+
+    def __post_init__(self) -> None:
+        chosen = (self.scopes,) if isinstance(self.scopes, str) else tuple(self.scopes)
+        if not chosen:
+            raise ValueError("scopes is empty: choose at least one of " + ", ".join(SCOPES))
+        for name in chosen:
+            scope_class(name)  # ValueError naming the known scopes
+        # Registry order, so that the same choice in another order is the same run.json.
+        object.__setattr__(self, "scopes", tuple(name for name in SCOPES if name in chosen))
+        if not isinstance(self.text_field, str) or not self.text_field:
+            raise ValueError(f"text_field must be a non-empty string, got {self.text_field!r}")
+        if self.target_field is not None and (not isinstance(self.target_field, str) or not self.target_field):
+            raise ValueError(f"target_field must be None or a non-empty string, got {self.target_field!r}")
+        for name in ("chat", "keep_special"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
+        if self.fisher_method not in FISHER_METHODS:
+            raise ValueError(f"fisher_method must be one of {FISHER_METHODS}, got {self.fisher_method!r}")
+
+    @classmethod
+    def of(cls, settings: Optional["DatasetSettings"] = None, **overrides: Any) -> "DatasetSettings":
+        """``settings`` (default: the defaults) with ``overrides`` applied; a
+        TypeError names any keyword that is not a setting."""
+        if settings is None:
+            settings = cls()
+        elif not isinstance(settings, cls):
+            raise TypeError(f"settings must be a {cls.__name__} or None, got {type(settings).__name__}")
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown setting(s) {unknown}; {cls.__name__} has {[f.name for f in dataclasses.fields(cls)]}")
+        return dataclasses.replace(settings, **overrides) if overrides else settings
+
+    def to_dict(self) -> dict:
+        """The settings as stored in ``run.json`` (JSON types; ``fisher_method``
+        only with the Fisher Scope, so that it does not block other reruns)."""
+        data = dataclasses.asdict(self)
+        data["scopes"] = list(self.scopes)
+        if "fisher" not in self.scopes:
+            del data["fisher_method"]
+        return data
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def select_prompts(
+    source: Source, settings: Optional[DatasetSettings] = None, *, start: int = 0, stop: Optional[int] = None
+) -> list[Prompt]:
+    """The prompts ``source[start:stop]``, read and checked (cheap: no model needed,
+    so a command can report bad input before it loads one).
+
+    Args:
+        source: a ``.json`` file (list of objects), a ``.jsonl`` file (one object per
+            line), a shipped set ("lambada", "opus_de_en"), ``"hf:NAME[:SPLIT]"`` (needs
+            the ``datasets`` package), or a list of :class:`Prompt` (used as given).
+            See :func:`captum_jscopes.bench.prompts.load_prompts`.
+        settings: its ``text_field`` and ``target_field`` say which fields are read.
+            Default: :class:`DatasetSettings` defaults.
+        start, stop: positions in the source, as in ``prompts[start:stop]``
+            (0 <= start < stop); default all. A ``stop`` past the end is allowed.
+    Returns:
+        list of Prompt; ids are the source's "id" field, else the position in the
+        whole source (so slices of one source never share an id).
+    Raises:
+        ValueError: a bad slice, a missing / empty / malformed source, an entry
+            without the text (or target) field, no prompt in the slice.
+        ImportError: a hub dataset without the ``datasets`` package.
+    """
+    settings = DatasetSettings.of(settings)
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ValueError(f"start must be a non-negative integer, got {start!r}")
+    if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or stop <= start):
+        raise ValueError(f"stop must be None or an integer > start ({start}), got {stop!r}")
+    if isinstance(source, (list, tuple)):
+        prompts = list(source)
+        if not all(isinstance(p, Prompt) for p in prompts):
+            raise TypeError("a list source must hold Prompt objects (see captum_jscopes.bench.prompts.load_prompts)")
+        selected = prompts[start:stop]
+        if not selected:
+            raise ValueError(f"no prompt in [{start}:{'' if stop is None else stop}] of {len(prompts)} prompts")
+        return selected
+    n = None if stop is None else stop - start
+    return load_prompts(source, n, offset=start, text_field=settings.text_field, target_field=settings.target_field)
+
+
+def attribute_prompt(model: Any, tokenizer: Any, prompt: Prompt, settings: DatasetSettings) -> dict:
+    """The record of one prompt: every scope of ``settings`` on ``prompt.text``,
+    explaining ``prompt.target`` or, when it is None, the model's prediction.
+
+    Returns:
+        ``{"text", "target", "seconds": {scope: wall seconds of explain()},
+        "results": {scope: ScopeResult.to_dict()}}``, or ``{"text", "target",
+        "error": "ValueError: ..."}`` when the prompt cannot be explained (a
+        ValueError: too long for the model, a target outside the vocabulary, only
+        special tokens...). Other exceptions propagate and stop the run (a rerun
+        resumes after the last finished prompt).
+    """
+    record: dict = {"text": prompt.text, "target": prompt.target}
+    seconds, results = {}, {}
+    try:
+        for scope in settings.scopes:
+            began = time.perf_counter()
+            result = explain(
+                model,
+                tokenizer,
+                prompt.text,
+                scope,
+                prompt.target,
+                chat=settings.chat,
+                keep_special=settings.keep_special,
+                fisher_method=settings.fisher_method,
+            )
+            seconds[scope] = time.perf_counter() - began
+            results[scope] = result.to_dict()  # a NaN score is a ValueError here, recorded like the others
+    except ValueError as err:
+        return {**record, "error": f"{type(err).__name__}: {err}"}
+    return {**record, "seconds": seconds, "results": results}
+
+
+def attribute_dataset(
+    model: Any,
+    tokenizer: Any,
+    source: Source,
+    out_dir: Union[str, os.PathLike],
+    settings: Optional[DatasetSettings] = None,
+    *,
+    start: int = 0,
+    stop: Optional[int] = None,
+    overwrite: bool = False,
+    state: Any = None,
+    **options: Any,
+) -> Optional[dict]:
+    """Attribute every prompt of ``source[start:stop]`` with every chosen scope.
+
+    Every process of a launch calls this with the same arguments; the prompts are
+    shared between them, and an interrupted run (even a SIGKILL) resumes where it
+    stopped when called again with the same settings.
+
+    Args:
+        model, tokenizer: a Hugging Face causal LM and its tokenizer (not modified).
+        source: prompts file, shipped set, ``"hf:NAME[:SPLIT]"`` or list of Prompt
+            (see :func:`select_prompts`).
+        out_dir: output folder (created); see the module docstring for its layout.
+        settings: a :class:`DatasetSettings`; ``options`` override its fields, e.g.
+            ``scopes=("semantic",), target_field="answer"``. Default: the defaults.
+        start, stop: the slice of the source (default: all).
+        overwrite: discard a previous run in ``out_dir`` (its shards, records and
+            run.json) instead of resuming it. Default False.
+        state: accelerate-like process state for the runner (default: from the
+            launch environment; see ``run_sharded``).
+    Returns:
+        on the main process, the summary also written to ``summary.json``:
+        ``{"model", "dtype", "settings", "n_prompts", "n_errors", "n_hints",
+        "resumed" (prompts found done), "seconds": {"total", "per_prompt",
+        "per_scope": {scope: mean}}, "prompts": [per prompt: "id", "page", "text",
+        "target", and "explains", "prob", "prediction", "hint", "seconds",
+        "seconds_per_scope", "top_tokens" {scope: [[index, token text, score],
+        ...]} (top 5), or "error"]}``; None on the other processes.
+    Raises:
+        ValueError: bad settings or input, other settings than the run already in
+            ``out_dir``, or prompts whose text or target differ from the ones that
+            run attributed under the same ids (the source changed).
+    """
+    settings = DatasetSettings.of(settings, **options)
+    prompts = select_prompts(source, settings, start=start, stop=stop)
+    out_dir = Path(out_dir)
+    meta = {
+        "command": "attribute-dataset",
+        "format": RECORD_FORMAT,
+        "model": model_name(model),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "settings": settings.to_dict(),
+    }
+    resumed = 0 if overwrite else _check_resumed_prompts(out_dir, prompts, meta)
+    records_path = run_sharded(
+        prompts,
+        lambda prompt: attribute_prompt(model, tokenizer, prompt, settings),
+        out_dir,
+        desc="attribute-dataset",
+        state=state,
+        meta=meta,
+        overwrite=overwrite,
+    )
+    if not is_main_process(state):
+        return None  # one process writes the reports
+    return write_reports(out_dir, read_records(records_path), meta, resumed=resumed)
+
+
+def _check_resumed_prompts(out_dir: Path, prompts: list[Prompt], meta: dict) -> int:
+    """How many of ``prompts`` a previous run in ``out_dir`` already did; a
+    ValueError if one of them had another text or target under the same id
+    (run.json only holds the settings, not the data, so a changed file would
+    otherwise be mixed silently with the old results)."""
+    run_file = out_dir / RUN_FILE
+    try:
+        previous = json.loads(run_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        previous = None
+    except (OSError, ValueError):
+        return 0  # run_sharded reports the unreadable run.json
+    # The JSON round trip makes meta comparable with what run.json reads back.
+    if previous is not None and previous != json.loads(json.dumps(meta)):
+        return 0  # run_sharded refuses the other settings, with its own message
+    done = read_shard_records(out_dir) if out_dir.is_dir() else {}
+    for prompt in prompts:
+        record = done.get(prompt.id)
+        if record is not None and (record.get("text"), record.get("target")) != (prompt.text, prompt.target):
+            raise ValueError(
+                f"{out_dir} holds a result for prompt {prompt.id!r} with another text or target than the "
+                "source gives now (the source changed since that run); use another output folder, or "
+                "overwrite to discard the previous results"
+            )
+    return sum(prompt.id in done for prompt in prompts)
+
+
+def is_main_process(state: Any = None) -> bool:
+    """Whether this is the process that writes reports and prints: ``state.is_main_process``,
+    or without a state the launch's ``RANK`` (0 or unset). The runner makes its default
+    state inside ``run_sharded``, and that state agrees with ``RANK``."""
+    return os.environ.get("RANK", "0") == "0" if state is None else bool(state.is_main_process)
+
+
+def device_for_process(device: Optional[str]) -> Optional[str]:
+    """``"cuda"`` becomes ``"cuda:LOCAL_RANK"`` inside a multi-process launch
+    (torchrun / accelerate set ``LOCAL_RANK``), so that each process takes its own
+    GPU; anything else is returned unchanged."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    if device == "cuda" and local_rank is not None:
+        return f"cuda:{int(local_rank)}"
+    return device
+
+
+# ----------------------------------------------------------------------------- reading back
+
+
+def read_results(out_dir_or_file: Union[str, os.PathLike]) -> dict[str, dict[str, ScopeResult]]:
+    """The results of a finished run: ``{prompt id: {scope: ScopeResult}}`` in
+    prompt order, read from ``records.jsonl`` (or the given JSONL file). Prompts
+    recorded with an ``"error"`` are left out (``summary.json`` lists them)."""
+    return {
+        record["id"]: {scope: ScopeResult.from_dict(data) for scope, data in record["results"].items()}
+        for record in read_records(out_dir_or_file)
+        if "error" not in record
+    }
+
+
+def page_name(prompt_id: str) -> str:
+    """File name of a prompt's page: the id itself when it is a plain lower-case
+    name (``"17"``, ``"q-3.a"``), else a readable part and a hash of the id, so
+    that no id (``"a/b"``, ``"<x>"``, ``"A"`` vs ``"a"`` on a case-insensitive
+    disk) can escape ``pages/`` or collide with another."""
+    if re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,79}", prompt_id):
+        return f"{prompt_id}.html"
+    # "~" never appears in the plain names above, so the two kinds cannot collide.
+    # No dots in this part: a name starting with "." would be hidden, and ".." is never formed.
+    readable = re.sub(r"[^a-z0-9_-]+", "_", prompt_id.lower())[:40]
+    return f"{readable}~{hashlib.sha1(prompt_id.encode('utf-8')).hexdigest()[:12]}.html"
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def write_reports(out_dir: Union[str, os.PathLike], records: list[dict], meta: dict, *, resumed: int = 0) -> dict:
+    """Write ``summary.json``, ``summary.md``, ``index.html`` and one page per
+    prompt under ``pages/`` from the run's ``records`` (``read_records``) and its
+    ``meta`` (run.json), each file atomically; return the summary (see
+    :func:`attribute_dataset`)."""
+    out_dir = Path(out_dir)
+    (out_dir / PAGES_DIR).mkdir(parents=True, exist_ok=True)
+    entries = []
+    for record in records:
+        entry, results = _summary_entry(record)
+        if results:
+            write_text_atomic(out_dir / PAGES_DIR / entry["page"], _prompt_page(entry, results, meta))
+        entries.append(entry)
+    summary = _summary(entries, meta, resumed)
+    write_json_atomic(out_dir / SUMMARY_JSON, summary)
+    write_text_atomic(out_dir / SUMMARY_MD, _summary_markdown(summary))
+    write_text_atomic(out_dir / INDEX_HTML, _index_page(summary))
+    return summary
+
+
+def _summary_entry(record: dict) -> tuple[dict, dict[str, ScopeResult]]:
+    """One prompt's line of the summary, and its results by scope (empty for an error)."""
+    entry = {"id": record["id"], "page": page_name(record["id"]), "text": record["text"], "target": record["target"]}
+    if "error" in record:
+        return {**entry, "error": record["error"]}, {}
+    results = {scope: ScopeResult.from_dict(data) for scope, data in record["results"].items()}
+    first = next(iter(results.values()))  # the target and the prediction are the same for every scope
+    entry.update(
+        explains=first.metadata["target"],
+        prob=_target_prob(first),
+        prediction=first.metadata["prediction"],
+        hint=first.metadata.get("target_hint"),
+        seconds=sum(record["seconds"].values()),
+        seconds_per_scope=record["seconds"],
+        top_tokens={
+            scope: [[index, display_token(token), score] for index, token, score in result.top_tokens(TOP_K)]
+            for scope, result in results.items()
+        },
+    )
+    return entry, results
+
+
+def _target_prob(result: ScopeResult) -> float:
+    """p(target | prompt): the product over its tokens (teacher-forced)."""
+    return float(result.output_probs.double().prod())
+
+
+def _summary(entries: list[dict], meta: dict, resumed: int) -> dict:
+    done = [e for e in entries if "error" not in e]
+    scopes = meta["settings"]["scopes"]
+    total = sum(e["seconds"] for e in done)
+    return {
+        "model": meta["model"],
+        "dtype": meta["dtype"],
+        "settings": meta["settings"],
+        "n_prompts": len(entries),
+        "n_errors": len(entries) - len(done),
+        "n_hints": sum(bool(e["hint"]) for e in done),
+        "resumed": resumed,
+        "seconds": {
+            "total": total,
+            "per_prompt": total / len(done) if done else None,
+            "per_scope": {s: sum(e["seconds_per_scope"][s] for e in done) / len(done) if done else None for s in scopes},
+        },
+        "prompts": entries,
+    }
+
+
+def _tail(text: str, limit: int = 80) -> str:
+    """The end of a prompt (what the next token depends on most), on one line."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
+
+
+def _tokens_text(top: list) -> str:
+    return ", ".join(repr(token) for _, token, _ in top)
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _seconds_line(summary: dict) -> str:
+    seconds = summary["seconds"]
+    if seconds["per_prompt"] is None:
+        return "no prompt could be explained"
+    per_scope = ", ".join(f"{s} {v:.3g} s" for s, v in seconds["per_scope"].items())
+    return f"{seconds['per_prompt']:.3g} s per prompt ({per_scope}), {seconds['total']:.3g} s in all"
+
+
+def _summary_markdown(summary: dict) -> str:
+    scopes = summary["settings"]["scopes"]
+    lines = [
+        f"# Token attributions: {summary['n_prompts']} prompts",
+        "",
+        f"- model: {summary['model']} ({summary['dtype']})",
+        f"- scopes: {', '.join(scopes)}; settings: `{json.dumps(summary['settings'])}`",
+        f"- time: {_seconds_line(summary)}",
+        f"- prompts that could not be explained: {summary['n_errors']}",
+    ]
+    if summary["n_hints"]:
+        lines.append(f"- targets that lack their leading space (see each page's hint): {summary['n_hints']}")
+    lines += [
+        "",
+        f"Top {TOP_K} tokens per scope, best first; 'explains' is the target (or the model's prediction) "
+        "and its probability. Pages: index.html.",
+        "",
+        "| id | prompt (end) | explains | " + " | ".join(f"{s} top tokens" for s in scopes) + " | s |",
+        "|---|---|---|" + "---|" * len(scopes) + "---|",
+    ]
+    for e in summary["prompts"]:
+        head = f"| {_md_cell(e['id'])} | {_md_cell(_tail(e['text']))} | "
+        if "error" in e:
+            lines.append(head + f"error: {_md_cell(e['error'])} |" + " |" * len(scopes) + " |")
+            continue
+        tops = " | ".join(_md_cell(_tokens_text(e["top_tokens"][s])) for s in scopes)
+        lines.append(head + f"{_md_cell(repr(e['explains']))} (p = {e['prob']:.3g}) | {tops} | {e['seconds']:.3g} |")
+    return "\n".join(lines) + "\n"
+
+
+def _page(title: str, body: list[str]) -> str:
+    """A self-contained HTML page (no script, no external asset)."""
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title></head>\n"
+        '<body style="font-family: sans-serif; font-size: 14px;">\n' + "\n".join(body) + "\n</body>\n</html>\n"
+    )
+
+
+def _prompt_page(entry: dict, results: dict[str, ScopeResult], meta: dict) -> str:
+    esc = html.escape
+    body = [
+        f'<p><a href="../{INDEX_HTML}">← all prompts</a></p>',
+        f"<h2>Prompt {esc(entry['id'])}</h2>",
+        f"<p>{esc(meta['model'])}: explains {esc(repr(entry['explains']))} (p = {entry['prob']:.4g}); "
+        f"the model's prediction is {esc(repr(entry['prediction']['token']))} (p = {entry['prediction']['prob']:.4g})</p>",
+    ]
+    if entry["hint"]:
+        body.append(f"<p><b>hint:</b> {esc(entry['hint'])}</p>")
+    for scope, result in results.items():
+        title = f"{scope.title()} Scope · {entry['seconds_per_scope'][scope]:.3g} s"
+        body.append(render_html(result, title))  # escapes every token and metadata string
+    return _page(f"Prompt {entry['id']}", body)
+
+
+def _index_page(summary: dict) -> str:
+    esc = html.escape
+    scopes = summary["settings"]["scopes"]
+    cell = 'style="border-bottom: 1px solid #ddd; padding: 3px 8px; vertical-align: top;"'
+    header = ["id", "prompt (end)", "explains", *(f"{s} top tokens" for s in scopes), "s"]
+    rows = ["<tr>" + "".join(f"<th {cell}>{esc(h)}</th>" for h in header) + "</tr>"]
+    for e in summary["prompts"]:
+        href = quote(f"{PAGES_DIR}/{e['page']}")
+        link = f'<a href="{esc(href)}">{esc(e["id"])}</a>'
+        cells = [link if "error" not in e else esc(e["id"]), esc(_tail(e["text"]))]
+        if "error" in e:
+            cells += [f"error: {esc(e['error'])}", *([""] * len(scopes)), ""]
+        else:
+            cells.append(f"{esc(repr(e['explains']))} (p = {e['prob']:.3g})")
+            cells += [esc(_tokens_text(e["top_tokens"][s])) for s in scopes]
+            cells.append(f"{e['seconds']:.3g}")
+        rows.append("<tr>" + "".join(f"<td {cell}>{c}</td>" for c in cells) + "</tr>")
+    body = [
+        f"<h2>{summary['n_prompts']} prompts · {esc(summary['model'])} · {esc(', '.join(scopes))}</h2>",
+        f"<p>{esc(_seconds_line(summary))}; could not be explained: {summary['n_errors']}</p>",
+        '<table style="border-collapse: collapse;">',
+        *rows,
+        "</table>",
+    ]
+    return _page(f"Token attributions: {summary['n_prompts']} prompts", body)
