@@ -1,0 +1,225 @@
+"""The three Jacobian Scopes as `Inseq <https://github.com/inseq-team/inseq>`_ attribution methods.
+
+Importing this module registers ``semantic_scope``, ``temperature_scope`` and
+``fisher_scope`` with Inseq (it finds methods by walking the subclasses of its
+``FeatureAttribution`` registry, so the import must come before ``inseq.load_model``)::
+
+    import inseq
+    import captum_jscopes.inseq_methods  # noqa: F401  (registers the scopes)
+
+    m = inseq.load_model(model, "fisher_scope", tokenizer=tokenizer)
+    out = m.attribute(prompt, generated_texts=prompt + target, k=8, seed=1)
+    out.show()                              # Inseq's viewer, raw scope scores
+    out.save("fisher.json")
+
+Needs ``pip install captum_jscopes[inseq]`` (Inseq 0.7.1, :data:`INSEQ_VERSION`).
+
+How it is wired, and why:
+
+- Inseq's gradient methods hand a Captum method the input embeddings and a
+  forward function that returns the attributed step function (the target's
+  probability by default). A scope needs the *final hidden state* at the
+  explained position, which that forward function does not expose. So each
+  Inseq step runs our own engine (:mod:`captum_jscopes.forward`, through the
+  scope's public ``attribute``) on ``attribution_model.model`` for the step's
+  prefix (``(batch, prefix_len)`` ids and attention mask, left-padded by Inseq)
+  and target token. The step's numbers are therefore exactly what
+  ``SemanticScope / TemperatureScope / FisherScope(model, tokenizer).attribute(prefix, ...)``
+  returns.
+- The classes are Inseq gradient methods (subclasses of its
+  ``GradientAttributionRegistry``) with ``attribute_batch_ids = True``: Inseq
+  hands them the step's token ids rather than embeddings, and does not prepare
+  interpretable embeddings for them, since our engine does the embedding
+  lookup itself. ``self.method`` is the scope, a Captum ``GradientAttribution``.
+- Each step returns Inseq's ``CoarseFeatureAttributionStepOutput``, Inseq's type
+  for one score per token (occlusion uses it too). Its default aggregator
+  pipeline is empty, so ``out.sequence_attributions[i].target_attributions``
+  ((prefix_len + target_len, n_steps), NaN after each step's prefix),
+  ``.aggregate()``, ``.show()`` and ``.save()`` all carry the raw scope scores;
+  Inseq's span/subword aggregators (``aggregate("subwords")``) still apply.
+  Inseq's gradient methods instead return one value per embedding dimension and
+  by default take its L2 norm, then L1-normalise each generated step's column
+  to sum to 1; ``inseq.utils.normalize(scores.clone())`` does that last step
+  for the scopes (it writes into its argument, hence the clone). Inseq stores
+  step outputs as float32.
+
+Options. Each scope's own options (Semantic: ``n_steps``; Fisher: ``method``,
+``k``, ``n_probes``, ``seed``, ``vocab_chunk``; all three:
+``exclude_special_tokens``, default True) pass as keyword arguments of
+``m.attribute`` or in ``attribution_args={...}``. Fisher's ``method`` must go
+through ``attribution_args={"method": "exact"}``: ``method=`` of
+``m.attribute`` is Inseq's own (the attribution method's name). An unknown
+option in ``attribution_args`` raises a TypeError naming it, a bad value the
+scope's ValueError; an unknown *keyword* argument is caught by Inseq before it
+reaches us and only logged ("Unused arguments during attribution").
+
+What a scope explains is fixed (Semantic: the target token's logit direction;
+Temperature: the hidden-state norm; Fisher: the whole next-token
+distribution), so a non-default ``attributed_fn`` raises a ValueError instead
+of being silently ignored.
+
+Cost. Inseq attributes one generated token per step, so a target of m tokens
+costs m forwards (and m sets of backward passes) over growing prefixes;
+:class:`captum_jscopes.LLMScopeAttribution` explains all m tokens from one
+teacher-forced forward pass. ``benchmarks/inseq_overhead.py`` measures the
+difference (docs/inseq.md).
+
+The model. The scopes run inside :func:`captum_jscopes.model_state.preserved_state`
+and register no lasting hooks, so attribution leaves the model's parameters,
+``requires_grad``, ``.grad``, hooks and train/eval flags as they were. Note that
+``inseq.load_model`` itself calls ``model.eval()`` and ``model.zero_grad()``,
+moves the model to its default device (CUDA when available; pass ``device=``),
+sets ``config.pad_token_id`` when it is None, and sets the tokenizer's padding
+and truncation side to "left".
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Optional
+
+try:
+    from inseq.attr.feat import GradientAttributionRegistry
+    from inseq.data import CoarseFeatureAttributionStepOutput
+    from inseq.utils import Registry
+except ImportError as err:  # inseq, or one of its dependencies, is missing
+    raise ImportError(
+        f"captum_jscopes.inseq_methods needs Inseq 0.7.1: pip install captum_jscopes[inseq] ({err})"
+    ) from err
+
+from .fisher_scope import FisherScope
+from .scope import JacobianScope
+from .semantic_scope import SemanticScope
+from .temperature_scope import TemperatureScope
+
+#: The Inseq release this module was checked against (pinned in pyproject.toml):
+#: it reads the step's ids, target ids and mask from the argument layout of
+#: Inseq's ``DecoderOnlyInputFormatter.format_attribution_args``.
+INSEQ_VERSION = "0.7.1"
+
+__all__ = [
+    "INSEQ_VERSION",
+    "JacobianScopeRegistry",
+    "SemanticScopeAttribution",
+    "TemperatureScopeAttribution",
+    "FisherScopeAttribution",
+]
+
+# options of JacobianScope.attribute that make sense per Inseq step (token_mask
+# does not: the prefix grows every step; position is always the step's last token)
+_COMMON_OPTIONS = ("exclude_special_tokens",)
+
+
+class JacobianScopeRegistry(GradientAttributionRegistry, Registry):
+    """Base of the Inseq methods of the Jacobian Scopes. Not itself a method: as
+    with Inseq's own ``GradientAttributionRegistry``, naming ``Registry`` as a
+    direct base keeps it out of Inseq's list of methods.
+
+    A subclass sets ``method_name`` (the name ``inseq.load_model`` takes) and
+    ``scope_class`` (and ``explains``). ``self.method`` is the scope, built on
+    ``attribution_model.model`` and its tokenizer with the scope's defaults
+    (``exclude_special_tokens=True``, ``chunk_size=32``).
+    """
+
+    scope_class: type[JacobianScope]
+    #: what the scope explains, for error messages
+    explains: str
+
+    def __init__(self, attribution_model: Any, **kwargs: Any) -> None:
+        super().__init__(attribution_model, hook_to_model=False)
+        # ids, not embeddings: the scope embeds them itself, inside its guard of the model
+        self.attribute_batch_ids = True
+        self.hook(**kwargs)
+        # raises a TypeError for an encoder-decoder or a model without an LM head
+        self.method: JacobianScope = self.scope_class(attribution_model.model, attribution_model.tokenizer)
+
+    @classmethod
+    def options(cls) -> tuple[str, ...]:
+        """Names of the options a call may pass: the scope's own (the keyword
+        parameters of its ``_scores``, where they are declared) and
+        ``exclude_special_tokens``."""
+        skip = {"self", "run", "targets"}
+        own = [
+            name
+            for name, p in inspect.signature(cls.scope_class._scores).parameters.items()
+            if name not in skip and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        ]
+        return (*own, *_COMMON_OPTIONS)
+
+    def get_attribution_args(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Split ``m.attribute``'s extra keyword arguments into this method's
+        options and the rest (Inseq routes the rest to the attributed function
+        and step scores). Inseq's default routes by the signature of
+        ``self.method.attribute``, which does not list the scope's options."""
+        names = set(self.options())
+        return (
+            {k: v for k, v in kwargs.items() if k in names},
+            {k: v for k, v in kwargs.items() if k not in names},
+        )
+
+    def attribute_step(
+        self, attribute_fn_main_args: dict[str, Any], attribution_args: Optional[dict[str, Any]] = None
+    ) -> CoarseFeatureAttributionStepOutput:
+        """Score every token of the step's prefix for the prediction of the
+        step's target token.
+
+        Args:
+            attribute_fn_main_args: what Inseq built for the step
+                (``DecoderOnlyInputFormatter.format_attribution_args``):
+                ``inputs = (ids,)``, ids (batch, prefix_len), left-padded, and
+                ``additional_forward_args = (ids, target_ids, attributed_fn,
+                attention_mask, ...)``, target_ids (batch, 1) or (1,) (Inseq
+                squeezes a batch of one).
+            attribution_args: the scope's options (see :meth:`options`).
+        Returns:
+            ``CoarseFeatureAttributionStepOutput`` with ``target_attributions``
+            (batch, prefix_len): the scope's raw scores for the last token's
+            next-token prediction (0 for padding and excluded special tokens).
+        """
+        attribution_args = attribution_args or {}
+        unknown = sorted(set(attribution_args) - set(self.options()))
+        if unknown:
+            raise TypeError(
+                f"{self.method_name}: unknown option(s) {', '.join(map(repr, unknown))}; "
+                f"its options are {', '.join(self.options())}"
+            )
+        (ids,) = attribute_fn_main_args["inputs"]
+        _, target_ids, attributed_fn, attention_mask = attribute_fn_main_args["additional_forward_args"][:4]
+        if attributed_fn is not self.attribution_model.get_attributed_fn(None):
+            name = getattr(attributed_fn, "__name__", attributed_fn)
+            raise ValueError(
+                f"{self.method_name} does not take attributed_fn (got {name!r}): it always explains {self.explains}"
+            )
+        target = target_ids.flatten().tolist() if isinstance(self.method, SemanticScope) else None
+        scores = self.method.attribute(ids, target=target, attention_mask=attention_mask, **attribution_args)
+        return CoarseFeatureAttributionStepOutput(target_attributions=scores.detach())
+
+
+class SemanticScopeAttribution(JacobianScopeRegistry):
+    """``semantic_scope``: ``||d z_target / d x_t||_2`` for the step's target token
+    (:class:`~captum_jscopes.SemanticScope`). Option: ``n_steps`` (path-integrated)."""
+
+    method_name = "semantic_scope"
+    scope_class = SemanticScope
+    explains = "the logit of the step's target token"
+
+
+class TemperatureScopeAttribution(JacobianScopeRegistry):
+    """``temperature_scope``: ``||d ||y|| / d x_t||_2``, the drive of the model's
+    confidence (:class:`~captum_jscopes.TemperatureScope`); no options."""
+
+    method_name = "temperature_scope"
+    scope_class = TemperatureScope
+    explains = "the norm of the final hidden state (the model's confidence)"
+
+
+class FisherScopeAttribution(JacobianScopeRegistry):
+    """``fisher_scope``: ``tr(J_t^T F J_t)``, the drive of the whole next-token
+    distribution (:class:`~captum_jscopes.FisherScope`). Options: ``method``
+    (only through ``attribution_args``), ``k``, ``n_probes``, ``seed``,
+    ``vocab_chunk``."""
+
+    method_name = "fisher_scope"
+    scope_class = FisherScope
+    explains = "the whole next-token distribution"
+
