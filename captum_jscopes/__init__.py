@@ -4,6 +4,7 @@
     >>> scores = SemanticScope(model, tokenizer).attribute(input_ids, target=" Paris")
 """
 
+from .dataset import DatasetSettings, attribute_dataset
 from .fisher_scope import FisherScope
 from .linearity import LinearityResult, linearity_check
 from .llm_attribution import ChatTokenInput, LLMScopeAttribution, chat_input, chat_prompt
@@ -25,6 +26,8 @@ __all__ = [
     "chat_prompt",
     "sink_share",
     "linearity_check",
+    "attribute_dataset",
+    "DatasetSettings",
     "LinearityResult",
     "load_model",
     "load_tokenizer",
