@@ -96,6 +96,19 @@ def test_benchmark_writes_records_and_a_report_with_every_part(tiny_model_dir, p
     assert (out / "trust.md").read_text() == report
 
 
+def test_radii_on_the_tokenised_variant_only_leave_the_flipped_one_without(tiny_model_dir, prompts_file, tmp_path):
+    out = tmp_path / "out"
+    argv = ["--model", str(tiny_model_dir), "--data", str(prompts_file), "--n", "1", "--radius-tokens", "2",
+            "--fisher-radius-n", "0", "--radii-variants", "as_tokenised", "--out", str(out)]
+    assert trust.main(argv) == 0
+    variants = json.loads((out / "records.jsonl").read_text().splitlines()[0])["variants"]
+    assert set(variants["as_tokenised"]["radii"]) == {"semantic", "temperature"}
+    assert variants["bos_flipped"]["radii"] == {}
+    assert json.loads((out / "run.json").read_text())["radii_variants"] == "as_tokenised"
+    summary = json.loads((out / "trust.json").read_text())["variants"]
+    assert summary["as_tokenised"]["radii"] and not summary["bos_flipped"]["radii"]
+
+
 def test_bad_arguments_are_one_line_errors(capsys):
     assert trust.main(["--n", "0"]) == 2
     assert "--n must be >= 1" in capsys.readouterr().err
