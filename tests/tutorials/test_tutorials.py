@@ -50,6 +50,7 @@ EXPECTED_FIGURES = {
         "speed/speed.png",  # written by the speed benchmark itself
         "faithfulness/deletion_curves.png",  # written by the faithfulness benchmark
     ],
+    "07_trust": ["linearity_semantic.png"],
 }
 
 
