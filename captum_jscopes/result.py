@@ -1,9 +1,10 @@
 """The result of an attribution: Captum's ``LLMAttributionResult`` plus free-form
-metadata, a lossless JSON form, inline display in Jupyter, and small helpers
-(top tokens, attention-sink share).
+metadata, readable text per token, word and span views, a lossless JSON form,
+inline display in Jupyter, and small helpers (top tokens, attention-sink share).
 
 A ``ScopeResult`` IS an ``LLMAttributionResult``, so Captum's own
-``plot_token_attr`` / ``plot_seq_attr`` keep working on it.
+``plot_token_attr`` / ``plot_seq_attr`` keep working on it (they show the
+readable text, see :mod:`captum_jscopes.spans`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from captum.attr import LLMAttributionResult
 from torch import Tensor
+
+from . import spans as _spans
 
 PathLike = Union[str, Path]
 
@@ -37,10 +40,19 @@ class ScopeResult(LLMAttributionResult):
         seq_attr: 1-D tensor (n,): score of each input token for the whole output.
         token_attr: optional 2-D tensor (m, n): one row per output token.
         output_probs: optional 1-D tensor (m,): model probability of each output token.
-        inp: optional Captum ``InterpretableInput`` (not saved to JSON).
+        inp: optional Captum ``InterpretableInput`` (not saved to JSON). Its
+            tokenizer, if any, decodes the input tokens for ``input_display``.
         metadata: optional JSON-serialisable dict, free-form. Usual keys:
             "scope", "model", "settings", "versions", "prediction" ({"token", "prob"}),
             "position", "target". Default: empty dict.
+        input_display: optional list[str] (n,): readable text per input token.
+            Default: computed on first use by :func:`captum_jscopes.spans.readable_groups`
+            (a group's text on its first token, "" on the others, so that
+            ``"".join(input_display)`` is the decoded prompt).
+        output_display: optional list[str] (m,): the same for the output tokens.
+            Default: ``metadata["target"]`` cut along the output tokens, which
+            restores the spaces Captum's stripped output tokens lack, else the
+            output tokens decoded as pieces.
 
     Raises:
         TypeError / ValueError when tokens are not lists of str or the tensors
@@ -61,6 +73,8 @@ class ScopeResult(LLMAttributionResult):
         output_probs: Any = None,
         inp: Any = None,
         metadata: Optional[dict] = None,
+        input_display: Optional[Sequence[str]] = None,
+        output_display: Optional[Sequence[str]] = None,
     ) -> None:
         input_tokens = _check_tokens(input_tokens, "input_tokens")
         output_tokens = _check_tokens(output_tokens, "output_tokens")
@@ -80,6 +94,138 @@ class ScopeResult(LLMAttributionResult):
         )
         # A copy, so later edits of the caller's dict do not change the result.
         self.metadata: dict = dict(metadata or {})
+        # Computed lazily: grouping a 3000-token prompt costs decode calls that
+        # a result nobody looks at should not pay.
+        self._input_display = _check_display(input_display, n, "input_display")
+        self._output_display = _check_display(output_display, m, "output_display")
+        #: for a word or span view, the token-level result it was made from (not saved)
+        self.source: Optional["ScopeResult"] = None
+
+    # ------------------------------------------------------------ readable text
+    @property
+    def input_display(self) -> list[str]:
+        """Readable text per input token (n,), e.g. ``["I", " love", " 🍣", "", ""]``
+        for ``I``, ``Ġlove``, ``ĠðŁ``, ``į``, ``£``: a group of tokens that only
+        together decode cleanly has its text on its first token and "" on the rest."""
+        if self._input_display is None:
+            tokenizer = getattr(self.inp, "tokenizer", None)
+            groups = _spans.readable_groups(self._input_ids(tokenizer) or self.input_tokens, tokenizer)
+            self._input_display = _spans.token_display(groups, len(self.input_tokens))
+        return self._input_display
+
+    @property
+    def output_display(self) -> list[str]:
+        """Readable text per output token (m,), leading spaces kept (``[" New", " York"]``)."""
+        if self._output_display is None:
+            self._output_display = _output_display(list(self.output_tokens), self.metadata.get("target"))
+        return self._output_display
+
+    def groups(self) -> list["_spans.Span"]:
+        """The readable groups of the input tokens: smallest runs that decode
+        cleanly, as :class:`~captum_jscopes.spans.Span` (text, positions)."""
+        return _spans.groups_from_display(self.input_display)
+
+    def _input_ids(self, tokenizer: Any) -> Optional[list[int]]:
+        """The input token ids from ``inp`` when they match the input tokens."""
+        itp = getattr(self.inp, "itp_tensor", None)
+        if tokenizer is None or not isinstance(itp, Tensor) or itp.numel() != len(self.input_tokens):
+            return None
+        ids = itp.flatten().tolist()
+        return ids if tokenizer.convert_ids_to_tokens(ids) == list(self.input_tokens) else None
+
+    # ------------------------------------------------------------ words and spans
+    def words(self, rule: Optional[str] = None) -> "ScopeResult":
+        """The same result over words instead of tokens (see
+        :func:`captum_jscopes.spans.word_spans` for what a word is).
+
+        Args:
+            rule: how token scores combine, ``"l2"`` (root of the sum of squares)
+                or ``"sum"``. Default: from ``metadata["scope"]``: "l2" for
+                semantic and temperature, "sum" for fisher; another scope raises.
+        Returns:
+            a ScopeResult with one input "token" per word: ``input_tokens`` are
+            the words' raw pieces joined, ``input_display`` their text,
+            ``token_attr`` (m, n_words) each row aggregated with ``rule``,
+            ``seq_attr`` (n_words,) the sum of those rows (as for tokens; without
+            ``token_attr``, ``seq_attr`` aggregated with ``rule``), output tokens
+            and probabilities unchanged, ``metadata["view"] = {"unit": "words",
+            "rule", "positions"}`` and ``.source`` the token-level result.
+        """
+        return self._view(_spans.word_spans(self.groups()), "words", rule)
+
+    def spans(
+        self,
+        positions: Optional[Sequence[Sequence[int]]] = None,
+        *,
+        chars: Optional[Sequence[tuple[int, int]]] = None,
+        rule: Optional[str] = None,
+    ) -> "ScopeResult":
+        """The result over spans you choose, like :meth:`words`.
+
+        Args:
+            positions: one sequence of token positions per span, e.g.
+                ``[[0, 1], [2, 3, 4]]``; each is widened to whole readable groups.
+            chars: instead, character ranges ``[start, end)`` of
+                ``"".join(result.input_display)`` (the decoded prompt); a span
+                holds every token that overlaps its range.
+            rule: as in :meth:`words`.
+        Tokens in no span are left out; spans may overlap.
+        """
+        if (positions is None) == (chars is None):
+            raise ValueError("give exactly one of positions= and chars=")
+        groups = self.groups()
+        chosen = _spans.position_spans(groups, positions) if chars is None else _spans.char_spans(groups, chars)
+        return self._view(chosen, "spans", rule)
+
+    def _view(self, chosen: list["_spans.Span"], unit: str, rule: Optional[str]) -> "ScopeResult":
+        rule = _spans.aggregation_rule(self.metadata.get("scope")) if rule is None else rule
+        token_attr = None if self.token_attr is None else _spans.aggregate(self.token_attr, chosen, rule)
+        if token_attr is not None:
+            seq_attr = token_attr.sum(0)
+        else:
+            seq_attr = _spans.aggregate(self.seq_attr, chosen, rule)
+        raw = list(self.input_tokens)
+        view = ScopeResult(
+            input_tokens=["".join(raw[p] for p in s.positions) for s in chosen],
+            output_tokens=list(self.output_tokens),
+            seq_attr=seq_attr,
+            token_attr=token_attr,
+            output_probs=self.output_probs,
+            metadata={
+                **self.metadata,
+                "view": {"unit": unit, "rule": rule, "positions": [list(s.positions) for s in chosen]},
+            },
+            input_display=[s.text for s in chosen],
+            output_display=self.output_display,
+        )
+        view.source = self
+        return view
+
+    # ------------------------------------------------------------ Captum's plots
+    def plot_token_attr(self, show: bool = False):  # type: ignore[override]
+        """Captum's ``plot_token_attr``, labelled with the readable text and
+        drawn with the CJK/emoji font fallback of :mod:`captum_jscopes.visualize`."""
+        return self._captum_plot("plot_token_attr", show)
+
+    def plot_seq_attr(self, show: bool = False):  # type: ignore[override]
+        """Captum's ``plot_seq_attr``, labelled with the readable text."""
+        return self._captum_plot("plot_seq_attr", show)
+
+    def _captum_plot(self, method: str, show: bool):
+        from .visualize import drawable_labels, use_fonts
+
+        inputs, outputs = drawable_labels(
+            [_spans.token_labels(self.input_display), self.output_display]
+        )
+        readable = LLMAttributionResult(
+            input_tokens=inputs,
+            output_tokens=outputs,
+            seq_attr=self.seq_attr,
+            token_attr=self.token_attr,
+            output_probs=self.output_probs,
+        )
+        with use_fonts():
+            return getattr(LLMAttributionResult, method)(readable, show)
 
     # ------------------------------------------------------------------ wrap
     @classmethod
@@ -89,7 +235,7 @@ class ScopeResult(LLMAttributionResult):
         """Wrap any Captum ``LLMAttributionResult`` (e.g. a baseline's).
 
         Tensors are shared, not copied. If ``result`` is already a ScopeResult,
-        its metadata is kept and updated with ``metadata``.
+        its metadata and display texts are kept and the metadata updated with ``metadata``.
         """
         if not isinstance(result, LLMAttributionResult):
             raise TypeError(
@@ -105,12 +251,16 @@ class ScopeResult(LLMAttributionResult):
             output_probs=result.output_probs,
             inp=result.inp,
             metadata=merged,
+            input_display=getattr(result, "_input_display", None),
+            output_display=getattr(result, "_output_display", None),
         )
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict:
         """Plain JSON-ready dict. Tensors become {"dtype", "shape", "data"} with
         the values as float64 (exact for float16/bfloat16/float32/float64).
+        ``input_tokens``/``output_tokens`` are the raw pieces (lossless);
+        ``input_display``/``output_display`` the readable text per token.
         ``inp`` is not stored.
 
         Raises ValueError if a tensor holds NaN/inf, TypeError if the metadata
@@ -122,6 +272,8 @@ class ScopeResult(LLMAttributionResult):
             "version": _FORMAT_VERSION,
             "input_tokens": list(self.input_tokens),
             "output_tokens": list(self.output_tokens),
+            "input_display": list(self.input_display),
+            "output_display": list(self.output_display),
             "seq_attr": _tensor_to_dict(self.seq_attr, "seq_attr"),
             "token_attr": _tensor_to_dict(self.token_attr, "token_attr"),
             "output_probs": _tensor_to_dict(self.output_probs, "output_probs"),
@@ -130,7 +282,9 @@ class ScopeResult(LLMAttributionResult):
 
     @classmethod
     def from_dict(cls, data: dict) -> "ScopeResult":
-        """Inverse of ``to_dict`` (tensors come back on CPU with their dtype)."""
+        """Inverse of ``to_dict`` (tensors come back on CPU with their dtype).
+        Files written before the display fields existed read as before; their
+        display text is computed from the raw pieces."""
         if not isinstance(data, dict):
             raise TypeError(f"from_dict expects a dict, not {type(data).__name__}")
         if data.get("format") != _FORMAT:
@@ -150,6 +304,8 @@ class ScopeResult(LLMAttributionResult):
             token_attr=_tensor_from_dict(data.get("token_attr"), "token_attr"),
             output_probs=_tensor_from_dict(data.get("output_probs"), "output_probs"),
             metadata=data.get("metadata") or {},
+            input_display=data.get("input_display"),
+            output_display=data.get("output_display"),
         )
 
     def save_json(self, path: PathLike, *, indent: Optional[int] = None) -> Path:
@@ -169,20 +325,27 @@ class ScopeResult(LLMAttributionResult):
             return cls.from_dict(json.load(f))
 
     # --------------------------------------------------------------- helpers
-    def top_tokens(self, k: int = 5, row: Optional[int] = None) -> list[tuple[int, str, float]]:
-        """The k highest-scoring input tokens, best first, as (index, token, score).
+    def top_tokens(
+        self, k: int = 5, row: Optional[int] = None, *, raw: bool = False
+    ) -> list[tuple[int, str, float]]:
+        """The k highest-scoring input tokens, best first, as (index, text, score).
 
         Args:
             k: how many (fewer if the prompt is shorter). Default 5.
             row: None ranks by ``seq_attr``; an int ranks by ``token_attr[row]``
                 (the scores for output token ``row``).
+            raw: give the raw tokenizer piece (``"ĠðŁ"``) instead of the readable
+                text. Default False: the readable text (``" love"``), and for a
+                token that is part of a character, the character and its place,
+                ``" 🍣 (2/3)"``.
         Ties keep the earlier token first.
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
         scores = self.scores(row).detach().to("cpu", torch.float64)
         order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
-        return [(i, self.input_tokens[i], float(scores[i])) for i in order[:k]]
+        names = list(self.input_tokens) if raw else _spans.token_labels(self.input_display, numbered=True)
+        return [(i, names[i], float(scores[i])) for i in order[:k]]
 
     def scores(self, row: Optional[int] = None) -> Tensor:
         """``seq_attr`` (row=None) or ``token_attr[row]``: 1-D tensor (n,)."""
@@ -209,12 +372,14 @@ class ScopeResult(LLMAttributionResult):
         )
 
     def __eq__(self, other: object) -> bool:
-        """Same tokens, metadata, and tensors equal bitwise with the same dtype."""
+        """Same tokens, display texts, metadata, and tensors equal bitwise with the same dtype."""
         if not isinstance(other, ScopeResult):
             return NotImplemented
         return (
             list(self.input_tokens) == list(other.input_tokens)
             and list(self.output_tokens) == list(other.output_tokens)
+            and self.input_display == other.input_display
+            and self.output_display == other.output_display
             and self.metadata == other.metadata
             and _same_tensor(self.seq_attr, other.seq_attr)
             and _same_tensor(self.token_attr, other.token_attr)
@@ -258,6 +423,50 @@ def _check_tokens(tokens: Any, name: str) -> list[str]:
     if bad:
         raise TypeError(f"{name} must hold only str, found {type(bad[0]).__name__} {bad[0]!r}")
     return list(tokens)
+
+
+def _check_display(display: Any, n: int, name: str) -> Optional[list[str]]:
+    if display is None:
+        return None
+    display = _check_tokens(display, name)
+    if len(display) != n:
+        raise ValueError(f"{name} has {len(display)} texts for {n} tokens")
+    return display
+
+
+def _output_display(tokens: list[str], target: Any) -> list[str]:
+    """Readable output tokens: the target text cut along them, else decoded pieces."""
+    if isinstance(target, str):
+        cut = _cut_along(target, tokens)
+        if cut is not None:
+            return cut
+    return _spans.token_display(_spans.readable_groups(tokens), len(tokens))
+
+
+def _cut_along(target: str, tokens: list[str]) -> Optional[list[str]]:
+    """Cut ``target`` into one piece per token, or None if the tokens do not spell it.
+
+    The tokens may be raw pieces or Captum's display tokens, which are stripped
+    ('New', 'York'), write a newline as '\\n' and mark the 2nd part of a split
+    character ' [OVERLAP]' (that token gets "", as in ``input_display``).
+    Whitespace between the tokens goes to the later one: [' New', ' York'].
+    """
+    out, cursor = [], 0
+    for token in tokens:
+        if token.endswith(" [OVERLAP]"):
+            out.append("")
+            continue
+        core = _spans.display_piece(token).replace("\\n", "\n").strip(" ")
+        found = target.find(core, cursor) if core else cursor
+        if found < 0 or target[cursor:found].strip():
+            return None
+        end = found + len(core) if core else min(cursor + 1, len(target))
+        out.append(target[cursor:end])
+        cursor = end
+    if target[cursor:].strip() or not out:
+        return None
+    out[-1] += target[cursor:]
+    return out
 
 
 def _check_shape(values: Any, name: str, shape: tuple[int, ...]) -> Optional[Tensor]:
