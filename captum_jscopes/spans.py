@@ -273,14 +273,16 @@ def _is_byte_level(pieces: Sequence[str]) -> bool:
 
 def _piece_bytes(piece: str, byte_level: bool) -> bytes:
     """The bytes a raw piece stands for (byte-level table, SentencePiece '▁' and
-    '<0xNN>'), else its UTF-8 text."""
+    '<0xNN>'), else its UTF-8 text with the markers replaced."""
     match = _SP_BYTE.match(piece)
     if match:
         return bytes([int(match.group(1), 16)])
     decoder = byte_decoder()
     if byte_level and all(ch in decoder for ch in piece):
         return bytes(decoder[ch] for ch in piece)
-    return piece.replace("▁", " ").encode("utf-8")
+    # Not a piece of either table (a hand-written or added token): its text,
+    # with the space/newline markers of both kinds replaced.
+    return piece_text(piece).encode("utf-8")
 
 
 def piece_text(piece: str) -> str:

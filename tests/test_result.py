@@ -221,3 +221,102 @@ def test_repr_html_is_render_html():
     assert r._repr_html_() == render_html(r)
     assert "&lt;script&gt;" in r._repr_html_()
     assert "semantic" in repr(r)
+
+
+# ------------------------------------------------------------------ readable text, words
+BYTE_TOKENS = ["I", "Ġlove", "ĠðŁ", "į", "£", "Ġand", "Ġæ", "Ŀ", "±", "äº", "¬", "."]
+
+
+def emoji_result(scope="semantic"):
+    g = torch.Generator().manual_seed(1)
+    token_attr = torch.rand(2, len(BYTE_TOKENS), generator=g)
+    return ScopeResult(
+        input_tokens=BYTE_TOKENS,
+        output_tokens=["New", "York"],  # Captum's stripped display tokens
+        seq_attr=token_attr.sum(0),
+        token_attr=token_attr,
+        output_probs=torch.tensor([0.5, 0.25]),
+        metadata={"scope": scope, "target": " New York"},
+    )
+
+
+def test_display_texts_are_readable_and_consistent():
+    r = emoji_result()
+    assert r.input_display == ["I", " love", " 🍣", "", "", " and", " 東", "", "", "京", "", "."]
+    assert "".join(r.input_display) == "I love 🍣 and 東京."
+    assert r.output_display == [" New", " York"]  # spaces back, like the inputs
+    assert r.input_tokens == BYTE_TOKENS and r.output_tokens == ["New", "York"]  # raw kept
+    overlap = ScopeResult(input_tokens=["a"], output_tokens=["🍣", "🍣 [OVERLAP]"], seq_attr=[1.0],
+                          metadata={"target": " 🍣"})  # fmt: skip
+    assert overlap.output_display == [" 🍣", ""]
+    raw_out = ScopeResult(input_tokens=["a"], output_tokens=["Ġcat", "s"], seq_attr=[1.0])
+    assert raw_out.output_display == [" cat", "s"]
+
+
+def test_top_tokens_are_readable():
+    r = emoji_result()
+    r.seq_attr = torch.arange(len(BYTE_TOKENS), dtype=torch.float32).flip(0)
+    r.seq_attr[3] = 100.0
+    assert r.top_tokens(2) == [(3, " 🍣 (2/3)", 100.0), (0, "I", 11.0)]
+    assert r.top_tokens(1, raw=True) == [(3, "į", 100.0)]
+
+
+def test_json_keeps_display_and_reads_old_files(tmp_path):
+    r = emoji_result()
+    data = json.loads(r.save_json(tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert data["input_tokens"] == BYTE_TOKENS and data["input_display"][2] == " 🍣"
+    assert data["output_display"] == [" New", " York"]
+    loaded = ScopeResult.load_json(tmp_path / "r.json")
+    assert loaded == r and loaded.input_display == r.input_display
+    # a file written before the display fields existed
+    del data["input_display"], data["output_display"]
+    (tmp_path / "old.json").write_text(json.dumps(data), encoding="utf-8")
+    old = ScopeResult.load_json(tmp_path / "old.json")
+    assert old == r and old.output_display == [" New", " York"]
+    # a display given by the file is used as saved
+    data["input_display"] = ["x"] * len(BYTE_TOKENS)
+    assert ScopeResult.from_dict(data).input_display == ["x"] * len(BYTE_TOKENS)
+
+
+def test_words_view_and_its_json(tmp_path):
+    r = emoji_result()
+    w = r.words()
+    assert w.input_display == ["I", " love", " 🍣", " and", " 東京", "."]
+    assert w.input_tokens[2] == "ĠðŁį£"  # the raw pieces, joined
+    assert w.metadata["view"] == {"unit": "words", "rule": "l2",
+                                  "positions": [[0], [1], [2, 3, 4], [5], [6, 7, 8, 9, 10], [11]]}  # fmt: skip
+    expected = r.token_attr[:, 2:5].pow(2).sum(-1).sqrt()
+    assert torch.allclose(w.token_attr[:, 2], expected) and torch.allclose(w.seq_attr, w.token_attr.sum(0))
+    assert w.source is r
+    fisher = emoji_result("fisher").words()
+    assert torch.allclose(fisher.seq_attr[4], r.seq_attr[6:11].sum())
+    loaded = ScopeResult.load_json(w.save_json(tmp_path / "w.json"))
+    assert loaded == w and loaded.input_display == w.input_display
+    with pytest.raises(ValueError, match="rule="):
+        ScopeResult.from_captum(r, {"scope": "integrated_gradients"}).words()
+    assert ScopeResult.from_captum(r, {"scope": "integrated_gradients"}).words(rule="sum").metadata["view"]["rule"] == "sum"
+
+
+def test_spans_by_positions_and_by_characters():
+    r = emoji_result()
+    by_pos = r.spans([[0, 1], [3]])  # position 3 is inside the emoji: the whole emoji
+    assert by_pos.input_display == ["I love", " 🍣"]
+    assert by_pos.metadata["view"]["positions"] == [[0, 1], [2, 3, 4]]
+    text = "".join(r.input_display)
+    by_chars = r.spans(chars=[(text.index("東"), len(text))])
+    assert by_chars.input_display == [" 東京."]
+    with pytest.raises(ValueError, match="exactly one"):
+        r.spans()
+
+
+def test_captum_plots_show_readable_text():
+    r = emoji_result()
+    fig, ax = r.plot_token_attr()
+    inputs = [t.get_text() for t in ax.get_xticklabels()]
+    outputs = [t.get_text() for t in ax.get_yticklabels()]
+    plt.close(fig)
+    assert not any(ch in "".join(inputs) for ch in "ĠðŁįæĿ")
+    assert inputs[3] == "·" and outputs == [" New", " York"]
+    fig, ax = r.plot_seq_attr()
+    assert not any(ch in "".join(t.get_text() for t in ax.get_xticklabels()) for ch in "ĠðŁ")
+    plt.close(fig)

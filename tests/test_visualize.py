@@ -1,6 +1,7 @@
 """Token heatmaps (PNG), HTML and the time-series figure."""
 
 import re
+import warnings
 
 import matplotlib
 import matplotlib.image
@@ -15,9 +16,14 @@ from matplotlib.patches import FancyBboxPatch
 from captum_jscopes.result import ScopeResult
 from captum_jscopes.visualize import (
     DIVERGING_CMAP,
+    FONT_FAMILIES,
+    MISSING_GLYPH,
     TARGET_COLOR,
+    MissingGlyphWarning,
     _colors,
+    _result_row,
     display_token,
+    font_families,
     plot_series_influence,
     plot_token_heatmap,
     render_html,
@@ -260,3 +266,113 @@ def test_series_influence_figure(tmp_path):
     assert_png(tmp_path / "series.png")
     with pytest.raises(ValueError, match="value_scores"):
         plot_series_influence([1.0, 2.0], [1.0])
+
+
+# ------------------------------------------------------------------ readable text, fonts
+EMOJI_PIECES = ["I", "Ġlove", "ĠðŁ", "į", "£", "Ġand", "Ġæ", "Ŀ", "±", "äº", "¬", "."]
+
+
+def test_byte_level_pieces_are_drawn_as_text():
+    fig = plot_token_heatmap(EMOJI_PIECES, torch.rand(len(EMOJI_PIECES)))
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts[:5] == ["I", "love", "🍣", "·", "·"] or texts[2] == MISSING_GLYPH
+    assert texts[6:11] == ["東", "·", "·", "京", "·"] or MISSING_GLYPH in texts[6:11]
+    assert not any(ch in "".join(texts) for ch in "ĠðŁįæĿäº")
+
+
+def test_missing_glyphs_give_at_most_one_warning(tmp_path):
+    # Private-use characters: no font has them, on any machine.
+    tokens = [f"Ġ{chr(0xF0000 + i)}{chr(0xF0100 + i)}" for i in range(40)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig = plot_token_heatmap(tokens, torch.rand(40), target=chr(0xF0200), title=f"title {chr(0xF0300)}")
+        fig.savefig(tmp_path / "pua.png")
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "Glyph" in m]  # matplotlib's own per-glyph warnings
+    ours = [w for w in caught if issubclass(w.category, MissingGlyphWarning)]
+    assert len(ours) == 1 and "fonts-noto-cjk" in str(ours[0].message)
+    assert all(t.get_text().strip(MISSING_GLYPH) == "" for t in fig.axes[0].texts)
+
+
+def test_fonts_cover_at_least_latin():
+    families = font_families()
+    assert families[0] == "DejaVu Sans"
+    assert set(families) <= set(FONT_FAMILIES)
+
+
+@pytest.mark.parametrize("target", [" Paris", " Paris, the city of light", " and a very long target" * 8])
+def test_target_box_contains_its_text(target):
+    fig = plot_token_heatmap(prompt(12), torch.rand(12), target=target, title="t")
+    renderer = fig.canvas.get_renderer()
+    box, text = boxes(fig)[-1], fig.axes[0].texts[-1]
+    outer, inner = box.get_window_extent(renderer), text.get_window_extent(renderer)
+    assert outer.x0 <= inner.x0 and inner.x1 <= outer.x1 and outer.y0 <= inner.y0 and inner.y1 <= outer.y1
+    assert text.get_text().startswith(target.strip()[:10])
+    assert outer.x1 <= fig.bbox.x1  # a target longer than a line is cut to it, with '…'
+
+
+def multi_token_result():
+    """What LLMScopeAttribution returns for ' Paris, the city of light': Captum's
+    output tokens are stripped, the target text keeps its spaces."""
+    g = torch.Generator().manual_seed(0)
+    out = ["Paris", ",", "the", "city", "of", "light"]
+    token_attr = torch.rand(len(out), 11, generator=g)
+    return ScopeResult(
+        input_tokens=prompt(11), output_tokens=out, seq_attr=token_attr.sum(0), token_attr=token_attr,
+        output_probs=torch.full((6,), 0.5), metadata={"scope": "semantic", "target": " Paris, the city of light"},
+    )  # fmt: skip
+
+
+def _fig_texts(fig):
+    return [t.get_text() for t in fig.texts]
+
+
+def test_multi_token_heatmap_says_what_it_shows(tmp_path):
+    r = multi_token_result()
+    assert r.output_display == [" Paris", ",", " the", " city", " of", " light"]
+    fig = plot_token_heatmap(
+        r.input_tokens, r.seq_attr, target=r.metadata["target"], title="My title", caption=_result_row(r, None).caption
+    )
+    texts = " ".join(_fig_texts(fig))
+    assert fig.texts[0].get_text() == "My title"  # kept as given
+    assert "' Paris, the city of light'" in texts and "p = 0.0156" in texts  # 0.5 ** 6
+    assert "sum of the 6 target tokens" in texts
+    assert fig.axes[0].texts[-1].get_text() == "Paris, the city of light"  # spaces kept
+    row = _result_row(r, 3)
+    assert row.target == " city" and torch.equal(row.scores, r.token_attr[3])
+    assert "target token 4 of 6: ' city' (p = 0.5), after ' Paris, the'" in row.caption
+    assert_png(save_heatmap(r, tmp_path / "sum.png", title="My title"))
+    assert_png(save_heatmap(r, tmp_path / "row.png", row=3))
+
+
+def test_colour_scale_clips_at_a_high_quantile_on_long_prompts():
+    n = 3000
+    scores = torch.rand(n, generator=torch.Generator().manual_seed(0))
+    scores[0] = 500.0  # an attention sink
+    rgba, mappable = _colors(scores)
+    assert mappable.norm.vmax == pytest.approx(float(torch.quantile(scores, 0.99)), rel=0.01)
+    assert np.allclose(rgba[0], rgba[int(scores[1:].argmax()) + 1])  # the sink clips to the darkest colour
+    # a typical token is clearly coloured, not washed out to white
+    median = float(scores.median())
+    assert mappable.norm(median) > 0.4
+    fig = plot_token_heatmap(prompt(n), scores)
+    label = fig.axes[1].get_xlabel()
+    assert "99th percentile" in label and "max 500" in label
+    # short prompts end at their largest score: nothing clips, nothing said
+    _, short = _colors(scores[:100])
+    assert short.norm.vmax == 500.0
+    assert "percentile" not in plot_token_heatmap(prompt(20), scores[:20]).axes[1].get_xlabel()
+    _, plain = _colors(scores, clip_quantile=None)
+    assert plain.norm.vmax == 500.0
+
+
+def test_html_shows_readable_text_and_the_probability():
+    r = ScopeResult(
+        input_tokens=EMOJI_PIECES, output_tokens=["Ġcity"], seq_attr=torch.rand(len(EMOJI_PIECES)),
+        output_probs=torch.tensor([0.25]),
+    )  # fmt: skip
+    out = render_html(r)
+    assert ">🍣</span>" in out and ">東</span>" in out and ">京</span>" in out
+    shown = re.sub(r'title="[^"]*"', "", out)  # the tooltips name the raw pieces, on purpose
+    assert not any(ch in shown for ch in "ĠðŁįæĿ")
+    assert "p = 0.25" in out and ">city</span>" in out
