@@ -15,8 +15,9 @@ Shapes used throughout: ``B`` prompts, ``n`` tokens, ``e`` embedding width,
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
-from typing import Optional
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -151,6 +152,8 @@ class ScopeForward:
     weight: Tensor
     positions: Tensor
     attention_mask: Tensor
+    #: largest batch of backward passes that fit in memory (None: not limited yet)
+    _batch_limit: Optional[int] = field(default=None, repr=False)
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -207,26 +210,86 @@ class ScopeForward:
 
     def _batched_grad(self, grad_outputs: Tensor) -> Tensor:
         """Backward of several output gradients at once (vmap over autograd), with a
-        plain loop for models whose ops vmap cannot batch."""
+        plain loop for models whose ops vmap cannot batch.
+
+        Out of memory (long prompts x many directions: the batched backward holds
+        one copy of every activation gradient per direction) halves the batch and
+        retries; the size that worked is kept for the rest of this forward, so a
+        long prompt pays for one failed attempt per halving, not one per chunk."""
         key = type(self.hidden.grad_fn)
-        if grad_outputs.shape[0] > 1 and _BATCHED_VJP_WORKS.get(key, True):
+        size = grad_outputs.shape[0]
+        if size > 1 and _BATCHED_VJP_WORKS.get(key, True):
+            limit = self._batch_limit or size
+            if limit < size:
+                return torch.cat([self._batched_grad(part) for part in grad_outputs.split(limit)])
             try:
                 (grads,) = torch.autograd.grad(
                     self.hidden, self.embeddings, grad_outputs, retain_graph=True, is_grads_batched=True
                 )
                 return grads
             except RuntimeError as err:
-                # an op vmap cannot batch: remember it for this graph type. Out of memory
-                # (long prompts x many directions) is not remembered: shorter calls may batch.
                 if not _is_out_of_memory(err):
+                    # an op vmap cannot batch: remember it for this graph type
                     _BATCHED_VJP_WORKS[key] = False
+                else:
+                    self._batch_limit = max(1, size // 2)
+                    _free_cached_memory(self.hidden.device)
+                    return self._batched_grad(grad_outputs)
         return torch.stack(
             [torch.autograd.grad(self.hidden, self.embeddings, g, retain_graph=True)[0] for g in grad_outputs]
         )
 
 
 def _is_out_of_memory(err: RuntimeError) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or "allocate" in str(err).lower()
+    text = str(err).lower()
+    return isinstance(err, torch.OutOfMemoryError) or "allocate" in text or "out of memory" in text
+
+
+def _free_cached_memory(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+@contextmanager
+def gradient_checkpointing(model: nn.Module) -> Iterator[None]:
+    """Run the body with the model's own activation checkpointing on: every
+    layer of transformers' ``GradientCheckpointingLayer`` kind recomputes its
+    forward in the backward pass (``torch.utils.checkpoint``, non-reentrant)
+    instead of keeping its activations. transformers checkpoints a layer only
+    in training mode, so the checkpointed layers (and only they, not their
+    sub-modules: dropout stays off) are flagged as training. Every attribute
+    touched is restored on exit, also after an error.
+
+    Raises:
+        ValueError: the model has no checkpointable layer.
+    """
+    from functools import partial
+
+    from torch.utils.checkpoint import checkpoint
+
+    layers = [m for m in model.modules() if hasattr(type(m), "gradient_checkpointing") and m is not model]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no layers that support activation checkpointing")
+    missing = object()
+    saved = [(m, m.__dict__.get("gradient_checkpointing", missing), m.__dict__.get("_gradient_checkpointing_func",
+              missing), m.training) for m in layers]
+    try:
+        for m in layers:
+            m.gradient_checkpointing = True
+            m._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
+            m.training = True
+        yield
+    finally:
+        for m, flag, func, training in saved:
+            for name, value in (("gradient_checkpointing", flag), ("_gradient_checkpointing_func", func)):
+                if value is missing:
+                    m.__dict__.pop(name, None)
+                else:
+                    setattr(m, name, value)
+            m.training = training
 
 
 def run_forward(
