@@ -51,6 +51,7 @@ into one report with the paired tests across them.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -82,16 +83,17 @@ from .common import (
     model_short_name,
     results_dir,
 )
-from .methods import DEFAULT_METHODS, METHODS, parse_methods
+from .methods import DEFAULT_METHODS, METHODS, describe_ig_baselines, parse_methods
 from .prompts import Prompt, load_prompts, prepare_prompt
 from .report import (
     BENCH_CURVE_FRACTIONS,
+    IG_BASELINES_FILE,
     combine_runs,
     finite_or_none,
     format_number,
     write_report,
 )
-from .runner import read_records, run_sharded
+from .runner import read_records, run_sharded, write_json_atomic
 
 __all__ = ["Settings", "build_parser", "main", "evaluate_prompt", "parse_fractions", "default_out_dir", "model_short_name"]
 
@@ -146,8 +148,10 @@ def evaluate_prompt(model: nn.Module, tokenizer: Any, prompt: Prompt, settings: 
         ``{"skipped": reason}`` for a passage too short to explain, else a dict with
         ``n_tokens``, ``n_rankable`` (non-special tokens), ``has_bos``, ``target``
         (y*), ``true_token``, ``correct``, ``log_prob`` (log p(y*)), ``time_s`` and
-        ``cpu_s`` (whole prompt, wall and CPU seconds), optional ``loo_time_s``, and
-        ``methods``: name -> ``{"time_s", "cpu_s" (attribution only), "aopc",
+        ``cpu_s`` (whole prompt, wall and CPU seconds), optional ``loo_time_s`` and
+        ``loo_top_position`` (the token whose removal moves the distribution most), and
+        ``methods``: name -> ``{"time_s", "cpu_s" (attribution only), "top_position"
+        (index of the method's top-ranked token), "aopc",
         "deltas" (at the AOPC fractions), "curve" (deltas at the curve fractions),
         optional "loo" (LooAgreement fields)}``.
     """
@@ -177,13 +181,20 @@ def evaluate_prompt(model: nn.Module, tokenizer: Any, prompt: Prompt, settings: 
         loo_start = time.perf_counter()
         loo = leave_one_out(model, ids, settings=ablation)
         record["loo_time_s"] = time.perf_counter() - loo_start
-    record["methods"] = _evaluate_methods(model, tokenizer, ids, target, prompt.id, settings, ablation, loo)
+        record["loo_top_position"] = top_position(loo.kl, loo.rankable)
+    record["methods"] = _evaluate_methods(model, tokenizer, ids, target, prompt.id, settings, ablation, loo,
+                                          rankable)
     record["time_s"] = time.perf_counter() - start
     record["cpu_s"] = time.process_time() - cpu_start
     return record
 
 
-def _evaluate_methods(model, tokenizer, ids, target, prompt_id, settings, ablation, loo) -> dict:
+def top_position(scores: torch.Tensor, rankable: torch.Tensor) -> int:
+    """Index of the highest-scoring rankable token (special tokens never count)."""
+    return int(scores.double().masked_fill(~rankable.to(scores.device), -math.inf).argmax())
+
+
+def _evaluate_methods(model, tokenizer, ids, target, prompt_id, settings, ablation, loo, rankable) -> dict:
     """Every method's scores, timed, then their metrics."""
     entries, scores = {}, {}
     for method in settings.methods:
@@ -194,6 +205,8 @@ def _evaluate_methods(model, tokenizer, ids, target, prompt_id, settings, ablati
             "time_s": time.perf_counter() - start,
             # CPU seconds of all threads: unlike wall time, not inflated by other jobs on a shared CPU
             "cpu_s": time.process_time() - cpu_start,
+            # where the method's top token is (0-based; n_tokens - 1 is the explained position)
+            "top_position": top_position(scores[method], rankable),
         }
     # ONE deletion curve per method through the union of the AOPC and plot fractions,
     # all methods in shared batches: the AOPC is the trapezoid area of its points at
@@ -296,6 +309,10 @@ def _run(args: argparse.Namespace, methods: tuple[str, ...], out_dir: Path) -> d
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=_device(args.device), progress=False)
+    if any(METHODS[m].options.get("baseline") in ("token", "mean") for m in methods):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # beside run.json, not in it: a resumed run's settings stay what they were
+        write_json_atomic(out_dir / IG_BASELINES_FILE, describe_ig_baselines(model, tokenizer))
     path = run_sharded(
         prompts,
         lambda prompt: evaluate_prompt(model, tokenizer, prompt, settings),

@@ -44,8 +44,9 @@ class BenchMethod:
         scope: the scope's registry name (kind "scope").
         options: keyword arguments of the scope's ``attribute`` (kind "scope") or of
             the baseline (kind "captum": ``algorithm``, and for Integrated Gradients
-            ``n_steps`` and ``baseline``: ``"zero"`` embeddings or ``"token"``, every
-            position replaced by the tokenizer's pad token, else unk, else eos).
+            ``n_steps`` and ``baseline``: ``"zero"`` embeddings, ``"token"``, every
+            position replaced by the tokenizer's pad token, else unk, else eos, or
+            ``"mean"``, every position the mean of the embedding matrix).
         in_default: part of ``--methods all`` of the faithfulness benchmark (the
             paper's six methods and three more); the others are asked for by name.
         slow: the speed benchmark times it once, on its ``--n-slow`` prompts.
@@ -142,6 +143,8 @@ _TABLE = (
             algorithm="integrated_gradients", n_steps=5, baseline="zero"),
     _captum("ig50_token", "Integrated Gradients, 50 steps, pad-token baseline (Captum)", slow=True,
             algorithm="integrated_gradients", n_steps=50, baseline="token"),
+    _captum("ig50_mean", "Integrated Gradients, 50 steps, mean-embedding baseline (Captum)", slow=True,
+            algorithm="integrated_gradients", n_steps=50, baseline="mean"),
     _captum("feature_ablation", "leave-one-out on log p(y*) (Captum FeatureAblation, zero embedding)",
             slow=True, algorithm="feature_ablation"),
     BenchMethod("random", "random", "random", in_default=True),
@@ -237,14 +240,42 @@ def _captum_scores(model: nn.Module, tokenizer: Any, input_ids: Tensor, target: 
 
 
 def ig_baseline(model: nn.Module, tokenizer: Any, embeds: Tensor, ids: Tensor, baseline: str) -> Tensor:
-    """Integrated Gradients' starting point: zero embeddings, or every position
-    the embedding of the replacement token (pad, else unk, else eos)."""
+    """Integrated Gradients' starting point: zero embeddings, every position the
+    embedding of the replacement token (pad, else unk, else eos), or every position
+    the mean embedding over the whole vocabulary (``"mean"``)."""
     if baseline == "zero":
         return torch.zeros_like(embeds)
+    if baseline == "mean":
+        return mean_embedding(model.get_input_embeddings()).to(embeds.dtype).expand_as(embeds).clone()
     if baseline == "token":
         token = replacement_token_id(tokenizer, getattr(model, "config", None))
         if token is None:
             raise ValueError("the token baseline needs a pad, unk or eos token; the tokenizer has none")
         with torch.no_grad():
             return model.get_input_embeddings()(torch.full_like(ids, token))
-    raise ValueError(f"unknown Integrated Gradients baseline {baseline!r}; use 'zero' or 'token'")
+    raise ValueError(f"unknown Integrated Gradients baseline {baseline!r}; use 'zero', 'token' or 'mean'")
+
+
+def describe_ig_baselines(model: nn.Module, tokenizer: Any) -> dict:
+    """What the ``"token"`` and ``"mean"`` baselines are for this model and tokenizer
+    (for the reports): the token's id, piece and which rule chose it, and the size of
+    the embedding matrix averaged."""
+    token = replacement_token_id(tokenizer, getattr(model, "config", None))
+    rule = next((kind for kind in ("pad", "unk", "eos") if getattr(tokenizer, f"{kind}_token_id", None) == token),
+                "config")
+    piece = tokenizer.convert_ids_to_tokens(token) if token is not None else None
+    vocab, dim = model.get_input_embeddings().weight.shape
+    return {"token": {"id": token, "piece": piece, "rule": rule}, "mean": {"vocab": int(vocab), "dim": int(dim)}}
+
+
+def mean_embedding(embedding: nn.Module, chunk: int = 8192) -> Tensor:
+    """(e,) the mean of the embedding module's OUTPUT over every id of its table (a
+    scaled embedding such as Gemma's is averaged scaled), in float64 chunks."""
+    vocab = embedding.weight.shape[0]
+    device = embedding.weight.device
+    total = torch.zeros(embedding.weight.shape[-1], dtype=torch.float64, device=device)
+    with torch.no_grad():
+        for start in range(0, vocab, chunk):
+            ids = torch.arange(start, min(start + chunk, vocab), device=device)
+            total += embedding(ids).double().sum(0)
+    return (total / vocab).to(embedding.weight.dtype)

@@ -30,6 +30,9 @@ __all__ = [
 ]
 
 # ====================================================================== constants
+#: The side file of a run saying what the token and mean IG baselines were (written at its start).
+IG_BASELINES_FILE = "ig_baselines.json"
+
 #: Baselines every scope of a run is compared with, prompt by prompt.
 PAIRED_BASELINES = ("ig50", "grad_x_input")
 
@@ -339,9 +342,10 @@ def render_report(summary: dict) -> str:
     lines += [f"- `{m}`: {METHODS[m].label}" for m in methods]
     lines += [
         "- Captum baselines attribute the LOGIT of y* at the explained position w.r.t. the input embeddings "
-        "(`model(inputs_embeds=e).logits[:, position, y*]`, parameters frozen); Integrated Gradients uses a zero "
-        "baseline and Captum's default Gauss-Legendre rule. Every attribution (scopes and baselines) is reduced to "
-        "one score per token with the L2 norm over the embedding dimension.",
+        "(`model(inputs_embeds=e).logits[:, position, y*]`, parameters frozen); Integrated Gradients uses Captum's "
+        "default Gauss-Legendre rule from the baseline its label names. Every attribution (scopes and baselines) is "
+        "reduced to one score per token with the L2 norm over the embedding dimension.",
+        *_ig_baseline_lines(summary),
         "- Special tokens (BOS, ...) are never ranked or ablated. Ablation = input embedding set to zero, tokens, "
         "positions and attention mask unchanged (the paper's protocol).",
         "- Attribution time is the wall time of the attribution alone (not of the metrics), on this machine; "
@@ -351,6 +355,18 @@ def render_report(summary: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _ig_baseline_lines(summary: dict) -> list[str]:
+    """What the token and mean baselines were for this run's tokenizer and model."""
+    info = summary.get("ig_baselines")
+    if not info:
+        return []
+    token, mean = info["token"], info["mean"]
+    return [f"- IG baselines of this run's tokenizer and model: the token baseline is `{token['piece']}` (id "
+            f"{token['id']}, the tokenizer's {token['rule']} token; rule: pad, else unk, else eos) at every position; "
+            f"the mean baseline is the mean of the {mean['vocab']} x {mean['dim']} input embedding matrix "
+            "(of the embedding module's output, scaling included) at every position."]
 
 
 def _partial_line(meta: dict) -> str:
@@ -494,6 +510,8 @@ def write_report(out_dir: Path, records: Optional[list[dict]] = None) -> dict:
         records, partial = read_run_records(out_dir)
     summary = summarize(records, meta)
     summary["partial"] = partial or bool(meta.get("partial_sources"))
+    if (out_dir / IG_BASELINES_FILE).is_file():
+        summary["ig_baselines"] = json.loads((out_dir / IG_BASELINES_FILE).read_text(encoding="utf-8"))
     (out_dir / "summary.json").write_text(
         json.dumps(finite_or_none(summary), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
@@ -579,6 +597,10 @@ def combine_runs(run_dirs: Sequence[Path], out_dir: Path) -> dict:
     # the runner's own writers: the combined folder has a run's layout, written atomically
     write_json_atomic(out_dir / RUN_FILE, meta)
     write_text_atomic(out_dir / RECORDS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    # the same model in every run (checked): the first run's note on its IG baselines holds for all
+    notes = [d / IG_BASELINES_FILE for d in run_dirs if (d / IG_BASELINES_FILE).is_file()]
+    if notes:
+        write_text_atomic(out_dir / IG_BASELINES_FILE, notes[0].read_text(encoding="utf-8"))
     return write_report(out_dir, records)
 
 

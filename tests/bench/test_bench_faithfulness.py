@@ -73,6 +73,8 @@ def test_full_run_writes_every_record_and_the_report(tiny_model_dir, tmp_path):
             assert entry["curve"][0] == 0.0  # nothing deleted
             assert entry["time_s"] > 0
             assert ("loo" in entry) == (r["id"] in ("0", "1"))
+            assert 1 <= entry["top_position"] < r["n_tokens"]  # BOS (position 0) is never ranked
+        assert ("loo_top_position" in r) == (r["id"] in ("0", "1"))
 
     summary = json.loads((out / "summary.json").read_text())
     report = (out / "report.md").read_text()
@@ -190,6 +192,25 @@ def test_combined_runs_equal_one_run_of_all_their_methods(tiny_model_dir, tmp_pa
     report = (combined / "report.md").read_text()
     assert "Combined run" in report and "Partial report" not in report
     assert set(aopc_table(report)) == {"semantic", "grad_x_input", "random"}
+
+
+def test_the_report_names_the_token_and_mean_baselines_of_the_tokenizer(tiny_model_dir, tmp_path):
+    data = write_prompts(tmp_path / "prompts.json")
+    assert run(tiny_model_dir, data, tmp_path / "ig", "--n", "2", "--methods", "ig50_token,ig50_mean") == 0
+    assert run(tiny_model_dir, data, tmp_path / "sem", "--n", "2", "--methods", "semantic") == 0
+    note = json.loads((tmp_path / "ig" / "ig_baselines.json").read_text())
+    assert note["token"] == {"id": 0, "piece": "<pad>", "rule": "pad"}
+    assert not (tmp_path / "sem" / "ig_baselines.json").exists()  # no such baseline in that run
+    combined = tmp_path / "both"
+    assert bench.main(["--combine", f"{tmp_path / 'sem'},{tmp_path / 'ig'}", "--out", str(combined)]) == 0
+    for folder in (tmp_path / "ig", combined):
+        report = (folder / "report.md").read_text()
+        assert "the token baseline is `<pad>` (id 0, the tokenizer's pad token" in report
+        assert "mean of the 64 x 16 input embedding matrix" in report
+        assert "| mean attribution time (s) |" in report  # each method's cost per prompt
+    summary = json.loads((combined / "summary.json").read_text())
+    assert {p["baseline"] for p in summary["paired"]} == set()  # ig50/grad_x_input not in these runs
+    assert summary["methods"]["ig50_mean"]["time_mean_s"] > 0
 
 
 def test_combining_an_unfinished_run_covers_the_prompts_done_in_both(tiny_model_dir, tmp_path):

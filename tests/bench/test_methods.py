@@ -130,3 +130,41 @@ def test_random_scores_are_seeded_per_prompt():
     assert torch.equal(a, random_scores(10, 0, "3"))
     assert not torch.equal(a, random_scores(10, 0, "4"))
     assert not torch.equal(a, random_scores(10, 1, "3"))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_mean_baseline_is_the_mean_embedding_at_every_position(arch):
+    """The mean baseline averages the embedding module's OUTPUT over the whole table
+    (Gemma's sqrt(d) scaling included), in chunks that do not change the result."""
+    model, tokenizer = make_model(arch), make_tokenizer()
+    ids = prepare_prompt(tokenizer, PROMPT).input_ids
+    embedding = model.get_input_embeddings()
+    embeds = embedding(ids).detach()
+    expected = embedding(torch.arange(embedding.weight.shape[0])).detach().double().mean(0).float()
+    baseline = M.ig_baseline(model, tokenizer, embeds, ids, "mean")
+    assert baseline.shape == embeds.shape
+    torch.testing.assert_close(baseline[0], expected.expand(ids.shape[1], -1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(M.mean_embedding(embedding, chunk=7), expected, rtol=1e-5, atol=1e-6)
+    if arch == "gemma3":  # the scaled lookup, not the raw weight
+        assert not torch.allclose(expected, embedding.weight.double().mean(0).float())
+
+
+def test_mean_baseline_ig_is_complete_and_differs_from_the_others(tiny):
+    from captum.attr import IntegratedGradients
+
+    model = make_model("llama", torch.float64)
+    tokenizer, ids = tiny[1], tiny[2]
+    embeds = model.get_input_embeddings()(ids).detach()
+    forward = M.target_forward(model, ids.shape[1], 5, log_prob=False)
+    baseline = M.ig_baseline(model, tokenizer, embeds, ids, "mean")
+    attr = IntegratedGradients(forward).attribute(embeds, baselines=baseline, n_steps=50, internal_batch_size=10)
+    assert attr.sum().item() == pytest.approx((forward(embeds) - forward(baseline)).item(), rel=1e-3, abs=1e-6)
+    model32 = make_model("llama")
+    mean = METHODS["ig50_mean"].scores(model32, tokenizer, ids, 7)
+    assert not torch.allclose(mean, METHODS["ig50"].scores(model32, tokenizer, ids, 7))
+    assert METHODS["ig50_mean"].backward_passes(16) == 50 and "ig50_mean" not in DEFAULT_METHODS
+
+
+def test_describe_ig_baselines_names_the_token_and_the_matrix():
+    info = M.describe_ig_baselines(make_model("llama"), make_tokenizer())
+    assert info == {"token": {"id": 0, "piece": "<pad>", "rule": "pad"}, "mean": {"vocab": 64, "dim": 16}}

@@ -1,0 +1,383 @@
+"""The verdict of the faithfulness benchmark: every scope against the strongest baseline.
+
+For each run (a model on a prompt distribution; combined runs included, partial runs
+read from their shards) :func:`verdict` pairs each Jacobian Scope, prompt by prompt,
+with
+
+- the strongest baseline of the run (the non-scope, non-random method with the most
+  negative mean AOPC), and
+- the strongest baseline that is no slower than the scope (mean attribution time at
+  most :data:`SAME_BUDGET` times the scope's), the fair fight at equal cost,
+
+and reports the paired AOPC difference (scope - baseline; negative = the scope is more
+faithful) with its t confidence interval, the Wilcoxon signed-rank p and the share of
+prompts on which the scope is better. :func:`budget_picks` lists what to use for which
+budget (the methods no cheaper method beats), :func:`win_analysis` and
+:func:`plot_wins` explain, prompt by prompt, where one method beats another (prompt
+length, position of the decisive token, model confidence).
+
+Command line::
+
+    python -m captum_jscopes.bench.verdict --run "SmolLM2 / LAMBADA=benchmarks/results/DIR" ... \\
+        --out benchmarks/results/verdict.md
+    python -m captum_jscopes.bench.verdict --analysis DIR --method ig50_token --rival fisher_eig1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from scipy import stats
+
+from .methods import METHODS
+from .report import finite_or_none, format_number, mean_sem, read_meta, read_run_records, wilcoxon_p
+
+__all__ = ["paired_stats", "method_costs", "strongest_baseline", "verdict", "budget_picks", "render_verdict",
+           "win_analysis", "plot_wins", "main"]
+
+#: "no slower than the scope": a baseline's mean time at most this many times the scope's.
+SAME_BUDGET = 1.5
+#: Significance level of the warnings.
+ALPHA = 0.05
+#: Baselines that ARE a scope (not rivals): saliency, the gradient norm of the y* logit,
+#: is the Semantic Scope with target y* (equal deletion curves in every run).
+SAME_AS_SCOPE = {"saliency": "semantic"}
+
+
+# ====================================================================== statistics
+def paired_stats(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict:
+    """Paired comparison of per-prompt AOPCs ``a`` (a method) and ``b`` (a baseline).
+
+    Returns:
+        ``n``, ``mean_difference`` (mean of a - b; negative = a more faithful), ``sem``,
+        ``ci_low``/``ci_high`` (Student t interval at ``confidence``), ``wilcoxon_p``
+        (two-sided signed-rank) and ``share_better`` (share of prompts with a < b).
+    """
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    mean, sem = mean_sem(diff.tolist())
+    half = float(stats.t.ppf(0.5 + confidence / 2, diff.size - 1) * sem) if diff.size > 1 else float("nan")
+    return {
+        "n": int(diff.size),
+        "mean_difference": mean,
+        "sem": sem,
+        "ci_low": mean - half,
+        "ci_high": mean + half,
+        "confidence": confidence,
+        "wilcoxon_p": wilcoxon_p(diff),
+        "share_better": float(np.mean(diff < 0)) if diff.size else float("nan"),
+    }
+
+
+def _done(records: list[dict]) -> list[dict]:
+    return [r for r in records if "methods" in r]
+
+
+def _common_methods(records: list[dict]) -> list[str]:
+    """Methods of the table present in every evaluated record, in table order."""
+    done = _done(records)
+    return [m for m in METHODS if done and all(m in r["methods"] for r in done)]
+
+
+def _aopcs(records: list[dict], method: str) -> np.ndarray:
+    return np.array([r["methods"][method]["aopc"] for r in _done(records)], dtype=float)
+
+
+def method_costs(records: list[dict]) -> dict[str, float]:
+    """Mean attribution wall time per prompt (seconds) of every common method."""
+    return {m: float(np.mean([r["methods"][m]["time_s"] for r in _done(records)])) for m in _common_methods(records)}
+
+
+def _baselines(methods: Sequence[str]) -> list[str]:
+    return [m for m in methods if not METHODS[m].is_scope and METHODS[m].kind != "random"
+            and m not in SAME_AS_SCOPE]
+
+
+def strongest_baseline(records: list[dict], max_time: Optional[float] = None) -> Optional[str]:
+    """The baseline with the most negative mean AOPC (optionally among those whose mean
+    time is at most ``max_time``); None when there is none."""
+    costs = method_costs(records)
+    pool = [m for m in _baselines(list(costs)) if max_time is None or costs[m] <= max_time]
+    if not pool:
+        return None
+    return min(pool, key=lambda m: float(np.mean(_aopcs(records, m))))
+
+
+# ====================================================================== the verdict of a run
+def verdict(records: list[dict], name: str = "run") -> dict:
+    """Every scope of ``records`` against the strongest baseline, overall and at the scope's budget.
+
+    Returns:
+        ``name``, ``n`` (prompts), ``methods`` (name -> AOPC mean, SEM, mean time),
+        ``rows`` (one per scope and comparison: ``scope``, ``comparison`` ("strongest" or
+        "same budget"), ``baseline`` and :func:`paired_stats`), ``baseline_wins``
+        (the rows where the baseline is significantly more faithful), ``picks``
+        (:func:`budget_picks`) and ``loo_best`` (the method agreeing best with
+        leave-one-out, when the records have it).
+    """
+    done = _done(records)
+    if not done:
+        raise ValueError(f"{name}: no evaluated prompt")
+    costs = method_costs(done)
+    summary = {}
+    for m in costs:
+        mean, sem = mean_sem(_aopcs(done, m).tolist())
+        summary[m] = {"aopc_mean": mean, "aopc_sem": sem, "time_mean_s": costs[m]}
+    rows = []
+    for scope in (m for m in costs if METHODS[m].is_scope):
+        seen = set()
+        for comparison, limit in (("strongest", None), ("same budget", SAME_BUDGET * costs[scope])):
+            base = strongest_baseline(done, limit)
+            if base is None or base in seen:
+                continue  # the strongest baseline is also within budget: one row says both
+            seen.add(base)
+            rows.append({"scope": scope, "comparison": comparison, "baseline": base,
+                         **paired_stats(_aopcs(done, scope), _aopcs(done, base))})
+    wins = [r for r in rows if r["mean_difference"] > 0 and r["wilcoxon_p"] < ALPHA]
+    return {
+        "name": name,
+        "n": len(done),
+        "methods": summary,
+        "rows": rows,
+        "baseline_wins": wins,
+        "picks": budget_picks(summary),
+        "loo_best": _loo_best(done),
+    }
+
+
+def budget_picks(summary: dict[str, dict]) -> list[dict]:
+    """What to use for which budget: the methods (random excluded) that are more faithful
+    than every cheaper method, cheapest first (the cost / AOPC Pareto front)."""
+    ranked = sorted((m for m in summary if METHODS[m].kind != "random"), key=lambda m: summary[m]["time_mean_s"])
+    picks, best = [], math.inf
+    for m in ranked:
+        if summary[m]["aopc_mean"] < best:
+            best = summary[m]["aopc_mean"]
+            picks.append({"method": m, **summary[m]})
+    return picks
+
+
+def _loo_best(records: list[dict]) -> Optional[dict]:
+    methods = [m for m in _common_methods(records) if METHODS[m].kind != "random"]
+    rho = {}
+    for m in methods:
+        values = [r["methods"][m]["loo"]["spearman"] for r in records if "loo" in r["methods"][m]]
+        values = [v for v in values if v is not None]
+        if values:
+            rho[m] = (float(np.mean(values)), len(values))
+    if not rho:
+        return None
+    best = max(rho, key=lambda m: rho[m][0])
+    return {"method": best, "spearman_mean": rho[best][0], "n": rho[best][1]}
+
+
+# ====================================================================== rendering
+def _p(p: float) -> str:
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    return "< 1e-4" if p < 1e-4 else f"{p:.2g}"
+
+
+def render_verdict(verdicts: Sequence[dict]) -> str:
+    """Markdown: the warnings first (a baseline beating a scope), then one table per run
+    and what to pick for which budget."""
+    lines = ["# Verdict: each scope against the strongest baseline", ""]
+    wins = [(v, r) for v in verdicts for r in v["baseline_wins"]]
+    if wins:
+        lines.append("**A baseline beats a scope (paired AOPC, Wilcoxon p < 0.05):**")
+        lines.append("")
+        lines += [f"- {v['name']} (n = {v['n']}): `{r['baseline']}` beats `{r['scope']}` by "
+                  f"{format_number(r['mean_difference'])} AOPC (95% CI {format_number(r['ci_low'])} to "
+                  f"{format_number(r['ci_high'])}, p = {_p(r['wilcoxon_p'])}; the scope is better on "
+                  f"{100 * r['share_better']:.0f}% of prompts)" for v, r in wins]
+    else:
+        lines.append("No baseline is significantly more faithful than any scope in these runs.")
+    lines += ["", "Difference = scope AOPC - baseline AOPC per prompt (negative = the scope is more faithful), "
+              "mean with its 95% t interval; Wilcoxon signed-rank p; share of prompts where the scope is better. "
+              f"'same budget': the strongest baseline whose mean time is at most {SAME_BUDGET}x the scope's. "
+              + " ".join(f"`{b}` is not a rival: it is the `{s}` scope." for b, s in SAME_AS_SCOPE.items()), ""]
+    for v in verdicts:
+        lines += [f"## {v['name']} (n = {v['n']} prompts)", "",
+                  "| scope | vs | baseline | difference [95% CI] | Wilcoxon p | scope better on | n |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in v["rows"]:
+            lines.append(
+                f"| {r['scope']} | {r['comparison']} | {r['baseline']} | {format_number(r['mean_difference'])} "
+                f"[{format_number(r['ci_low'])}, {format_number(r['ci_high'])}] | {_p(r['wilcoxon_p'])} | "
+                f"{100 * r['share_better']:.0f}% | {r['n']} |")
+        lines += ["", "What to pick for which budget (each is more faithful than every cheaper method; mean "
+                  "attribution seconds per prompt on this run's machine):", ""]
+        lines += [f"- up to {p['time_mean_s']:.3g} s: `{p['method']}` (AOPC {format_number(p['aopc_mean'])} "
+                  f"+- {format_number(p['aopc_sem'])})" for p in v["picks"]]
+        if v["loo_best"]:
+            b = v["loo_best"]
+            lines.append(f"- to agree with leave-one-out (Spearman, {b['n']} prompts): `{b['method']}` "
+                         f"({format_number(b['spearman_mean'])})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ====================================================================== where a method wins
+def _decisive_position(record: dict) -> Optional[int]:
+    """The token whose removal matters most: the leave-one-out top (log p(y*) drop of
+    feature_ablation, else the KL leave-one-out), when the record has one."""
+    entry = record["methods"].get("feature_ablation", {})
+    if "top_position" in entry:
+        return entry["top_position"]
+    return record.get("loo_top_position")
+
+
+def win_analysis(records: list[dict], method: str = "ig50_token", rival: str = "fisher_eig1",
+                 n_bins: int = 3) -> dict:
+    """Where ``method`` beats ``rival``, prompt by prompt.
+
+    Per prompt: ``difference`` = AOPC(method) - AOPC(rival) (negative = ``method`` wins),
+    and three features: ``n_tokens`` (prompt length), ``decisive_distance`` (tokens between
+    the decisive token, see :func:`_decisive_position`, and the explained position; None
+    where unknown) and ``confidence`` (p(y*) on the intact prompt).
+
+    Returns:
+        ``method``, ``rival``, ``n``, ``win_share``, ``points`` (per-prompt dicts) and
+        ``features``: name -> ``spearman`` (with the difference), ``spearman_p``, ``n`` and
+        ``bins`` (``n_bins`` quantile bins: ``low``, ``high``, ``n``, ``win_share``,
+        ``mean_difference``).
+    """
+    done = [r for r in _done(records) if method in r["methods"] and rival in r["methods"]]
+    if not done:
+        raise ValueError(f"no prompt has both {method!r} and {rival!r}")
+    points = []
+    for r in done:
+        decisive = _decisive_position(r)
+        points.append({
+            "id": r.get("id"),
+            "difference": r["methods"][method]["aopc"] - r["methods"][rival]["aopc"],
+            "n_tokens": r["n_tokens"],
+            "decisive_distance": None if decisive is None else r["n_tokens"] - 1 - decisive,
+            "confidence": math.exp(r["log_prob"]),
+        })
+    features = {}
+    for name in ("n_tokens", "decisive_distance", "confidence"):
+        pts = [p for p in points if p[name] is not None]
+        if len(pts) < 3:
+            continue
+        x = np.array([p[name] for p in pts], dtype=float)
+        d = np.array([p["difference"] for p in pts])
+        rho, p_value = stats.spearmanr(x, d) if np.ptp(x) > 0 else (float("nan"), float("nan"))
+        edges = np.unique(np.quantile(x, np.linspace(0, 1, n_bins + 1)))
+        bins = []
+        for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+            inside = (x >= lo) & ((x <= hi) if i == len(edges) - 2 else (x < hi))
+            if inside.any():
+                bins.append({"low": float(lo), "high": float(hi), "n": int(inside.sum()),
+                             "win_share": float(np.mean(d[inside] < 0)), "mean_difference": float(d[inside].mean())})
+        features[name] = {"spearman": float(rho), "spearman_p": float(p_value), "n": len(pts), "bins": bins}
+    diffs = np.array([p["difference"] for p in points])
+    return {"method": method, "rival": rival, "n": len(points), "win_share": float(np.mean(diffs < 0)),
+            "points": points, "features": features}
+
+
+_FEATURE_LABELS = {
+    "n_tokens": "prompt length (tokens)",
+    "decisive_distance": "decisive token: tokens before the explained one",
+    "confidence": "model confidence p(y*)",
+}
+
+
+def plot_wins(analysis: dict, path: Path, title: str = "") -> Path:
+    """One panel per feature of :func:`win_analysis`: the per-prompt AOPC difference
+    (negative = ``method`` wins) against the feature, and the win share per bin."""
+    from matplotlib.figure import Figure
+
+    features = analysis["features"]
+    fig = Figure(figsize=(4.2 * max(1, len(features)), 3.8))
+    for i, (name, feature) in enumerate(features.items()):
+        ax = fig.add_subplot(1, max(1, len(features)), i + 1)
+        pts = [p for p in analysis["points"] if p[name] is not None]
+        x = np.array([p[name] for p in pts], dtype=float)
+        d = np.array([p["difference"] for p in pts])
+        ax.scatter(x, d, s=8, alpha=0.5, c=np.where(d < 0, "tab:red", "tab:blue"))
+        ax.axhline(0, color="grey", linewidth=0.6)
+        ax.set_xlabel(_FEATURE_LABELS[name])
+        if i == 0:
+            ax.set_ylabel(f"AOPC {analysis['method']} - {analysis['rival']}")
+        share = ax.twinx()
+        centres = [(b["low"] + b["high"]) / 2 for b in feature["bins"]]
+        share.plot(centres, [b["win_share"] for b in feature["bins"]], "k.-")
+        share.set_ylim(0, 1)
+        if i == len(features) - 1:
+            share.set_ylabel(f"share of prompts {analysis['method']} wins (line)")
+        ax.set_title(f"Spearman {feature['spearman']:.2f} (p = {_p(feature['spearman_p'])})", fontsize=9)
+    fig.suptitle(title or f"Where {analysis['method']} beats {analysis['rival']} (red), n = {analysis['n']}",
+                 fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def render_analysis(analysis: dict) -> str:
+    """Markdown lines of a :func:`win_analysis`."""
+    m, rival = analysis["method"], analysis["rival"]
+    lines = [f"`{m}` against `{rival}`: `{m}` is more faithful on {100 * analysis['win_share']:.0f}% of "
+             f"{analysis['n']} prompts.", "",
+             "| feature | Spearman with AOPC difference (p) | n | win share of " + m + " per bin (range: share) |",
+             "|---|---|---|---|"]
+    for name, f in analysis["features"].items():
+        bins = "; ".join(f"{b['low']:.3g}-{b['high']:.3g}: {100 * b['win_share']:.0f}% (n {b['n']})" for b in f["bins"])
+        lines.append(f"| {_FEATURE_LABELS[name]} | {format_number(f['spearman'], 2)} ({_p(f['spearman_p'])}) | "
+                     f"{f['n']} | {bins} |")
+    lines += ["", "A negative Spearman: the larger the feature, the more often the first method wins."]
+    return "\n".join(lines)
+
+
+# ====================================================================== command line
+def _records(run_dir: Path) -> list[dict]:
+    read_meta(run_dir)  # a clear error for a folder that is no run
+    return read_run_records(run_dir)[0]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``--run NAME=DIR`` (repeated) -> the verdict (``--out`` .md and .json);
+    ``--analysis DIR`` -> the win analysis of ``--method`` against ``--rival`` (PNG and .md in DIR)."""
+    parser = argparse.ArgumentParser(prog="python -m captum_jscopes.bench.verdict", description=__doc__.split("\n")[0])
+    parser.add_argument("--run", action="append", default=[], metavar="NAME=DIR",
+                        help="a faithfulness run (partial runs are read from their shards)")
+    parser.add_argument("--out", default=None, help="verdict Markdown file (a .json beside it)")
+    parser.add_argument("--analysis", default=None, metavar="DIR", help="run folder of the win analysis")
+    parser.add_argument("--method", default="ig50_token")
+    parser.add_argument("--rival", default="fisher_eig1")
+    args = parser.parse_args(argv)
+    try:
+        if args.run:
+            verdicts = []
+            for spec in args.run:
+                name, sep, folder = spec.partition("=")
+                if not sep:
+                    raise ValueError(f"--run wants NAME=DIR, got {spec!r}")
+                verdicts.append(verdict(_records(Path(folder)), name))
+            text = render_verdict(verdicts)
+            if args.out:
+                out = Path(args.out)
+                out.write_text(text + "\n", encoding="utf-8")
+                out.with_suffix(".json").write_text(json.dumps(finite_or_none(verdicts), indent=1) + "\n")
+            print(text)
+        if args.analysis:
+            folder = Path(args.analysis)
+            analysis = win_analysis(_records(folder), args.method, args.rival)
+            stem = f"wins-{args.method}-vs-{args.rival}"
+            plot_wins(analysis, folder / f"{stem}.png")
+            (folder / f"{stem}.md").write_text(render_analysis(analysis) + "\n", encoding="utf-8")
+            print(render_analysis(analysis))
+    except ValueError as err:
+        print(f"verdict: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
