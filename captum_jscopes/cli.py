@@ -26,12 +26,23 @@ import argparse
 import importlib
 import os
 import sys
+import textwrap
 import traceback
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .dataset import DatasetSettings, attribute_dataset, device_for_process, is_main_process, select_prompts
-from .explain import check_prompt, explain, model_name, package_version, write_result
+from .explain import (
+    INTERACTIVE_SUFFIX,
+    PassTiming,
+    backward_passes,
+    check_prompt,
+    explain,
+    measure_pass,
+    model_name,
+    package_version,
+    write_result,
+)
 from .models import ModelNotAvailableError, load_model
 from .registry import FISHER_METHODS, SCOPES
 from .result import ScopeResult
@@ -293,16 +304,17 @@ def _run_attribute(args: argparse.Namespace, forwarded: list[str]) -> int:
     scopes = tuple(SCOPES) if args.scope == "all" else (args.scope,)
     out = _output_folder(args.out)
     model, tokenizer = _load_model(args)
+    options = dict(chat=args.chat, keep_special=args.keep_special)
+    # The Fisher Scope is the costly one (40 backward passes per explained token by
+    # default): one measured forward + backward pass (about one Semantic call) gives
+    # its estimate before it starts.
+    timing = measure_pass(model, tokenizer, prompt, args.target, **options) if "fisher" in scopes else None
     for i, scope in enumerate(scopes):
+        if timing is not None and scope == "fisher":
+            print(estimate_line(timing, scope, args.fisher_method), flush=True)
+        # progress bars (stderr) for the tokens of a long target and for the Fisher probes
         result = explain(
-            model,
-            tokenizer,
-            prompt,
-            scope,
-            args.target,
-            chat=args.chat,
-            keep_special=args.keep_special,
-            fisher_method=args.fisher_method,
+            model, tokenizer, prompt, scope, args.target, fisher_method=args.fisher_method, progress=True, **options
         )
         if i == 0:
             _print_header(result)
@@ -332,7 +344,7 @@ def _run_attribute_dataset(args: argparse.Namespace, forwarded: list[str]) -> in
     if is_main_process():  # under torchrun, once
         print(f"model:   {model_name(model)}")
         print(f"prompts: {len(prompts)} from {args.file}; scopes: {', '.join(settings.scopes)}")
-    summary = attribute_dataset(model, tokenizer, prompts, out, settings, overwrite=args.overwrite)
+    summary = attribute_dataset(model, tokenizer, prompts, out, settings, overwrite=args.overwrite, progress=True)
     if summary is None:  # another process prints
         return 0
     return _print_dataset_summary(summary, out)
@@ -348,10 +360,16 @@ def _run_demo(args: argparse.Namespace, forwarded: list[str]) -> int:
     for example in DEMO_EXAMPLES:
         print(f"\n{example.name}: {example.about}\n  prompt: {_short(example.prompt)!r}")
         for run in example.runs:
-            result = explain(model, tokenizer, example.prompt, run.scope, run.target)
+            result = explain(model, tokenizer, example.prompt, run.scope, run.target, progress=True)
             written += write_result(result, out / example.name, run.file_stem)
             top = ", ".join(repr(_shown(token)) for _, token, _ in result.top_tokens(3))
             print(f"  {run.file_stem:<22} explains {_target_line(result)}; top tokens: {top}")
+            # the title's claim, checked on the model that ran (the note describes the default model)
+            for claim in (c for c in example.claims if c.stem == run.file_stem):
+                print(f"  {'':<22} claim {claim.describe(result)}")
+            sys.stdout.flush()
+        if example.note:
+            print(textwrap.fill(example.note, width=100, initial_indent="  note: ", subsequent_indent="        "))
     _print_files(written)
     print(f"\nOpen {out / DEMO_EXAMPLES[0].name / 'semantic.html'} in a browser to start.")
     return 0
@@ -444,10 +462,42 @@ def _print_header(result: ScopeResult) -> None:
 
 
 def _print_scope(result: ScopeResult, written: list[Path]) -> None:
-    print(f"\n{result.metadata['scope']}: top {TOP_K} tokens by influence")
+    n = len(result.output_tokens)
+    summed = f", summed over the {n} target tokens" if n > 1 else ""
+    print(f"\n{result.metadata['scope']}: top {TOP_K} tokens by influence{summed}")
     for rank, (index, token, score) in enumerate(result.top_tokens(TOP_K), start=1):
         print(f"  {rank}. {_shown(token)!r:<20} (token {index:>3})  {score:.4g}")
     _print_files(written)
+    for path in written:
+        if path.name.endswith(INTERACTIVE_SUFFIX):
+            print(f"  (open {path.name} and choose a target token to see its own map, or their sum)")
+    sys.stdout.flush()  # shown before the next scope starts, also when stdout is a pipe
+
+
+#: estimates at least this long suggest the quick estimator
+QUICK_LOOK_SECONDS = 30.0
+
+
+def estimate_line(timing: PassTiming, scope: str, fisher_method: str) -> str:
+    """'Fisher: 40 backward passes over 3,400 tokens, about 12 min; --fisher-method
+    eig for a quick look': the cost of ``scope`` from one measured pass
+    (:meth:`~captum_jscopes.explain.PassTiming.seconds`)."""
+    passes = backward_passes(scope, fisher_method, timing.hidden_size)
+    seconds = timing.seconds(passes)
+    per_token = f" x {timing.n_targets} target tokens" if timing.n_targets > 1 else ""
+    what = f"{passes} backward pass{'' if passes == 1 else 'es'}{per_token} over {timing.n_tokens:,} tokens"
+    line = f"{scope.title()}: {what}, about {_duration(seconds)}"
+    if scope == "fisher" and fisher_method != "eig" and seconds >= QUICK_LOOK_SECONDS:
+        line += "; --fisher-method eig for a quick look"
+    return line
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 #: prompts listed in the terminal; the rest are in summary.md and index.html

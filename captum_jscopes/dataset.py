@@ -192,9 +192,13 @@ def select_prompts(
     return load_prompts(source, n, offset=start, text_field=settings.text_field, target_field=settings.target_field)
 
 
-def attribute_prompt(model: Any, tokenizer: Any, prompt: Prompt, settings: DatasetSettings) -> dict:
+def attribute_prompt(
+    model: Any, tokenizer: Any, prompt: Prompt, settings: DatasetSettings, *, progress: bool = False
+) -> dict:
     """The record of one prompt: every scope of ``settings`` on ``prompt.text``,
     explaining ``prompt.target`` or, when it is None, the model's prediction.
+    ``progress`` shows :func:`~captum_jscopes.explain.explain`'s bars (a long
+    target's tokens, the Fisher probes) while the prompt is worked on.
 
     Returns:
         ``{"text", "target", "seconds": {scope: wall seconds of explain()},
@@ -218,6 +222,7 @@ def attribute_prompt(model: Any, tokenizer: Any, prompt: Prompt, settings: Datas
                 chat=settings.chat,
                 keep_special=settings.keep_special,
                 fisher_method=settings.fisher_method,
+                progress=progress,
             )
             seconds[scope] = time.perf_counter() - began
             results[scope] = result.to_dict()  # a NaN score is a ValueError here, recorded like the others
@@ -237,6 +242,7 @@ def attribute_dataset(
     stop: Optional[int] = None,
     overwrite: bool = False,
     state: Any = None,
+    progress: bool = False,
     **options: Any,
 ) -> Optional[dict]:
     """Attribute every prompt of ``source[start:stop]`` with every chosen scope.
@@ -257,6 +263,11 @@ def attribute_dataset(
             run.json) instead of resuming it. Default False.
         state: accelerate-like process state for the runner (default: from the
             launch environment; see ``run_sharded``).
+        progress: also show the bars inside each prompt (the tokens of a
+            multi-token target, the Fisher probes; they close when the prompt is
+            done). Default False; ``jscopes attribute-dataset`` turns them on.
+            The bar over the prompts is the runner's: shown whenever stderr is
+            a terminal.
     Returns:
         on the main process, the summary also written to ``summary.json``:
         ``{"model", "dtype", "settings", "n_prompts", "n_errors", "n_hints",
@@ -283,7 +294,7 @@ def attribute_dataset(
     resumed = 0 if overwrite else _check_resumed_prompts(out_dir, prompts, meta)
     records_path = run_sharded(
         prompts,
-        lambda prompt: attribute_prompt(model, tokenizer, prompt, settings),
+        lambda prompt: attribute_prompt(model, tokenizer, prompt, settings, progress=progress),
         out_dir,
         desc="attribute-dataset",
         state=state,

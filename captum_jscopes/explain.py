@@ -10,24 +10,40 @@ only parses its arguments and calls these.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import captum
 import torch
-import transformers
 from captum.attr import TextTokenInput
 
-from .forward import module_device, prepare_inputs
-from .llm_attribution import LLMScopeAttribution, chat_input
-from .models import describe_model
+from .forward import prepare_inputs, run_forward
+from .interactive import save_interactive_html
+from .model_state import preserved_state
+from .llm_attribution import LLMScopeAttribution, chat_input, model_name, package_version, versions
 from .registry import FISHER_METHODS, scope_class
 from .result import ScopeResult
 from .tokens import encode_target, special_token_ids
 from .visualize import PNG_DPI, plot_token_heatmap, save_html
 
-__all__ = ["explain", "prompt_input", "predict_next", "target_hint", "write_result", "model_name", "check_prompt", "versions"]
+__all__ = [
+    "explain",
+    "prompt_input",
+    "predict_next",
+    "target_hint",
+    "write_result",
+    "model_name",
+    "check_prompt",
+    "versions",
+    "PassTiming",
+    "measure_pass",
+    "backward_passes",
+]
+
+
+#: file name ending of the interactive page of a multi-token result
+INTERACTIVE_SUFFIX = "_interactive.html"
 
 
 def explain(
@@ -40,6 +56,7 @@ def explain(
     chat: bool = False,
     keep_special: bool = False,
     fisher_method: str = "deflated",
+    progress: bool = False,
 ) -> "ScopeResult":
     """Explain the continuation of ``prompt`` with one scope.
 
@@ -56,6 +73,9 @@ def explain(
             ``chat``, every token of the template too. Default False: they are
             left out of the result.
         fisher_method: Fisher Scope estimator, "deflated" (default), "exact" or "eig".
+        progress: tqdm progress bars on stderr for the long parts (the tokens of a
+            multi-token target; the Fisher probes where fisher.py shows them).
+            Default False; ``jscopes attribute`` turns them on.
     Returns:
         ScopeResult with ``input_tokens`` (n,), ``output_tokens`` (m target tokens),
         ``token_attr`` (m, n), ``seq_attr`` (n,) = sum of the rows, ``output_probs``
@@ -71,23 +91,16 @@ def explain(
     target_ids = [prediction["id"]] if target is None else encode_target(tokenizer, target)
     options = {"method": fisher_method} if scope == "fisher" else {}
     attribution = LLMScopeAttribution(scope_cls(model, tokenizer, exclude_special_tokens=not keep_special), tokenizer)
-    result = attribution.attribute(inp, target=torch.tensor(target_ids), **options)
+    result = attribution.attribute(inp, target=torch.tensor(target_ids), progress=progress, **options)
+    # The wrapper already records the model, the settings (chat, keep_special,
+    # fisher_method, dtype, device) and the versions; the prompt is replaced by
+    # the text as given (the wrapper can only decode it back from the ids).
     result.metadata.update(
         target_hint=target_hint(tokenizer, target, target_ids, prediction),
-        model=model_name(model),
         scope=scope,
         prompt=prompt,
-        target=tokenizer.decode(target_ids),
         target_is_prediction=target is None,
         prediction=prediction,
-        settings={
-            "chat": chat,
-            "keep_special": keep_special,
-            **({"fisher_method": fisher_method} if scope == "fisher" else {}),
-            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-            "device": str(module_device(model.get_input_embeddings())),
-        },
-        versions=versions(),
     )
     return result
 
@@ -135,8 +148,10 @@ def predict_next(model: Any, tokenizer: Any, input_ids: Any) -> dict:
 
 def write_result(result: "ScopeResult", out: Path, stem: str) -> list[Path]:
     """Write ``<out>/<stem>.png`` (heatmap of ``seq_attr``, the explained text in
-    red), ``.html`` (self-contained) and ``.json`` (``result.save_json``); return
-    the paths."""
+    red), ``.html`` (self-contained) and ``.json`` (``result.save_json``), and for
+    a target of several tokens ``<stem>_interactive.html``
+    (:func:`captum_jscopes.interactive.save_interactive_html`: choose an output
+    token to see its own map); return the paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     title = f"{str(result.metadata.get('scope', '')).title()} Scope · {result.metadata.get('model', '')}"
@@ -146,12 +161,10 @@ def write_result(result: "ScopeResult", out: Path, stem: str) -> list[Path]:
     figure = plot_token_heatmap(result.input_tokens, result.seq_attr, target=target, title=title)
     png = out / f"{stem}.png"
     figure.savefig(png, dpi=PNG_DPI, format="png", facecolor="white")
-    return [png, save_html(result, out / f"{stem}.html", title=title), result.save_json(out / f"{stem}.json", indent=1)]
-
-
-def model_name(model: Any) -> str:
-    """The short model name used in reports (``describe_model``)."""
-    return describe_model(model)
+    written = [png, save_html(result, out / f"{stem}.html", title=title), result.save_json(out / f"{stem}.json", indent=1)]
+    if len(result.output_tokens) > 1:  # one token: its map is the static page's already
+        written.append(save_interactive_html(result, out / f"{stem}{INTERACTIVE_SUFFIX}", title=title))
+    return written
 
 
 def check_prompt(prompt: Any) -> str:
@@ -163,19 +176,87 @@ def check_prompt(prompt: Any) -> str:
     return prompt
 
 
-def versions() -> dict:
-    """Versions of this package and of the libraries its numbers depend on."""
-    return {
-        "captum_jscopes": package_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "captum": captum.__version__,
-    }
+# ----------------------------------------------------------------------------- cost estimate
+
+#: Backward passes per explained token of the Fisher estimators that do not
+#: depend on the hidden width: the default estimators spend 40 (16 exact
+#: eigen-directions + 24 samples, or a budget of 40), "eig" keeps 1; "exact"
+#: spends one per hidden dimension (see :func:`backward_passes`).
+FISHER_PASSES = {"eig": 1}
+DEFAULT_FISHER_PASSES = 40
 
 
-def package_version() -> str:
-    """The installed version of captum_jscopes ("unknown" in an uninstalled source tree)."""
-    try:
-        return version("captum_jscopes")
-    except PackageNotFoundError:
-        return "unknown"
+@dataclass(frozen=True)
+class PassTiming:
+    """One measured forward and backward pass over a prompt (and target), the
+    unit the cost of every scope is counted in.
+
+    Attributes:
+        n_tokens: tokens of the forward (prompt + target tokens but the last).
+        n_targets: explained tokens (target tokens; 1 for the prediction).
+        hidden_size: width d of the final hidden state.
+        forward_seconds: the forward pass, with its autograd graph.
+        backward_seconds: ONE vector-Jacobian product through that graph.
+    """
+
+    n_tokens: int
+    n_targets: int
+    hidden_size: int
+    forward_seconds: float
+    backward_seconds: float
+
+    def seconds(self, n_backward: int) -> float:
+        """Estimated wall time of a scope that runs one forward and ``n_backward``
+        backward passes per explained token. Scopes batch their backward passes
+        (vmap); on a CPU a batch costs about as much as its passes one by one, so
+        the single measured pass times the count is a fair, slightly high,
+        estimate. Building the Fisher matrix (V·d² per explained token) is left
+        out: it is small next to the backward passes on the long prompts where
+        an estimate matters."""
+        return self.forward_seconds + n_backward * self.n_targets * self.backward_seconds
+
+
+def measure_pass(
+    model: Any,
+    tokenizer: Any,
+    prompt: str,
+    target: Optional[str] = None,
+    *,
+    chat: bool = False,
+    keep_special: bool = False,
+) -> PassTiming:
+    """Time one forward and one backward pass on the input :func:`explain` would
+    build (same prompt, chat template and target), as the basis of a cost
+    estimate. Costs about one Semantic Scope call; the model is not changed."""
+    inp = prompt_input(model, tokenizer, check_prompt(prompt), chat=chat, keep_special=keep_special)
+    ids = inp.to_model_input()
+    target_ids = [] if target is None else encode_target(tokenizer, target)
+    if len(target_ids) > 1:  # teacher forcing: the last target token is never an input
+        ids = torch.cat([ids, torch.tensor([target_ids[:-1]], dtype=ids.dtype)], dim=1)
+    ids, mask = prepare_inputs(model, ids, None)
+    positions = torch.tensor([[ids.shape[1] - 1]], device=ids.device)
+    with preserved_state(model):
+        began = time.perf_counter()
+        forward = run_forward(model, ids, mask, positions)
+        measured = time.perf_counter()
+        forward.vjp(forward.hidden.detach()[None])
+        done = time.perf_counter()
+    return PassTiming(
+        n_tokens=int(ids.shape[1]),
+        n_targets=max(1, len(target_ids)),
+        hidden_size=int(forward.hidden.shape[-1]),
+        forward_seconds=measured - began,
+        backward_seconds=done - measured,
+    )
+
+
+def backward_passes(scope: str, fisher_method: str, hidden_size: int) -> int:
+    """Backward passes per explained token of a scope: 1 for the Semantic and
+    Temperature Scopes; for the Fisher Scope 40 by default, 1 for "eig", and the
+    hidden width for "exact" (and for any estimator on a model narrower than its budget)."""
+    if scope != "fisher":
+        return 1
+    if fisher_method == "exact":
+        return hidden_size
+    # a budget at or above the width is spent as the exact estimator: d passes
+    return min(hidden_size, FISHER_PASSES.get(fisher_method, DEFAULT_FISHER_PASSES))

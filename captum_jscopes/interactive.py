@@ -26,8 +26,10 @@ import json
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import torch
 from captum.attr import LLMAttributionResult
 
+from .spans import token_labels
 from .visualize import NEWLINE_MARK, display_token
 
 __all__ = ["render_interactive_html", "save_interactive_html", "page_data"]
@@ -95,7 +97,7 @@ _SCRIPT = r"""
     var s = el("span", "tok", token.text);
     s.dataset.index = String(i);
     s.addEventListener("mouseenter", function () {
-      document.getElementById("hover").textContent = "#" + i + " " + JSON.stringify(token.text) + ": " + s.dataset.score;
+      document.getElementById("hover").textContent = "#" + i + " " + JSON.stringify(token.tip) + ": " + s.dataset.score;
     });
     map.appendChild(s);
     if (token.newline) map.appendChild(document.createElement("br"));
@@ -111,7 +113,7 @@ _SCRIPT = r"""
       s.dataset.score = String(v);
       s.style.backgroundColor = colour(v, scale);
       s.style.color = Math.abs(v) / scale > 0.6 ? "#fff" : "#111";
-      s.title = "#" + i + " " + JSON.stringify(data.input[i].text) + ": " + fmt(v);
+      s.title = "#" + i + " " + JSON.stringify(data.input[i].tip) + ": " + fmt(v);
     });
     buttons.forEach(function (b, k) { b.setAttribute("aria-pressed", String(k === view)); });
     sumButton.setAttribute("aria-pressed", String(view === SUM));
@@ -130,7 +132,7 @@ _SCRIPT = r"""
     var top = document.getElementById("top");
     top.textContent = "";
     order.slice(0, 5).forEach(function (i) {
-      top.appendChild(el("li", null, JSON.stringify(data.input[i].text) + " (token " + i + "): " + fmt(scores[i])));
+      top.appendChild(el("li", null, JSON.stringify(data.input[i].tip) + " (token " + i + "): " + fmt(scores[i])));
     });
     document.body.dataset.view = view === SUM ? "sum" : String(view);
   }
@@ -173,36 +175,45 @@ _CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline
 
 def page_data(result: Any, title: Optional[str] = None) -> dict:
     """What the page shows, as JSON-ready data: ``title``, ``about``, ``input``
-    (per input token: ``text`` as displayed, ``raw`` tokenizer piece,
-    ``newline``), ``output`` (per output token: ``text``, ``prob`` or None),
+    (per input token: ``text`` as shown on the map, ``tip`` as named in its
+    tooltip, ``raw`` tokenizer piece, ``newline``), ``output`` (per output token: ``text``, ``prob`` or None),
     ``scores`` (one row of input scores per output token), ``summed`` (the sum
     of the rows) and ``metadata``.
 
     Args:
         result: a :class:`~captum_jscopes.ScopeResult` or any Captum
             ``LLMAttributionResult``; without ``token_attr`` the page has one
-            "output token" whose map is ``seq_attr``.
+            view, the whole output (its tokens joined), whose map is ``seq_attr``.
         title: the page's heading; default from the metadata's scope and model.
     """
     if not isinstance(result, LLMAttributionResult):
         raise TypeError(f"expected a ScopeResult or a Captum LLMAttributionResult, not {type(result).__name__}")
     metadata = dict(getattr(result, "metadata", None) or {})
-    n = len(result.input_tokens)
-    rows = result.token_attr if result.token_attr is not None else result.seq_attr.reshape(1, -1)
-    rows = rows.detach().to("cpu").double()
-    if tuple(rows.shape) != (len(result.output_tokens), n):
+    display, labels, tips, outputs = _readable(result)
+    probs = result.output_probs
+    probs = [None] * len(outputs) if probs is None else [float(p) for p in probs.detach().to("cpu").double()]
+    if result.token_attr is not None:
+        rows = result.token_attr.detach().to("cpu").double()
+    else:  # only the map of the whole output: one view, the output as one piece
+        rows = result.seq_attr.detach().to("cpu").double().reshape(1, -1)
+        whole = None if None in probs else float(torch.tensor(probs, dtype=torch.float64).prod())
+        outputs, probs = ["".join(outputs)], [whole]
+    if tuple(rows.shape) != (len(outputs), len(result.input_tokens)):
         raise ValueError(
-            f"token_attr has shape {tuple(rows.shape)}, expected ({len(result.output_tokens)}, {n}): "
+            f"token_attr has shape {tuple(rows.shape)}, expected ({len(outputs)}, {len(result.input_tokens)}): "
             "one row per output token, one column per input token"
         )
     if not bool(rows.isfinite().all()):
         raise ValueError("the scores hold NaN or inf; the page cannot colour them")
-    probs = result.output_probs
-    probs = [None] * rows.shape[0] if probs is None else [float(p) for p in probs.detach().to("cpu").double()]
-    inputs = []
-    for token in result.input_tokens:
-        text = display_token(token)
-        inputs.append({"text": text.replace("\n", NEWLINE_MARK), "raw": token, "newline": text.endswith("\n")})
+    inputs = [
+        {
+            "text": label.replace("\n", NEWLINE_MARK),
+            "tip": tip.replace("\n", NEWLINE_MARK),
+            "raw": token,
+            "newline": text.endswith("\n"),
+        }
+        for token, text, label, tip in zip(result.input_tokens, display, labels, tips)
+    ]
     if title is None:
         title = " · ".join(str(metadata[k]) for k in ("scope", "model") if metadata.get(k)) or "Token attribution"
     target = metadata.get("target")
@@ -215,11 +226,26 @@ def page_data(result: Any, title: Optional[str] = None) -> dict:
         "title": str(title),
         "about": about,
         "input": inputs,
-        "output": [{"text": display_token(t), "prob": p} for t, p in zip(result.output_tokens, probs)],
+        "output": [{"text": t.replace("\n", NEWLINE_MARK), "prob": p} for t, p in zip(outputs, probs)],
         "scores": rows.tolist(),
         "summed": rows.sum(0).tolist(),
         "metadata": metadata,
     }
+
+
+def _readable(result: Any) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Per input token its readable text, its label on the map, its label in the
+    tooltip, and per output token its text. A ScopeResult knows its readable
+    text (:mod:`captum_jscopes.spans`: the pieces of one character are grouped,
+    the text on the first and a continuation mark on the others, whose tooltip
+    says "' 🍣 (2/3)'"); any other Captum result is shown piece by piece."""
+    display = getattr(result, "input_display", None)
+    if display is None:
+        display = [display_token(t) for t in result.input_tokens]
+        return display, display, display, [display_token(t) for t in result.output_tokens]
+    labels = token_labels(display)
+    numbered = token_labels(display, numbered=True)
+    return list(display), labels, numbered, list(result.output_display)
 
 
 def _script_json(data: dict) -> str:

@@ -13,13 +13,20 @@ scopes are compared on identical inputs.
 
 from __future__ import annotations
 
+import inspect
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any, Optional, Union
 
+import captum
 import torch
+import transformers
 from captum.attr import InterpretableInput, LLMGradientAttribution, TextTokenInput
 from torch import Tensor
 
 from .captum_compat import pretty_tokens, prompt_token_ids, target_token_ids
+from .forward import module_device
+from .models import describe_model
 from .result import ScopeResult
 from .scope import JacobianScope
 from .semantic_scope import SemanticScope
@@ -42,6 +49,8 @@ class LLMScopeAttribution(LLMGradientAttribution):
         inp: InterpretableInput,
         target: Union[str, Tensor, None] = None,
         gen_args: Optional[dict[str, Any]] = None,
+        *,
+        progress: bool = False,
         **kwargs: Any,
     ) -> ScopeResult:
         """
@@ -52,6 +61,10 @@ class LLMScopeAttribution(LLMGradientAttribution):
                 ids; None generates it with ``gen_args`` as Captum does.
             gen_args: generation arguments when ``target`` is None (Captum's
                 default: 25 greedy new tokens).
+            progress: show a tqdm progress bar on stderr while a scope works
+                through the target tokens (one tick per token, all from the same
+                forward pass) or the ``n_steps`` of a path-integrated scope.
+                Default False. Ignored by Captum's own methods.
             **kwargs: for a scope, its options (e.g. ``method="exact"`` for Fisher,
                 ``exclude_special_tokens=False``); for a Captum method, the
                 arguments of its ``attribute`` (e.g. ``n_steps``).
@@ -62,11 +75,15 @@ class LLMScopeAttribution(LLMGradientAttribution):
             only), input and output tokens. For a scope, every target token is
             attributed from ONE teacher-forced forward pass over prompt + target,
             and scores are L2 norms over the embedding dimension (Captum's methods
-            sum signed values).
+            sum signed values). ``metadata`` records what ``save_json`` needs to
+            reproduce the call: "model" (:func:`model_name`), "prompt", "target",
+            "settings" (chat, keep_special, the scope's options, dtype, device)
+            and "versions" (:func:`versions`).
         """
         if not isinstance(self.attr_method, JacobianScope):
             result = super().attribute(inp, target, gen_args, **kwargs)
-            return ScopeResult.from_captum(result, {"method": type(self.attr_method).__name__})
+            metadata = {"method": type(self.attr_method).__name__, "model": model_name(self.model), "versions": versions()}
+            return ScopeResult.from_captum(result, metadata)
         target_tokens = target_token_ids(self, inp, target, gen_args)
         if target_tokens.numel() == 0:
             raise ValueError("the target is empty: it encodes to no tokens")
@@ -77,7 +94,7 @@ class LLMScopeAttribution(LLMGradientAttribution):
         ids = torch.cat([prompt, target_tokens[None, :-1]], dim=1)
         positions = (n_prompt - 1 + torch.arange(n_target, device=prompt.device))[None]
         targets = target_tokens[None] if isinstance(self.attr_method, SemanticScope) else None
-        output = self.attr_method.scope_output(ids, positions, targets, **kwargs)
+        output = self.attr_method.scope_output(ids, positions, targets, progress=progress, **kwargs)
         token_attr = output.scores[0, :, :n_prompt]
         itp_mask = getattr(inp, "itp_mask", None)
         if itp_mask is not None:
@@ -94,11 +111,81 @@ class LLMScopeAttribution(LLMGradientAttribution):
             metadata={
                 "scope": self.attr_method.name,
                 "method": type(self.attr_method).__name__,
-                "model": getattr(getattr(self.model, "config", None), "_name_or_path", "") or type(self.model).__name__,
+                "model": model_name(self.model),
+                "prompt": _prompt_text(inp, prompt[0], self.tokenizer),
                 "target": self.tokenizer.decode(target_tokens.tolist()),
-                "options": {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))},
+                "settings": self._settings(inp, kwargs),
+                "versions": versions(),
             },
         )
+
+    def _settings(self, inp: InterpretableInput, options: dict) -> dict:
+        """The settings of a scope call, with the same keys as ``jscopes attribute``
+        writes (chat, keep_special, fisher_method, dtype, device) plus any other
+        option of the scope (e.g. ``n_steps``), so JSON written from Python and
+        from the command line read alike."""
+        scope = self.attr_method
+        options = dict(options)
+        excluded = options.pop("exclude_special_tokens", None)
+        excluded = scope.exclude_special_tokens if excluded is None else excluded
+        chat = isinstance(inp, ChatTokenInput)
+        settings: dict[str, Any] = {
+            "chat": chat,
+            # keep_special as the CLI means it: special tokens scored and, in a chat, the template shown
+            "keep_special": not excluded and (not chat or inp.keep_template),
+        }
+        if scope.name == "fisher":
+            # the scope's own default when none is given, read off its signature so it cannot drift
+            default = inspect.signature(type(scope)._scores).parameters["method"].default
+            settings["fisher_method"] = options.pop("method", default)
+        # JSON-able options only (a token_mask tensor is not a setting one can write down)
+        settings.update({k: v for k, v in options.items() if isinstance(v, (int, float, str, bool))})
+        settings["dtype"] = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        settings["device"] = str(module_device(self.model.get_input_embeddings()))
+        return settings
+
+
+def _prompt_text(inp: InterpretableInput, prompt_ids: Tensor, tokenizer: Any) -> str:
+    """The prompt as text: a chat input's user message, else the decoded prompt
+    (Captum's ``TextTokenInput`` does not keep the text it was given) without
+    special tokens such as BOS, which the tokenizer added, not the user."""
+    message = getattr(inp, "message", None)
+    if isinstance(message, str):
+        return message
+    return tokenizer.decode(prompt_ids.tolist(), skip_special_tokens=True)
+
+
+def model_name(model: Any) -> str:
+    """The model's name for reports and JSON files: a Hub name as given to
+    ``from_pretrained`` ("meta-llama/Llama-3.2-1B"), or for a local folder its
+    last part, which for the embedded models is their key
+    ("smollm2-135m-instruct"): never an absolute cache path, which would tie a
+    JSON file to one machine."""
+    name = str(getattr(model, "name_or_path", "") or "").rstrip("/\\")
+    # Hub names are 'model' or 'org/model' and no folder of that name exists here
+    # (the same rule as the CLI's --model); anything else is a path.
+    looks_hub = name.count("/") <= 1 and not name.startswith((".", "~", "/")) and "\\" not in name
+    if name and looks_hub and not Path(name).expanduser().exists():
+        return name
+    return describe_model(model)
+
+
+def versions() -> dict:
+    """Versions of this package and of the libraries its numbers depend on."""
+    return {
+        "captum_jscopes": package_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "captum": captum.__version__,
+    }
+
+
+def package_version() -> str:
+    """The installed version of captum_jscopes ("unknown" in an uninstalled source tree)."""
+    try:
+        return version("captum_jscopes")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def chat_prompt(tokenizer: Any, message: str, *, system: Optional[str] = None) -> tuple[Tensor, Tensor]:
@@ -136,6 +223,8 @@ class ChatTokenInput(TextTokenInput):
         keep_template: bool = False,
     ) -> None:
         input_ids, user_mask = chat_prompt(tokenizer, message, system=system)
+        # kept for the result's metadata: the prompt as the user wrote it, and how it was shown
+        self.message, self.system, self.keep_template = message, system, keep_template
         if keep_template:
             user_mask = torch.ones_like(user_mask)
         self.inp_tensor = input_ids

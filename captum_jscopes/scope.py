@@ -8,12 +8,15 @@ hidden space it projects on (:meth:`JacobianScope._scores`).
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
 import torch
 from captum.attr import GradientAttribution
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from .forward import ScopeForward, prepare_inputs, resolve_positions, run_forward
 from .model_state import check_causal_lm, preserved_state
@@ -93,8 +96,9 @@ class JacobianScope(GradientAttribution):
             attention_mask: (batch, seq) of 0/1; default all ones.
             **options: ``token_mask`` (batch, seq) bool: only these tokens are
                 scored (e.g. the user's message of a chat prompt);
-                ``exclude_special_tokens`` overrides the constructor's choice; and
-                the scope's own options.
+                ``exclude_special_tokens`` overrides the constructor's choice;
+                ``progress`` (bool, default False) shows a progress bar (see
+                :meth:`scope_output`); and the scope's own options.
         Returns:
             (batch, seq) float tensor (float32; float64 for a float64 model). The
             token at ``position`` itself is scored; tokens after it, padding and
@@ -139,12 +143,21 @@ class JacobianScope(GradientAttribution):
         *,
         token_mask: Optional[Tensor] = None,
         exclude_special_tokens: Optional[bool] = None,
+        progress: bool = False,
         **options: Any,
     ) -> "ScopeOutput":
         """Like :meth:`attribute_positions`, returning a :class:`ScopeOutput`:
         the scores, their standard error and the model's logits at the explained
         positions, all from the same single forward pass (the Captum wrapper
-        reads the target probabilities off these logits)."""
+        reads the target probabilities off these logits).
+
+        ``progress=True`` shows a tqdm bar on stderr: with ``n_steps`` (the
+        path-integrated Semantic Scope) one tick per step of the path; else, with
+        several explained positions (a multi-token target), one tick per
+        position, each position's backward passes run on the same forward pass
+        and give the same scores as without the bar. A scope whose ``_scores``
+        takes ``progress`` itself (the Fisher Scope) shows its own bar instead.
+        Default False."""
         ids, mask = self._inputs(input_ids, attention_mask)
         positions = positions.to(ids.device).long()
         if positions.dim() != 2 or positions.shape[0] != ids.shape[0]:
@@ -161,7 +174,7 @@ class JacobianScope(GradientAttribution):
             return forward
 
         with preserved_state(self.model):
-            scores, error = self._scores(run, targets, **options)
+            scores, error = self._scores_with_progress(run, targets, positions.shape[1], progress, options)
         scored = scored.to(scores)
         error = torch.zeros_like(scores) if error is None else error * scored
         return ScopeOutput(scores=scores * scored, error=error, logits=logits[0])
@@ -179,6 +192,73 @@ class JacobianScope(GradientAttribution):
         if target is not None:
             raise ValueError(f"{type(self).__name__} explains the whole prediction and takes no target; got {target!r}")
         return None
+
+    # -- progress ---------------------------------------------------------------
+    def _scores_with_progress(
+        self, run: RunForward, targets: Optional[Tensor], n_positions: int, progress: bool, options: dict
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """:meth:`_scores`, with a progress bar when ``progress`` is set."""
+        if "progress" in inspect.signature(self._scores).parameters:
+            # A scope with its own bar (Fisher: over all its backward passes, every
+            # position's included) shows it. Its positions are not split here: its
+            # estimator draws probes and chooses its split for all positions at once,
+            # so one position at a time would give other (equally valid) numbers.
+            return self._scores(run, targets, **options, progress=progress)
+        if not progress:
+            return self._scores(run, targets, **options)
+        n_steps = options.get("n_steps")
+        if n_steps is not None:
+            return self._path_with_progress(run, targets, n_steps, options)
+        per_position = targets is None or targets.shape[1] == n_positions
+        if n_positions == 1 or not per_position:
+            return self._scores(run, targets, **options)  # one step: nothing to count
+        return self._positions_with_progress(run, targets, n_positions, options)
+
+    def _path_with_progress(
+        self, run: RunForward, targets: Optional[Tensor], n_steps: Any, options: dict
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """One tick per forward pass of a path-integrated scope (``n_steps`` of them)."""
+        total = n_steps if isinstance(n_steps, int) and n_steps > 0 else None  # a bad value is _scores' error
+        with tqdm(total=total, desc=f"{self.name}: path steps", unit="step", leave=False) as bar:
+            calls = []
+
+            def counted(scale: float = 1.0) -> ScopeForward:
+                # a step is done when the next one starts (its backward passes come after the forward)
+                if calls:
+                    bar.update(1)
+                calls.append(scale)
+                return run(scale)
+
+            result = self._scores(counted, targets, **options)
+            bar.update(1)
+        return result
+
+    def _positions_with_progress(
+        self, run: RunForward, targets: Optional[Tensor], n_positions: int, options: dict
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """:meth:`_scores` one explained position at a time, all on ONE forward pass,
+        so that a bar can tick per target token. Each position's backward passes
+        are independent of the others' (the direction sits at that position only),
+        so the scores are those of a single call; what is lost is only the
+        batching of the positions' backward passes into one vmap call."""
+        forward = run(1.0)
+        scores, errors = [], []
+        with tqdm(total=n_positions, desc=f"{self.name}: target tokens", unit="token", leave=False) as bar:
+            for p in range(n_positions):
+                view = _position_view(forward, p)
+
+                def at_position(scale: float = 1.0, view: ScopeForward = view) -> ScopeForward:
+                    if scale != 1.0:
+                        raise RuntimeError("a scope that rescales the embeddings needs n_steps to show progress")
+                    return view
+
+                row_targets = None if targets is None else targets[:, p : p + 1]
+                score, error = self._scores(at_position, row_targets, **options)
+                scores.append(score)
+                errors.append(error)
+                bar.update(1)
+        error = None if any(e is None for e in errors) else torch.cat(errors, dim=1)
+        return torch.cat(scores, dim=1), error
 
     # -- shared plumbing --------------------------------------------------------
     def _inputs(self, input_ids: Tensor, attention_mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
@@ -213,3 +293,18 @@ class JacobianScope(GradientAttribution):
     def _reject_options(options: dict) -> None:
         if options:
             raise TypeError(f"unexpected option(s): {', '.join(sorted(options))}")
+
+
+def _position_view(forward: ScopeForward, p: int) -> ScopeForward:
+    """``forward`` restricted to explained position ``p``: the per-position fields
+    are sliced (the slice of ``hidden`` stays on the same autograd graph, so its
+    vector-Jacobian products need no new forward pass); the embeddings, the head
+    and the mask are shared."""
+    pick = slice(p, p + 1)
+    return dataclasses.replace(
+        forward,
+        hidden=forward.hidden[:, pick],
+        logits=forward.logits[:, pick],
+        head_slope=None if forward.head_slope is None else forward.head_slope[:, pick],
+        positions=forward.positions[:, pick],
+    )

@@ -4,6 +4,8 @@ benchmark dispatch, the installed entry points, and the default model's demo."""
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import types
@@ -21,7 +23,9 @@ from matplotlib.image import imread
 from captum_jscopes import FisherScope, ScopeResult, SemanticScope, TemperatureScope, chat_prompt, load_model
 from captum_jscopes import cli
 from captum_jscopes.cli import main
-from captum_jscopes.explain import explain
+from captum_jscopes.demo_prompts import DEMO_EXAMPLES, DemoClaim
+from captum_jscopes.explain import PassTiming, explain, measure_pass
+from captum_jscopes.interactive import DATA_ID, page_data
 from captum_jscopes.registry import SCOPES
 from captum_jscopes.models import EMBEDDED_MODELS, EmbeddedModel
 
@@ -154,6 +158,66 @@ def test_multi_token_target_is_teacher_forced_one_row_per_token(model_dir, tiny,
         torch.testing.assert_close(saved.token_attr[k], alone, rtol=1e-5, atol=1e-7)
     assert_valid_png(tmp_path / "semantic.png")
     assert "3 tokens, teacher-forced" in stdout
+    # the interactive page: every target token's row and their sum, and the command says so
+    page = tmp_path / "semantic_interactive.html"
+    assert str(page) in stdout and "choose a target token" in stdout
+    text = page.read_text(encoding="utf-8")
+    block = text.split(f'<script type="application/json" id="{DATA_ID}">')[1].split("</script>")[0]
+    data = json.loads(block)
+    assert data == json.loads(json.dumps(page_data(saved, data["title"])))  # the result, as the JSON file holds it
+    assert data["scores"] == saved.token_attr.double().tolist() and len(data["output"]) == 3
+    assert data["title"] == f"Semantic Scope · {model_dir.name}"
+    assert "summed over the 3 target tokens" in stdout
+    # the progress bar over the target tokens goes to stderr
+    assert "semantic: target tokens" in stderr and "/3" in stderr
+
+
+def test_one_token_target_writes_no_interactive_page(model_dir, tmp_path, capsys):
+    code, stdout, stderr = run(
+        ["attribute", PROMPT, "--model", model_dir, "--out", tmp_path, "--scope", "temperature"], capsys
+    )
+    assert code == 0, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["temperature.html", "temperature.json", "temperature.png"]
+    assert "interactive" not in stdout
+
+
+def test_fisher_prints_its_cost_estimate_before_it_runs(model_dir, tmp_path, capsys):
+    code, stdout, stderr = run(
+        ["attribute", PROMPT, "--model", model_dir, "--out", tmp_path, "--scope", "fisher", "--target", "big red"],
+        capsys,
+    )
+    assert code == 0, stderr
+    # the tiny model's d = 16 is below the 40-pass budget: the estimator is exact, 16 passes;
+    # 7 tokens = <bos>, five words and the first target token (teacher-forced)
+    line = next(line for line in stdout.splitlines() if line.startswith("Fisher: "))
+    assert line.startswith("Fisher: 16 backward passes x 2 target tokens over 7 tokens, about ")
+    assert line.endswith(" s")  # a second or so: no hint to the quick estimator
+    assert stdout.index(line) < stdout.index("fisher: top 5 tokens")
+    assert "Fisher backward passes" in stderr  # the Fisher Scope's own bar
+
+
+@pytest.mark.parametrize(
+    "timing, method, expected",
+    [
+        (PassTiming(3400, 1, 576, 10.0, 18.0), "hutchinson",
+         "Fisher: 40 backward passes over 3,400 tokens, about 12 min; --fisher-method eig for a quick look"),
+        (PassTiming(3400, 1, 576, 10.0, 18.0), "eig", "Fisher: 1 backward pass over 3,400 tokens, about 28 s"),
+        (PassTiming(300, 5, 576, 1.0, 2.0), "exact",
+         "Fisher: 576 backward passes x 5 target tokens over 300 tokens, about 1.6 h; --fisher-method eig for a quick look"),
+        (PassTiming(12, 1, 576, 0.1, 0.1), "deflated", "Fisher: 40 backward passes over 12 tokens, about 4 s"),
+    ],
+)
+def test_estimate_line(timing, method, expected):
+    assert cli.estimate_line(timing, "fisher", method) == expected
+
+
+def test_measured_pass_leaves_the_model_unchanged(tiny):
+    model, tokenizer = tiny
+    before = snapshot(model)
+    timing = measure_pass(model, tokenizer, PROMPT, "big red house")
+    assert_unchanged(model, before)
+    assert (timing.n_tokens, timing.n_targets, timing.hidden_size) == (1 + len(WORDS) + 2, 3, 16)
+    assert timing.forward_seconds > 0 and timing.backward_seconds > 0
 
 
 def test_chat_scores_only_the_users_tokens(model_dir, tiny, tmp_path, capsys):
@@ -200,6 +264,50 @@ def test_keep_special_with_chat_shows_and_scores_the_template_too(model_dir, tin
     alone = TemperatureScope(model, tokenizer, exclude_special_tokens=False).attribute(ids)[0]
     torch.testing.assert_close(saved.seq_attr, alone, rtol=1e-5, atol=1e-7)
     assert float(saved.seq_attr[~user_mask[0]].sum()) > 0  # template tokens get scores
+
+
+@pytest.fixture(scope="module")
+def spaced_model_dir(tmp_path_factory) -> Path:
+    """A tiny Llama whose tokenizer, like SmolLM2's, has 'Paris' and ' Paris' as two
+    tokens (a Metaspace word-level vocabulary), and whose head makes ' Paris' the
+    clear prediction after PROMPT (its row of the unembedding points along the
+    final hidden state there)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["the", "cat", "sat", "on", "Paris", "France"]
+    vocab = {t: i for i, t in enumerate(["<pad>", "<bos>", "<eos>", "<unk>", *words, *("▁" + w for w in words)])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+    model = make_model("llama")
+    ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        hidden = model(ids, output_hidden_states=True).hidden_states[-1][0, -1]
+        model.lm_head.weight[vocab["▁Paris"]] = 20 * hidden / hidden.norm() ** 2
+    folder = tmp_path_factory.mktemp("tiny-spaced")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_target_without_its_leading_space_gets_a_one_line_hint(spaced_model_dir, tmp_path, capsys):
+    argv = ["attribute", PROMPT, "--model", spaced_model_dir, "--scope", "semantic", "--out", tmp_path]
+    code, stdout, stderr = run(argv + ["--target", "Paris"], capsys)
+    assert code == 0, stderr
+    assert "prediction: ' Paris'" in stdout
+    hints = [line for line in stderr.splitlines() if line.startswith("hint: ")]
+    assert len(hints) == 1 and "did you mean ' Paris'" in hints[0], stderr
+    saved = ScopeResult.load_json(tmp_path / "semantic.json")
+    assert saved.output_tokens == ["Paris"] and "did you mean" in saved.metadata["target_hint"]
+    # with the space, or a target that is not the prediction either way: no hint
+    for target in (" Paris", "France"):
+        code, _, stderr = run(argv + ["--target", target], capsys)
+        assert code == 0 and "hint:" not in stderr, stderr
+        assert ScopeResult.load_json(tmp_path / "semantic.json").metadata["target_hint"] is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
@@ -327,6 +435,59 @@ def test_console_script_and_python_dash_m():
     assert done.stderr == "jscopes: error: the prompt is empty: give the text whose continuation to explain\n"
 
 
+# ----------------------------------------------------------------------------- the demo's claims
+
+
+def test_every_demo_title_comes_with_checkable_claims():
+    for example in DEMO_EXAMPLES:
+        stems = {run.file_stem for run in example.runs}
+        assert example.claims and example.note, example.name
+        for claim in example.claims:
+            assert claim.stem in stems, (example.name, claim)
+            assert claim.token.strip() in example.prompt and claim.token.strip() in example.about
+            assert claim.within >= 1
+        # a note that names a function word ranked first says why
+        assert "attention sink" in example.note or "'The'" not in example.note
+
+
+def test_demo_claim_ranks_the_displayed_token():
+    result = ScopeResult(
+        input_tokens=["The", "Ġlargest", "ĠFrance", "Ġis"], output_tokens=["ĠParis"], seq_attr=[3.0, 2.0, 1.0, 0.5]
+    )
+    assert DemoClaim("fisher", " France", 3).rank(result) == 3
+    assert DemoClaim("fisher", " France", 3).describe(result) == "holds: ' France' is 3rd"
+    assert DemoClaim("fisher", " France").describe(result) == "does not hold (claimed: top 1): ' France' is 3rd"
+    assert DemoClaim("fisher", " Rome").describe(result).endswith("' Rome' not in the prompt")
+
+
+def test_demo_runs_on_the_tiny_model_and_checks_each_claim(model_dir, tmp_path, capsys, monkeypatch):
+    """The demo's code path on a model that cannot know the answers: every claim is
+    checked and its verdict printed (the word-level tokenizer knows only some words)."""
+    from captum_jscopes import demo_prompts
+
+    # the same runs (without targets: the tiny vocabulary has no ' Paris') and claims, on PROMPT
+    tiny_examples = tuple(
+        demo_prompts.DemoExample(
+            name=e.name,
+            prompt=PROMPT,
+            runs=tuple(demo_prompts.DemoRun(r.scope, None, r.stem) for r in e.runs),
+            about=e.about,
+            claims=tuple(DemoClaim(c.stem, " cat", c.within) for c in e.claims),
+            note=e.note,
+        )
+        for e in DEMO_EXAMPLES
+    )
+    monkeypatch.setattr(demo_prompts, "DEMO_EXAMPLES", tiny_examples)
+    code, stdout, stderr = run(["demo", "--out", tmp_path, "--model", model_dir], capsys)
+    assert code == 0, stderr
+    n_claims = sum(len(e.claims) for e in DEMO_EXAMPLES)
+    verdicts = [line.strip() for line in stdout.splitlines() if line.strip().startswith("claim ")]
+    assert len(verdicts) == n_claims
+    pattern = r"claim (holds|does not hold \(claimed: top \d\)): ' cat' is \d+(st|nd|rd|th)"
+    assert all(re.fullmatch(pattern, v) for v in verdicts), verdicts
+    assert stdout.count("  note: ") == len(DEMO_EXAMPLES)
+
+
 # ----------------------------------------------------------------------------- the default model
 
 
@@ -367,3 +528,20 @@ def test_demo_writes_every_file_it_lists(tmp_path, capsys):
         assert saved.metadata["target"] == f" {target}" and saved.output_tokens == [target]
     lambada = ScopeResult.load_json(tmp_path / "lambada" / "fisher.json")
     assert lambada.metadata["prediction"]["token"] == " helmet"
+    # every title's claim holds on the default model, as the notes say
+    for example in DEMO_EXAMPLES:
+        for claim in example.claims:
+            saved = ScopeResult.load_json(tmp_path / example.name / f"{claim.stem}.json")
+            assert claim.holds(saved), (example.name, claim.describe(saved))
+    assert stdout.count("claim holds") == sum(len(e.claims) for e in DEMO_EXAMPLES)
+
+
+def test_attribute_dataset_shows_the_bars_inside_each_prompt(model_dir, tmp_path, capsys):
+    source = tmp_path / "prompts.jsonl"
+    source.write_text(json.dumps({"text": PROMPT, "target": "big red house"}) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    argv = ["attribute-dataset", source, "--model", model_dir, "--out", out, "--scope", "semantic", "--target-field", "target"]
+    code, stdout, stderr = run(argv, capsys)
+    assert code == 0, stderr
+    assert "semantic: target tokens" in stderr and "/3" in stderr
+    assert (out / "records.jsonl").is_file()

@@ -21,7 +21,7 @@ from helpers import assert_unchanged, make_model, snapshot
 
 from captum_jscopes import LLMScopeAttribution, ScopeResult, SemanticScope
 from captum_jscopes.interactive import DATA_ID, page_data, render_interactive_html, save_interactive_html
-from captum_jscopes.visualize import display_token
+from captum_jscopes.spans import CONTINUATION_MARK, token_labels
 
 INSTALL = "apt-get update && apt-get install -y chromium chromium-driver"
 PROMPT = "Tom liked the food . he went to the"
@@ -128,8 +128,8 @@ def hostile_result() -> ScopeResult:
 def test_page_renders_every_token_and_the_first_output_tokens_map(browser, result, tmp_path):
     page = open_page(browser, save_interactive_html(result, tmp_path / "page.html"))
     spans = page.find_elements("css selector", "#map .tok")
-    assert [s.text for s in spans] == [display_token(t).strip() for t in result.input_tokens]
-    assert [b.text for b in output_buttons(page)] == [display_token(t) for t in result.output_tokens]
+    assert [s.get_attribute("textContent") for s in spans] == token_labels(result.input_display)
+    assert [b.get_attribute("textContent") for b in output_buttons(page)] == result.output_display
     assert page.find_element("id", "view-sum").text.startswith("Σ all 3")
     # the first output token is shown first, with its own scores
     torch.testing.assert_close(shown_scores(page), result.token_attr[0].double(), rtol=1e-6, atol=1e-12)
@@ -187,15 +187,29 @@ def test_hostile_tokens_stay_text(browser, tmp_path):
     assert len(page.find_elements("tag name", "script")) == 2
     spans = page.find_elements("css selector", "#map .tok")
     shown = [s.get_attribute("textContent") for s in spans]
-    assert shown == [display_token(t) for t in hostile.input_tokens]
-    assert HOSTILE[0] in shown and "</script>" in shown
+    assert shown == token_labels(hostile.input_display)
+    assert all(token in shown for token in HOSTILE)  # each one verbatim, as text
     buttons = [b.get_attribute("textContent") for b in output_buttons(page)]
-    assert buttons == list(hostile.output_tokens)
+    assert buttons == hostile.output_display and "</script><img src=x onerror=alert(2)>" in buttons
     for k, button in enumerate(output_buttons(page)):
         button.click()
         torch.testing.assert_close(shown_scores(page), hostile.token_attr[k].double())
     assert "</title><img" in page.title and "alert(3)" in page.find_element("id", "title").text
     assert "onerror=alert(4)" in page.find_element("id", "metadata").get_attribute("textContent")
+    assert console_errors(page) == []
+
+
+def test_pieces_of_one_character_are_shown_once_and_named_in_their_tooltips(browser, tmp_path):
+    # 'I love 🍣': the emoji is three byte-level pieces that only together decode
+    tokens = ["I", "Ġlove", "ĠðŁ", "į", "£"]
+    token_attr = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0], [5.0, 4.0, 3.0, 2.0, 1.0]])
+    grouped = ScopeResult(input_tokens=tokens, output_tokens=["ĠParis", "!"], seq_attr=token_attr.sum(0),
+                          token_attr=token_attr)
+    page = open_page(browser, save_interactive_html(grouped, tmp_path / "grouped.html"))
+    spans = page.find_elements("css selector", "#map .tok")
+    assert [s.get_attribute("textContent") for s in spans] == ["I", " love", " 🍣", CONTINUATION_MARK, CONTINUATION_MARK]
+    assert "🍣 (2/3)" in spans[3].get_attribute("title") and spans[3].get_attribute("title").endswith(": 4.000")
+    assert [b.get_attribute("textContent") for b in output_buttons(page)] == [" Paris", "!"]
     assert console_errors(page) == []
 
 

@@ -8,6 +8,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import json
+
 import pytest
 import torch
 from captum.attr import (
@@ -159,3 +161,85 @@ def test_model_dispatched_by_accelerate_gives_the_same_scores(offload, tmp_path)
     ids = torch.tensor([[5, 9, 12, 30, 41, 7]])
     for scope_cls in (SemanticScope, TemperatureScope, FisherScope):
         torch.testing.assert_close(scope_cls(dispatched).attribute(ids), scope_cls(plain).attribute(ids))
+
+
+# ----------------------------------------------------------------------------- progress bars
+
+
+@pytest.mark.parametrize("scope_cls", [SemanticScope, TemperatureScope, FisherScope])
+def test_progress_bar_changes_nothing_but_stderr(scope_cls, llama, tokenizer, capsys):
+    attr = LLMScopeAttribution(scope_cls(llama, tokenizer), tokenizer)
+    inp = TextTokenInput(PROMPT, tokenizer)
+    quiet = attr.attribute(inp, target="big red house")
+    assert capsys.readouterr().err == ""  # off by default
+    before = snapshot(llama)
+    calls = []
+    handle = llama.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        shown = attr.attribute(inp, target="big red house", progress=True)
+    finally:
+        handle.remove()
+    assert_unchanged(llama, before)
+    err = capsys.readouterr().err
+    # Semantic and Temperature tick once per target token; Fisher shows its own bar over its backward passes
+    assert ("target tokens" in err and "/3" in err) if scope_cls is not FisherScope else err != ""
+    assert len(calls) == 1  # still one forward pass for all three target tokens
+    torch.testing.assert_close(shown.token_attr, quiet.token_attr, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(shown.output_probs, quiet.output_probs)
+    assert shown.metadata == quiet.metadata
+
+
+def test_progress_bar_of_the_path_integrated_scope_counts_its_steps(llama, tokenizer, capsys):
+    attr = LLMScopeAttribution(SemanticScope(llama, tokenizer), tokenizer)
+    inp = TextTokenInput(PROMPT, tokenizer)
+    quiet = attr.attribute(inp, target="big red", n_steps=4)
+    shown = attr.attribute(inp, target="big red", n_steps=4, progress=True)
+    assert torch.equal(shown.token_attr, quiet.token_attr)
+    err = capsys.readouterr().err
+    assert "semantic: path steps" in err and "/4" in err
+    # the standalone scope takes the same option
+    ids = inp.to_model_input()
+    torch.testing.assert_close(
+        SemanticScope(llama, tokenizer).attribute(ids, target="big", n_steps=3, progress=True),
+        SemanticScope(llama, tokenizer).attribute(ids, target="big", n_steps=3),
+    )
+    assert "/3" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- what save_json records
+
+
+def test_json_from_the_python_api_records_model_prompt_settings_versions(tokenizer, tmp_path):
+    model = make_model("llama")
+    model.name_or_path = "org/tiny-llama"  # as from_pretrained("org/tiny-llama") records it
+    result = LLMScopeAttribution(FisherScope(model, tokenizer), tokenizer).attribute(
+        TextTokenInput(PROMPT, tokenizer), target="big red", method="eig"
+    )
+    meta = ScopeResult.load_json(result.save_json(tmp_path / "fisher.json")).metadata
+    assert meta["model"] == "org/tiny-llama"  # the Hub name, whole
+    assert meta["prompt"] == PROMPT and meta["target"] == "big red" and meta["scope"] == "fisher"
+    assert meta["settings"] == {
+        "chat": False, "keep_special": False, "fisher_method": "eig", "dtype": "float32", "device": "cpu"
+    }
+    assert set(meta["versions"]) == {"captum_jscopes", "torch", "transformers", "captum"}
+    assert all(isinstance(v, str) and v for v in meta["versions"].values())
+
+
+def test_json_never_records_an_absolute_path_and_says_chat_and_options(tokenizer, tmp_path):
+    model = make_model("llama")
+    model.name_or_path = str(tmp_path / "cache" / "smollm2-135m-instruct")  # the embedded model's cache
+    message = "the cat sat on the mat"
+    result = LLMScopeAttribution(SemanticScope(model, tokenizer), tokenizer).attribute(
+        chat_input(tokenizer, message, keep_template=True), target="big", n_steps=2, exclude_special_tokens=False
+    )
+    meta = result.metadata
+    assert meta["model"] == "smollm2-135m-instruct" and str(tmp_path) not in json.dumps(meta)
+    assert meta["prompt"] == message
+    assert meta["settings"]["chat"] is True and meta["settings"]["keep_special"] is True
+    assert meta["settings"]["n_steps"] == 2
+    # Captum's own methods through the wrapper record the model and versions too
+    emb = model.get_input_embeddings()
+    captum_meta = LLMScopeAttribution(LayerGradientXActivation(model, emb), tokenizer).attribute(
+        TextTokenInput(PROMPT, tokenizer), target="big"
+    ).metadata
+    assert captum_meta["model"] == "smollm2-135m-instruct" and "torch" in captum_meta["versions"]
