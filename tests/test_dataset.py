@@ -117,7 +117,8 @@ def test_records_read_back_equal_the_scopes_own_scores(tiny, tmp_path):
     assert summary["settings"]["scopes"] == ["semantic", "temperature"]
     for entry, (prompt_id, by_scope) in zip(summary["prompts"], results.items()):
         best = int(by_scope["semantic"].seq_attr.argmax())
-        assert entry["top_tokens"]["semantic"][0][:2] == [best, by_scope["semantic"].input_tokens[best]]
+        # the summary shows readable text (the display field), not the raw piece
+        assert entry["top_tokens"]["semantic"][0][:2] == [best, by_scope["semantic"].input_display[best]]
         assert entry["seconds"] == pytest.approx(sum(entry["seconds_per_scope"].values())) and entry["seconds"] > 0
     assert summary["seconds"]["per_prompt"] == pytest.approx(sum(e["seconds"] for e in summary["prompts"]) / 4)
     table = (out / "summary.md").read_text(encoding="utf-8")
