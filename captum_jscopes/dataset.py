@@ -263,11 +263,10 @@ def attribute_dataset(
             run.json) instead of resuming it. Default False.
         state: accelerate-like process state for the runner (default: from the
             launch environment; see ``run_sharded``).
-        progress: also show the bars inside each prompt (the tokens of a
-            multi-token target, the Fisher probes; they close when the prompt is
-            done). Default False; ``jscopes attribute-dataset`` turns them on.
-            The bar over the prompts is the runner's: shown whenever stderr is
-            a terminal.
+        progress: tqdm bars on stderr: one over the prompts and, inside each
+            prompt, the tokens of a multi-token target and the Fisher probes
+            (they close when the prompt is done). Default False, as everywhere
+            in the library; ``jscopes attribute-dataset`` turns them on.
     Returns:
         on the main process, the summary also written to ``summary.json``:
         ``{"model", "dtype", "settings", "n_prompts", "n_errors", "n_hints",
@@ -300,6 +299,7 @@ def attribute_dataset(
         state=state,
         meta=meta,
         overwrite=overwrite,
+        progress=progress,
     )
     if not is_main_process(state):
         return None  # one process writes the reports

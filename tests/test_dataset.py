@@ -130,6 +130,15 @@ def test_records_read_back_equal_the_scopes_own_scores(tiny, tmp_path):
         assert page.startswith("<!DOCTYPE html>") and "Semantic Scope" in page and "Temperature Scope" in page
 
 
+@pytest.mark.parametrize("progress", [False, True])
+def test_progress_bars_are_off_in_the_library_unless_asked(tiny, tmp_path, capsys, progress):
+    model, tokenizer = tiny
+    source = write_jsonl(tmp_path / "prompts.jsonl", [{"text": t} for t in texts(2)])
+    attribute_dataset(model, tokenizer, source, tmp_path / "out", scopes="semantic", progress=progress)
+    err = capsys.readouterr().err
+    assert ("attribute-dataset" in err and "2/2" in err) == progress, err
+
+
 def test_every_prompt_and_token_is_escaped_in_the_pages(tiny, tmp_path):
     model, tokenizer = tiny
     hostile_id, hostile_text = '<b id="x">&</b>', "the cat <script>alert(1)</script> sat on the"

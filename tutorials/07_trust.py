@@ -240,20 +240,24 @@ for name, summary in runs.items():
 # ## What the model showed
 #
 # From the committed 50-passage run on SmolLM2-135M-Instruct (`benchmarks/results/trust-smollm2-135m-instruct/`)
-# and the Gemma-3-270m run (`benchmarks/results/trust-gemma3-270m/`, as far as it has gone; its report states
-# the number of prompts):
+# and the 50-passage run on Gemma-3-270m (`benchmarks/results/trust-gemma3-270m/`):
 #
-# - **Every scope over-credits the first tokens, significantly.** On SmolLM2 the first token holds 2.3-2.9% of
+# - **Every scope over-credits the first ordinary tokens, significantly.** On SmolLM2 the first token holds 2.3-2.9% of
 #   each map (a flat map: 1.2%) but 0.6-1.0% of the leave-one-out KL; the first three tokens 5-7% of the maps
 #   against 1.2-2.5% of the KL (excess +0.03 to +0.06, Wilcoxon p < 1e-8 for every scope and both ablations).
 #   With a BOS prepended, the BOS takes about 3% of each map and 0.4-0.5% of the KL.
+# - **But a BOS can be real influence.** Gemma's tokenizer adds a BOS and the model depends on it: it holds 6-11%
+#   of the maps but 16-31% of the leave-one-out KL (the maps *under*-credit it, p < 3e-4), and ablating it
+#   changes the prediction in 60% of passages. With the BOS removed, Gemma's first ordinary token becomes the
+#   sink instead (4-10% of the maps, under 1% of the KL). Keep the BOS your model was trained with.
 # - **Position alone earns that share.** On content-free copies (the same tokens shuffled) the first position
 #   still gets about as much of the map (2.5-4%): the share comes from where the token sits, not from what it says.
 # - **The early tokens hardly matter to the prediction.** Masking the first three tokens at once changes the
 #   prediction in 4% of passages (median KL 0.01); zeroing them, in 14%.
 # - **No correction ships.** Dividing the first positions by a profile calibrated on the shuffled copies improves
 #   the Semantic map's agreement with leave-one-out by +0.004 to +0.008 Spearman, does nothing for Temperature and
-#   makes Fisher worse (-0.02, p < 1e-4): not a consistent gain, so the diagnostic ships alone. Read a high score
+#   makes Fisher worse (-0.02, p < 1e-4); on Gemma with its BOS it makes every scope worse with the mask
+#   ablation (-0.011 to -0.021). Not a consistent gain, so the diagnostic ships alone. Read a high score
 #   on the first two or three tokens as "possibly a sink" and check it with `sink_report`.
 # - **The first-order picture is local.** The median validity radius of Semantic and Temperature is 0.03 ||x_t||;
 #   no checked token's radius reaches the nearest swap (median 0.71 ||x_t||) or zero. Token swaps and the

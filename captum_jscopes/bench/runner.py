@@ -49,6 +49,7 @@ def run_sharded(
     state: Any = None,
     meta: dict | None = None,
     overwrite: bool = False,
+    progress: bool | None = None,
 ) -> Path:
     """Run ``fn`` over ``prompts``, sharing them between processes, and merge the results.
 
@@ -75,6 +76,8 @@ def run_sharded(
             ``run.json``; a rerun into the same folder with different settings raises ``ValueError``.
         overwrite: delete the shards, ``records.jsonl`` and ``run.json`` of a previous run first
             (default ``False``: resume it).
+        progress: the bar over the prompts: ``True`` on, ``False`` off, ``None`` (default) on when stderr
+            is a terminal, so that the logs of batch jobs stay readable.
 
     Returns:
         path of ``out_dir/records.jsonl``: one record per prompt, in prompt order, on every process
@@ -97,7 +100,7 @@ def run_sharded(
     pending = [p for p in prompts if p.id not in done_ids]
     mine = pending[state.process_index :: state.num_processes]
     resumed = _share(len(prompts) - len(pending), state.process_index, state.num_processes)
-    _run_and_append(mine, fn, own_shard, desc=desc, state=state, resumed=resumed)
+    _run_and_append(mine, fn, own_shard, desc=desc, state=state, resumed=resumed, progress=progress)
 
     state.wait_for_everyone()
     records_path = out_dir / RECORDS_FILE
@@ -199,13 +202,21 @@ def _share(count: int, index: int, num: int) -> int:
 
 
 def _run_and_append(
-    prompts: list[Prompt], fn: Callable[[Prompt], dict], shard: Path, *, desc: str, state: Any, resumed: int
+    prompts: list[Prompt],
+    fn: Callable[[Prompt], dict],
+    shard: Path,
+    *,
+    desc: str,
+    state: Any,
+    resumed: int,
+    progress: bool | None,
 ) -> None:
     """Compute and append one record per prompt to ``shard``, durably, with a progress bar."""
     label = desc if state.num_processes == 1 else f"{desc} [{state.process_index + 1}/{state.num_processes}]"
-    # disable=None turns the bar off when stderr is not a terminal (logs of batch jobs stay readable).
+    # tqdm's disable=None means "off when stderr is not a terminal".
+    disable = None if progress is None else not progress
     with tqdm(
-        total=resumed + len(prompts), initial=resumed, desc=label, position=state.process_index, disable=None
+        total=resumed + len(prompts), initial=resumed, desc=label, position=state.process_index, disable=disable
     ) as bar, shard.open("a", encoding="utf-8") as f:
         for prompt in prompts:
             line = _record_line(prompt, fn(prompt))

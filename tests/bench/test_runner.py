@@ -196,6 +196,14 @@ def test_single_process_writes_every_record_once_in_prompt_order(tmp_path):
     assert json.loads((tmp_path / "out" / "run.json").read_text()) == {"model": "tiny", "n": 3}
 
 
+@pytest.mark.parametrize("progress, shown", [(True, True), (False, False), (None, False)])
+def test_progress_bar_over_the_prompts_follows_the_argument(tmp_path, capsys, progress, shown):
+    # pytest's captured stderr is not a terminal, so None (the default) means off here.
+    run_sharded(make_prompts(3), CountingFn(), tmp_path, desc="my-run", progress=progress)
+    err = capsys.readouterr().err
+    assert ("my-run" in err and "3/3" in err) == shown, err
+
+
 def test_rerun_of_a_finished_run_computes_nothing(tmp_path):
     prompts = make_prompts(4)
     first = read_records(run_sharded(prompts, CountingFn(), tmp_path))
