@@ -25,7 +25,7 @@ from .llm_attribution import LLMScopeAttribution, chat_input, model_name, packag
 from .registry import FISHER_METHODS, scope_class
 from .result import ScopeResult
 from .tokens import encode_target, special_token_ids
-from .visualize import PNG_DPI, plot_token_heatmap, save_html
+from .visualize import save_heatmap, save_html
 
 __all__ = [
     "explain",
@@ -155,12 +155,9 @@ def write_result(result: "ScopeResult", out: Path, stem: str) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     title = f"{str(result.metadata.get('scope', '')).title()} Scope · {result.metadata.get('model', '')}"
-    # The decoded target keeps its spaces (' New York'); Captum's output_tokens
-    # drop them ('New', 'York'), which would read 'NewYork' in red.
-    target = result.metadata.get("target") or "".join(result.output_tokens)
-    figure = plot_token_heatmap(result.input_tokens, result.seq_attr, target=target, title=title)
-    png = out / f"{stem}.png"
-    figure.savefig(png, dpi=PNG_DPI, format="png", facecolor="white")
+    # save_heatmap draws the readable tokens, the target with its spaces and its
+    # probability, and a caption saying the map sums over a multi-token target.
+    png = save_heatmap(result, out / f"{stem}.png", title=title)
     written = [png, save_html(result, out / f"{stem}.html", title=title), result.save_json(out / f"{stem}.json", indent=1)]
     if len(result.output_tokens) > 1:  # one token: its map is the static page's already
         written.append(save_interactive_html(result, out / f"{stem}{INTERACTIVE_SUFFIX}", title=title))

@@ -39,6 +39,8 @@ from .fisher_scope import FisherScope
 from .forward import accepts, prepare_inputs, resolve_positions, run_forward
 from .model_state import preserved_state
 from .semantic_scope import SemanticScope
+from .spans import readable_groups, token_display
+from .spans import token_labels as display_labels
 from .temperature_scope import TemperatureScope
 from .tokens import resolve_target
 
@@ -91,7 +93,7 @@ class LinearityResult:
             float64 but not in half precision) and for unchecked tokens.
         tokens: (K,) int64 positions that were checked, ascending.
         input_ids: (seq,) int64 token ids of the prompt.
-        token_labels: one string per prompt token (the tokenizer's pieces, or ids).
+        token_labels: readable text per prompt token (spans.token_labels, numbered), or the ids.
         position: absolute index of the explained token.
         scope: the scope's name ("semantic", "temperature", "fisher").
         tol: the tolerance the radii were computed with.
@@ -643,9 +645,13 @@ def _swap_distance(model: nn.Module, ids: Tensor, x: Tensor, norms: Tensor, chun
 
 
 def _labels(tokenizer: Any, ids: Tensor) -> tuple[str, ...]:
-    if tokenizer is not None and callable(getattr(tokenizer, "convert_ids_to_tokens", None)):
+    """Readable text per token (spans.readable_groups: byte pieces merged into the
+    characters they spell, ' 🍣 (2/3)' for the pieces of one character); the ids
+    when the tokenizer cannot name them."""
+    if tokenizer is not None:
         try:
-            return tuple(str(p) for p in tokenizer.convert_ids_to_tokens(ids.tolist()))
+            groups = readable_groups(ids.tolist(), tokenizer)
+            return tuple(display_labels(token_display(groups, len(ids)), numbered=True))
         except Exception:  # a tokenizer that cannot name these ids: fall back to the ids
             pass
     return tuple(str(i) for i in ids.tolist())

@@ -9,7 +9,7 @@ from helpers import CONFIGS
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from captum_jscopes import FisherScope, LLMScopeAttribution, SemanticScope, TemperatureScope
+from captum_jscopes import FisherScope, LLMScopeAttribution, SemanticScope, TemperatureScope, linearity_check
 from captum_jscopes import spans as S
 
 SENTENCES = [
@@ -210,3 +210,16 @@ def test_multi_token_rows_aggregate_each_row_and_sum(bpe, bpe_model):
         assert torch.allclose(words.token_attr[row], expected)
     assert torch.allclose(words.seq_attr, words.token_attr.sum(0))
     assert words.output_display == [" the", " city"] and words.output_probs is result.output_probs
+
+
+def test_linearity_check_names_tokens_by_their_readable_text(bpe, bpe_model):
+    ids = bpe(PROMPT, return_tensors="pt").input_ids
+    pieces = bpe.convert_ids_to_tokens(ids[0].tolist())
+    assert any("Ġ" in p or "ð" in p for p in pieces)  # the raw pieces are unreadable
+    result = linearity_check(SemanticScope(bpe_model, bpe), ids, tokens=[0, 1, 2])
+    labels = result.token_labels
+    assert len(labels) == ids.shape[1]
+    assert not any("Ġ" in label or "ð" in label for label in labels), labels
+    sushi = [label for label in labels if "🍣" in label]
+    assert len(sushi) > 1 and sushi[0].startswith(" 🍣 (1/"), labels
+    assert all(labels[t] in result.summary() for t in (0, 1, 2))
