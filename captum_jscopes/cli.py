@@ -76,6 +76,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     one line ``jscopes: error: ...`` on stderr; ``--debug`` or ``JSCOPES_DEBUG=1``
     adds the traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Line by line also into a file or a pipe (`jscopes ... | tee log`): each scope's
+    # summary is meant to appear when that scope is done, not when the process ends.
+    if callable(getattr(sys.stdout, "reconfigure", None)):
+        sys.stdout.reconfigure(line_buffering=True)
     own_argv, forwarded = _split_bench_args(argv)
     parser = build_parser()
     try:

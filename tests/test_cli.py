@@ -545,3 +545,17 @@ def test_attribute_dataset_shows_the_bars_inside_each_prompt(model_dir, tmp_path
     assert code == 0, stderr
     assert "semantic: target tokens" in stderr and "/3" in stderr
     assert (out / "records.jsonl").is_file()
+
+
+def test_stdout_is_line_buffered_also_into_a_file_or_a_pipe(monkeypatch, capsys):
+    # A file or pipe is block-buffered by default: the summaries printed as each
+    # scope finishes would only appear when the process ends.
+    import io
+
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    assert not stream.line_buffering
+    monkeypatch.setattr(sys, "stdout", stream)
+    assert main(["--version"]) == 0
+    assert stream.line_buffering
+    stream.seek(0)
+    assert stream.buffer.getvalue()  # the version line reached the buffer without an explicit flush
