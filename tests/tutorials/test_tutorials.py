@@ -51,6 +51,7 @@ EXPECTED_FIGURES = {
         "faithfulness/deletion_curves.png",  # written by the faithfulness benchmark
     ],
     "07_trust": ["linearity_semantic.png"],
+    "08_fisher_components": ["components_lambada.png", "components_translation.png"],
 }
 
 
