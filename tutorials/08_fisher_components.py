@@ -121,4 +121,23 @@ translation = show_components(ids, "components_translation.png")
 # %% [markdown]
 # ## What the model showed
 #
-# TODO: filled in from the full-size run.
+# - **The answer word's uncertainty is one direction.** On the LAMBADA passage the top direction holds 52% of
+#   `tr F`: it trades the answer (' helmet', ' helmets') against the alternatives (' head', ' thing', ' face').
+#   Its drivers are the two earlier mentions of ' helmet' (33% and 27% of its map) and ' fog' (12%).
+# - **Smaller directions add little that the summed score hides.** The next three directions (11%, 6%, 3%) are
+#   driven by the same few tokens. The exception is direction 2 (head/face against mask/armor), where
+#   ' outside' enters with 19%. The top four together hold 72% of `tr F` and 69% of the summed score, and
+#   their map ranks the tokens like the exact Fisher Scope (Spearman 0.996). On a confident prediction, the
+#   spectral view mostly restates the summed map. What it adds is *which alternatives* each driver argues
+#   for.
+# - **On the translation prompt the uncertainty is spread out, and the directions mean different things.**
+#   The model is unsure (' dog' 0.23, ' wolf' 0.10, ' German' 0.09). The top direction holds only 22%, and
+#   the top four 48%. Direction 1 is dog against wild animals (wolf, fox, deer), and direction 3 is the
+#   language name ' German' against colours. The pieces of 'Hund' ('und', ' H') and of 'kleinen' ('lein')
+#   drive all four. 'Deutsch' ('utsch') rises to 12-14% exactly in the directions that raise ' German'. The
+#   pull towards naming the language comes from the prompt's language label, not from the German sentence.
+#   The summed Fisher score cannot show this.
+# - **Limits.** Each direction costs one backward pass, and the eigenvectors come from `F` at the last
+#   position only. A direction's "up" and "down" tokens are the largest entries of `W u_i`, a linear
+#   reading of a nonlinear softmax. These are two prompts, not a benchmark: the paper's question 1 gets an
+#   illustration here, not an answer.
