@@ -154,13 +154,25 @@ def memory_child(spec: str) -> None:
     ids = torch.tensor(job["ids"], device=model.get_input_embeddings().weight.device)
     with torch.no_grad():
         model(ids[None, :4])  # initialise kernels and thread pools outside the measurement
-    print(json.dumps(peak_extra_memory(lambda: fn(ids, job["target"]), ids.device)))
+    start = time.perf_counter()
+    mib = peak_extra_memory(lambda: fn(ids, job["target"]), ids.device)
+    print(json.dumps({"mib": mib, "seconds": time.perf_counter() - start}))
     sys.stdout.flush()
     os._exit(0)
 
 
 def memory_in_fresh_process(args, method: str, ids: torch.Tensor, target: int) -> Optional[float]:
-    """CPU allocators keep freed memory, so each method gets a fresh process."""
+    """Peak extra MiB of one call of ``method``: CPU allocators keep freed memory, so
+    each method gets a fresh process. None if it failed or ran past 30 minutes."""
+    measured = run_in_fresh_process(args, method, ids, target)
+    return None if measured is None else measured["mib"]
+
+
+def run_in_fresh_process(args, method: str, ids: torch.Tensor, target: int,
+                         timeout: float = 1800) -> Optional[dict]:
+    """``{"mib": peak extra memory, "seconds": wall time}`` of one call of ``method``
+    in a fresh process (after a 4-token warm-up forward); None if it failed (out of
+    memory, for example) or ran past ``timeout`` seconds."""
     import subprocess
     import sys
 
@@ -168,11 +180,11 @@ def memory_in_fresh_process(args, method: str, ids: torch.Tensor, target: int) -
                        "ids": ids.tolist(), "target": target, "threads": args.threads})
     code = "import sys; from captum_jscopes.bench.speed import memory_child; memory_child(sys.argv[1])"
     try:
-        done = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, timeout=1800)
+        done = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return None
     lines = done.stdout.strip().splitlines()
-    return float(lines[-1]) if done.returncode == 0 and lines else None
+    return json.loads(lines[-1]) if done.returncode == 0 and lines else None
 
 
 # -- the benchmark -----------------------------------------------------------------
@@ -210,17 +222,32 @@ def bench_lengths(args, model, tokenizer, device, encoded, targets) -> dict:
     while stream.numel() < max(args.lengths):
         stream = torch.cat([stream, stream])
     out: dict = {}
+    memory: dict = {}
+    too_slow: set = set()  # methods that ran past --length-max-seconds: longer lengths skipped
     for length in tqdm(args.lengths, desc="lengths"):
         ids = stream[:length]
         with torch.no_grad():
             target = int(model(ids[None]).logits[0, -1].argmax())
         for name in args.length_methods:
-            if name == IG_REFERENCE and length > IG_MAX_LENGTH:
+            if name == IG_REFERENCE and length > IG_MAX_LENGTH or name in too_slow:
                 continue
-            fn = make_method(name, model, tokenizer)
-            repeats = args.repeats if length <= 256 else 1
-            out.setdefault(name, {})[str(length)] = median_time(lambda: fn(ids, target), repeats, 1)
-    return out
+            if args.length_memory:
+                # one call in a fresh process gives both numbers: at thousands of tokens a
+                # call takes minutes, and warm-up effects are far below its spread
+                measured = run_in_fresh_process(args, name, ids, target, timeout=4 * 3600)
+                if measured is None:
+                    memory.setdefault(name, {})[str(length)] = None  # failed: out of memory or time
+                    too_slow.add(name)
+                    continue
+                out.setdefault(name, {})[str(length)] = measured["seconds"]
+                memory.setdefault(name, {})[str(length)] = measured["mib"]
+            else:
+                fn = make_method(name, model, tokenizer)
+                repeats = args.repeats if length <= 256 else 1
+                out.setdefault(name, {})[str(length)] = median_time(lambda: fn(ids, target), repeats, 1)
+            if args.length_max_seconds and out[name][str(length)] > args.length_max_seconds:
+                too_slow.add(name)
+    return out, memory
 
 
 def bench_multi_token(args, model, tokenizer, encoded) -> dict:
@@ -375,6 +402,24 @@ def markdown(results: dict) -> str:
                 for c in columns
             ]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    memory = results.get("lengths_peak_extra_mib")
+    if memory:
+        lines += ["", "## Peak extra memory by prompt length, MiB (ratio to the floor); one call in a fresh process",
+                  "", "| method | " + " | ".join(str(c) for c in columns) + " |", "|---|" + "---:|" * len(columns)]
+        floor = memory.get("floor", {})
+
+        def cell(row, c):
+            if str(c) not in row:
+                return "-"
+            if row[str(c)] is None:
+                return "failed"
+            ratio = f" ({row[str(c)] / floor[str(c)]:.2f}x)" if floor.get(str(c)) else ""
+            return f"{row[str(c)]:,.0f}{ratio}"
+
+        for name, row in memory.items():
+            lines.append(f"| {name} | " + " | ".join(cell(row, c) for c in columns) + " |")
+        lines += ["", "'failed': the call ran out of memory or past the time limit; '-': skipped after a call "
+                  "slower than `--length-max-seconds` (or IG past its maximum length)."]
     accuracy = results.get("fisher_accuracy")
     if accuracy:
         lines += [
@@ -447,6 +492,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--methods", default=",".join(SINGLE_TOKEN_METHODS))
     parser.add_argument("--lengths", default="64,256,1024,2048", help="comma-separated prompt lengths; '' to skip")
     parser.add_argument("--length-methods", default=",".join(LENGTH_METHODS))
+    parser.add_argument("--length-memory", action="store_true",
+                        help="by length: one call per method in a fresh process, recording its time and peak memory")
+    parser.add_argument("--length-max-seconds", type=float, default=0,
+                        help="by length: skip a method's longer lengths after a call slower than this (0: never)")
     parser.add_argument("--multi-token", type=int, default=16, help="target length; 0 to skip")
     parser.add_argument("--fisher-n", type=int, default=0, help="prompts for the Fisher accuracy study (0: skip)")
     parser.add_argument("--fisher-methods", default=",".join(FISHER_STUDY_METHODS),
@@ -497,7 +546,9 @@ def main(argv=None) -> int:
         if args.multi_token:
             results["multi_token"] = bench_multi_token(args, model, tokenizer, encoded)
         if args.lengths:
-            results["lengths"] = bench_lengths(args, model, tokenizer, device, encoded, targets)
+            results["lengths"], memory = bench_lengths(args, model, tokenizer, device, encoded, targets)
+            if memory:
+                results["lengths_peak_extra_mib"] = memory
     default_name = f"speed-{describe_model(model)}-{device.type}" + ("-fisher" if args.skip_speed else "")
     out = Path(args.out or Path("benchmarks") / "results" / default_name)
     out.mkdir(parents=True, exist_ok=True)

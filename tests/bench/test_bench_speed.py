@@ -119,3 +119,22 @@ def test_fisher_accuracy_study_resumes(tiny_model_dir, prompts_file, tmp_path, c
     assert bench_speed.main(other + ["--overwrite"]) == 0
     records = [json.loads(line) for line in (study / "records.jsonl").read_text().splitlines()]
     assert [r["id"] for r in records] == ["0", "1"] and all("fisher" not in r for r in records)
+
+
+def test_length_memory_records_time_and_memory_per_length_and_skips_after_a_slow_call(
+        tiny_model_dir, prompts_file, tmp_path):
+    out = tmp_path / "out"
+    # --length-max-seconds 1e-9: every first call is "too slow", so only the first length is run
+    argv = ["--model", str(tiny_model_dir), "--data", str(prompts_file), "--n", "1", "--methods", "",
+            "--multi-token", "0", "--lengths", "16,32", "--length-methods", "floor,semantic", "--length-memory",
+            "--length-max-seconds", "1e-9", "--out", str(out)]
+    assert bench_speed.main(argv) == 0
+    results = json.loads((out / "speed.json").read_text())
+    assert set(results["lengths"]) == {"floor", "semantic"}
+    for name in ("floor", "semantic"):
+        assert set(results["lengths"][name]) == {"16"}  # 32 skipped after the slow call
+        assert results["lengths"][name]["16"] > 0
+        assert results["lengths_peak_extra_mib"][name]["16"] >= 0
+    table = (out / "speed.md").read_text()
+    assert "Peak extra memory by prompt length" in table
+    assert next(line for line in table.splitlines() if line.startswith("| semantic |") and "MiB" not in line)
