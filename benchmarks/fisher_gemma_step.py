@@ -1,0 +1,98 @@
+"""Fisher Scope on Gemma-3-270m (262k vocabulary): cost of the F side and accuracy per estimator.
+
+Tutorial 04's two translation sentences, explained along the reference translation through
+``LLMScopeAttribution`` (one explained position per output token). For each estimator:
+median seconds per call, the seconds spent on F outside the backward passes
+(``FisherScope.last_info["f_seconds"]``: eigen-directions and probes) and the relative L2
+error of each output token's map against ``method="exact"`` (median and worst over tokens
+and seeds)::
+
+    .venv/bin/python benchmarks/fisher_gemma_step.py --threads 1     # about 25 min on one core
+
+Writes ``benchmarks/results/fisher-gemma3-270m-translation/fisher_step.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from captum.attr import TextTokenInput
+
+from captum_jscopes import FisherScope, LLMScopeAttribution, load_model
+
+SENTENCES = [
+    ("French", "Le chat noir dort sur le lit.", " The black cat sleeps on the bed."),
+    ("German", "Der Hund spielt im Garten.", " The dog plays in the garden."),
+]
+ESTIMATORS = {
+    "exact": dict(method="exact"),
+    "deflated": dict(method="deflated"),
+    "hutchinson-formed": dict(method="hutchinson", path="formed"),
+    "hutchinson": dict(method="hutchinson"),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="gemma3-270m")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per randomised estimator")
+    parser.add_argument("--out", default="benchmarks/results/fisher-gemma3-270m-translation")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_model(args.model, progress=False)
+    rows = measure(model, tokenizer, args.seeds)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fisher_step.json").write_text(json.dumps(dict(args=vars(args), rows=rows), indent=1))
+    (out / "fisher_step.md").write_text(_markdown(rows))
+
+
+def measure(model, tokenizer, seeds: int = 3, sentences=SENTENCES, estimators=ESTIMATORS) -> list[dict]:
+    """One row per sentence and estimator (see the module's docstring). ``estimators``: name ->
+    FisherScope options; it must hold ``"exact"``, the reference of the errors."""
+    explain = LLMScopeAttribution(FisherScope(model, tokenizer), tokenizer)
+    rows = []
+    for language, source, reference in sentences:
+        prompt = TextTokenInput(f"{language}: {source}\nEnglish:", tokenizer)
+        runs: dict[str, list] = {}
+        for name, options in estimators.items():
+            for seed in [0] if name == "exact" else range(seeds):
+                started = time.perf_counter()
+                result = explain.attribute(prompt, target=reference, seed=seed, **options)
+                seconds = time.perf_counter() - started
+                # Captum's wrapper keeps its own copy of the scope: read what ran from that copy
+                runs.setdefault(name, []).append((result.token_attr.double(), seconds, dict(explain.attr_method.last_info)))
+        exact = runs["exact"][0][0]
+        for name, calls in runs.items():
+            errors = torch.stack([(a - exact).norm(dim=-1) / exact.norm(dim=-1) for a, _, _ in calls])
+            info = calls[0][2]
+            rows.append(dict(
+                language=language, estimator=name, output_tokens=int(exact.shape[0]), input_tokens=int(exact.shape[1]),
+                median_rel_l2=float(errors.median()), worst_rel_l2=float(errors.max()),
+                seconds=_median([s for _, s, _ in calls]), f_seconds=_median([i["f_seconds"] for _, _, i in calls]),
+                path=info.get("path"), k=info.get("k"), n_probes=info.get("n_probes"),
+            ))
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def _markdown(rows: list[dict]) -> str:
+    lines = ["| sentence | estimator | path | seconds per call | F side, s | rel. L2 median | worst |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['language']} | {r['estimator']} | {r['path']} | {r['seconds']:.1f} | {r['f_seconds']:.2f} "
+                     f"| {100 * r['median_rel_l2']:.2f}% | {100 * r['worst_rel_l2']:.2f}% |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
