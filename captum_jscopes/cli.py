@@ -44,7 +44,7 @@ from .explain import (
     write_result,
 )
 from .models import ModelNotAvailableError, load_model
-from .registry import FISHER_METHODS, SCOPES
+from .registry import DEFAULT_FISHER_METHOD, FISHER_METHODS, SCOPES
 from .result import ScopeResult
 from .visualize import display_token
 
@@ -207,8 +207,9 @@ def _add_scope_option_flags(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument(
         "--fisher-method",
         choices=FISHER_METHODS,
-        default="deflated",
-        help="Fisher Scope estimator (default: deflated; exact costs one backward pass per hidden dimension)",
+        default=DEFAULT_FISHER_METHOD,
+        help=f"Fisher Scope estimator (default: {DEFAULT_FISHER_METHOD}, 40 backward passes; eig: 1, a quick look; "
+        "exact: one per hidden dimension)",
     )
     p.add_argument(
         "--chat", action="store_true", help=f"wrap the {what} in the chat template; only the user's tokens are scored"

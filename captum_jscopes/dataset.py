@@ -48,7 +48,7 @@ from urllib.parse import quote
 from .bench.prompts import Prompt, load_prompts
 from .bench.runner import RUN_FILE, read_records, read_shard_records, run_sharded, write_json_atomic, write_text_atomic
 from .explain import explain, model_name
-from .registry import FISHER_METHODS, SCOPES, scope_class
+from .registry import DEFAULT_FISHER_METHOD, FISHER_METHODS, SCOPES, scope_class
 from .result import ScopeResult
 from .visualize import display_token, render_html
 
@@ -97,8 +97,8 @@ class DatasetSettings:
             scored. Default False.
         keep_special: also show and score special tokens (BOS, chat markers).
             Default False.
-        fisher_method: Fisher Scope estimator ("deflated", "exact", "eig"); only
-            used, and only stored, when "fisher" is among the scopes. Default "deflated".
+        fisher_method: Fisher Scope estimator ("hutchinson", "deflated", "exact", "eig");
+            only used, and only stored, when "fisher" is among the scopes. Default "hutchinson".
     """
 
     scopes: tuple[str, ...] = tuple(SCOPES)
@@ -106,7 +106,7 @@ class DatasetSettings:
     target_field: Optional[str] = None
     chat: bool = False
     keep_special: bool = False
-    fisher_method: str = "deflated"
+    fisher_method: str = DEFAULT_FISHER_METHOD
 
     def __post_init__(self) -> None:
         chosen = (self.scopes,) if isinstance(self.scopes, str) else tuple(self.scopes)

@@ -22,7 +22,7 @@ from .forward import prepare_inputs, run_forward
 from .interactive import save_interactive_html
 from .model_state import preserved_state
 from .llm_attribution import LLMScopeAttribution, chat_input, model_name, package_version, versions
-from .registry import FISHER_METHODS, scope_class
+from .registry import DEFAULT_FISHER_METHOD, FISHER_METHODS, scope_class
 from .result import ScopeResult
 from .tokens import encode_target, special_token_ids
 from .visualize import save_heatmap, save_html
@@ -55,7 +55,7 @@ def explain(
     *,
     chat: bool = False,
     keep_special: bool = False,
-    fisher_method: str = "deflated",
+    fisher_method: str = DEFAULT_FISHER_METHOD,
     progress: bool = False,
 ) -> "ScopeResult":
     """Explain the continuation of ``prompt`` with one scope.
@@ -72,7 +72,8 @@ def explain(
         keep_special: show and score special tokens (BOS, chat markers); with
             ``chat``, every token of the template too. Default False: they are
             left out of the result.
-        fisher_method: Fisher Scope estimator, "deflated" (default), "exact" or "eig".
+        fisher_method: Fisher Scope estimator: "hutchinson" (default), "deflated",
+            "exact" or "eig".
         progress: tqdm progress bars on stderr for the long parts (the tokens of a
             multi-token target; the Fisher probes where fisher.py shows them).
             Default False; ``jscopes attribute`` turns them on.

@@ -7,7 +7,7 @@ from typing import Any, Optional, Union
 
 from torch import Tensor
 
-from .fisher import DEFAULT_BUDGET, fisher_scores, probes
+from .fisher import DEFAULT_BUDGET, DEFAULT_METHOD, fisher_scores, probes
 from .forward import gradient_checkpointing
 from .scope import JacobianScope, RunForward
 
@@ -19,13 +19,13 @@ class FisherScope(JacobianScope):
     (as in the reference). No target.
 
     Options of :meth:`attribute`:
-        method (str): ``"deflated"`` (default, see below), ``"hutchinson"`` (the top-k eigen-directions of F
+        method (str): ``"hutchinson"`` (default: the top-k eigen-directions of F
             exactly plus random-sign combinations of the remaining ones, averaged:
             unbiased, per-token coefficient of variation <= sqrt(2/m),
             ``return_error=True`` gives its standard error; ``budget`` = 40 backward
             passes in all), ``"deflated"`` (the remainder's
             eigen-directions sampled one at a time in proportion to their
-            eigenvalue), ``"exact"`` (d backward passes, equals the brute-force
+            eigenvalue; the default of 0.1.0, as accurate, formed path only), ``"exact"`` (d backward passes, equals the brute-force
             value), or ``"eig"`` (the reference's top-k truncation, biased low).
         k (int or "auto"): eigen-directions kept exactly. hutchinson: "auto"
             (default) chooses the split of ``budget`` from the spectrum; deflated:
@@ -59,7 +59,7 @@ class FisherScope(JacobianScope):
         self,
         run: RunForward,
         targets: Optional[Tensor],
-        method: str = "deflated",
+        method: str = DEFAULT_METHOD,
         k: Union[int, str, None] = None,
         n_probes: Optional[int] = None,
         seed: int = 0,

@@ -7,6 +7,7 @@ new scope is one class with a ``name`` and one entry below.
 
 from __future__ import annotations
 
+from .fisher import DEFAULT_METHOD as DEFAULT_FISHER_METHOD
 from .fisher import METHODS as FISHER_METHODS
 from .fisher_scope import FisherScope
 from .scope import JacobianScope
@@ -16,7 +17,7 @@ from .temperature_scope import TemperatureScope
 #: name -> scope class, in the order the command line and the reports list them.
 SCOPES: dict[str, type[JacobianScope]] = {cls.name: cls for cls in (SemanticScope, TemperatureScope, FisherScope)}
 
-__all__ = ["SCOPES", "FISHER_METHODS", "scope_class"]
+__all__ = ["SCOPES", "FISHER_METHODS", "DEFAULT_FISHER_METHOD", "scope_class"]
 
 
 def scope_class(name: str) -> type[JacobianScope]:

@@ -126,7 +126,7 @@ def test_fisher_deflated_estimator_is_unbiased():
     ids = prompt()
     scope = FisherScope(model)
     exact = scope.attribute(ids, method="exact")
-    runs = torch.stack([scope.attribute(ids, k=2, n_probes=8, seed=s) for s in range(60)])
+    runs = torch.stack([scope.attribute(ids, method="deflated", k=2, n_probes=8, seed=s) for s in range(60)])
     mean, spread = runs.mean(0), runs.std(0) / 60**0.5
     single_error = (runs - exact).norm(dim=-1).mean()  # typical error of one run
     assert single_error > 0, "the estimator should be random with k < d"
@@ -142,7 +142,7 @@ def test_fisher_deflated_error_estimate_is_conservative_but_informative():
     exact = scope.attribute(ids, method="exact")
     errors, estimates = [], []
     for seed in range(40):
-        scores, error = scope.attribute(ids, k=2, n_probes=8, seed=seed, return_error=True)
+        scores, error = scope.attribute(ids, method="deflated", k=2, n_probes=8, seed=seed, return_error=True)
         errors.append(scores - exact)
         estimates.append(error)
     rms_error = torch.stack(errors).pow(2).mean(0).sqrt()

@@ -115,14 +115,16 @@ def test_seeded_and_deterministic(llama64):
         torch.testing.assert_close(both[row], alone)
 
 
-def test_hutchinson_within_budget_and_deflated_still_the_default(llama64, exact64):
+def test_hutchinson_is_the_default_within_its_budget_and_deflated_stays_selectable(llama64, exact64):
     scope = FisherScope(llama64)
-    scope.attribute(prompt(), method="hutchinson", budget=8)
+    default = scope.attribute(prompt(), budget=8)
     info = scope.last_info
     assert info["k"] + info["n_probes"] == 8 and info["n_probes"] >= 2
-    old = scope.attribute(prompt(), k=2, n_probes=8)
+    assert torch.equal(default, scope.attribute(prompt(), method="hutchinson", budget=8))
+    assert info["f_seconds"] >= 0  # the F side is timed for the benchmarks
+    old = scope.attribute(prompt(), method="deflated", k=2, n_probes=8)
     assert scope.last_info["path"] == "formed" and old.shape == exact64.shape
-    assert torch.equal(old, scope.attribute(prompt(), method="deflated", k=2, n_probes=8))
+    assert not torch.equal(old, scope.attribute(prompt(), method="hutchinson", k=2, n_probes=8))
 
 
 def test_choose_k_keeps_a_steep_spectrum_exactly_and_samples_a_flat_one():
@@ -237,3 +239,21 @@ def test_progress_bar_option(llama64, capsys):
     loud = scope.attribute(prompt(), budget=6, progress=True, method="hutchinson")
     torch.testing.assert_close(quiet, loud)
     assert "Fisher backward passes" in capsys.readouterr().err
+
+
+def test_every_entry_point_defaults_to_the_same_fisher_estimator():
+    import inspect
+
+    from captum_jscopes import cli
+    from captum_jscopes.dataset import DatasetSettings
+    from captum_jscopes.explain import explain
+    from captum_jscopes.fisher import DEFAULT_METHOD, probes
+
+    def default(fn):
+        return inspect.signature(fn).parameters["method" if "method" in inspect.signature(fn).parameters
+                                                 else "fisher_method"].default
+
+    assert DEFAULT_METHOD == "hutchinson"
+    assert default(FisherScope._scores) == default(probes) == default(explain) == DEFAULT_METHOD
+    assert DatasetSettings().fisher_method == DEFAULT_METHOD
+    assert cli.build_parser().parse_args(["attribute", "x"]).fisher_method == DEFAULT_METHOD

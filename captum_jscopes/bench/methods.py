@@ -25,12 +25,17 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
+from ..fisher import DEFAULT_BUDGET
 from ..forward import accepts
 from ..metrics import replacement_token_id
 from ..model_state import preserved_state
 from ..registry import SCOPES
 
 __all__ = ["BenchMethod", "METHODS", "DEFAULT_METHODS", "method", "parse_methods", "random_scores"]
+
+
+#: Fisher estimators that draw probes: their records depend on the seed
+RANDOMISED_FISHER = ("hutchinson", "deflated")
 
 
 @dataclass(frozen=True)
@@ -73,9 +78,11 @@ class BenchMethod:
         if self.kind == "scope":
             if self.scope != "fisher":
                 return 1
-            fisher = self.options.get("method", "deflated")
+            fisher = self.options["method"]
             if fisher == "exact":
                 return hidden_size
+            if fisher == "hutchinson":
+                return self.options.get("budget", DEFAULT_BUDGET)
             k = self.options.get("k", 1 if fisher == "eig" else 16)
             return k if fisher == "eig" else k + self.options.get("n_probes", 24)
         if self.options.get("algorithm") == "integrated_gradients":
@@ -104,7 +111,7 @@ class BenchMethod:
             return random_scores(input_ids.shape[-1], seed, prompt_id)
         if self.kind == "scope":
             options = dict(self.options)
-            if self.scope == "fisher" and options.get("method", "deflated") == "deflated":
+            if self.scope == "fisher" and options["method"] in RANDOMISED_FISHER:
                 options.setdefault("seed", seed)
             scope = SCOPES[self.scope](model, tokenizer)
             target_arg = {"target": target} if self.scope == "semantic" else {}
@@ -123,7 +130,12 @@ def _captum(name: str, label: str, *, default: bool = False, slow: bool = False,
 _TABLE = (
     _scope("semantic", "Semantic Scope (target y*)", "semantic", default=True),
     _scope("temperature", "Temperature Scope", "temperature", default=True),
-    _scope("fisher", "Fisher Scope (default: top-16 exact + 24 probes)", "fisher", default=True),
+    # "fisher" is the estimator of the committed runs (the library's default of 0.1.0), pinned so
+    # that resumed and combined runs stay one method; the library's default is fisher_hutchinson
+    _scope("fisher", "Fisher Scope (deflated: top-16 exact + 24 eigen-directions sampled)", "fisher",
+           default=True, method="deflated"),
+    _scope("fisher_hutchinson", "Fisher Scope (hutchinson, the default: top-k exact + random-sign probes, 40 passes)",
+           "fisher", method="hutchinson"),
     _scope("fisher_exact", "Fisher Scope (exact, d backward passes)", "fisher", slow=True, method="exact"),
     _scope("fisher_eig1", "Fisher Scope (eig, k=1)", "fisher", default=True, method="eig", k=1),
     _scope("fisher_eig4", "Fisher Scope (eig, k=4)", "fisher", method="eig", k=4),

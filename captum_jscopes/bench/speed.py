@@ -4,6 +4,8 @@ one run on the same prompts.
 
     python benchmarks/speed.py --n 10            # or: jscopes bench speed --n 10
     python benchmarks/speed.py --fisher-n 50 --skip-speed   # Fisher accuracy vs cost
+    python benchmarks/speed.py --skip-speed --max-tokens 64 --fisher-exact FILE --fisher-seeds 3 \
+        --fisher-methods fisher,fisher_hutchinson          # the same against cached exact scores
     python benchmarks/speed.py --report-only --out benchmarks/results/speed-...   # rebuild speed.md
 
 Methods are the floor and the entries of :data:`captum_jscopes.bench.methods.METHODS`
@@ -38,7 +40,7 @@ from ..llm_attribution import LLMScopeAttribution
 from ..model_state import preserved_state
 from ..models import describe_model, load_model
 from ..semantic_scope import SemanticScope
-from .methods import METHODS, method
+from .methods import METHODS, RANDOMISED_FISHER, method
 from .prompts import load_prompts, prepare_prompt
 from .runner import read_records, run_sharded
 
@@ -48,6 +50,7 @@ SINGLE_TOKEN_METHODS = [
     "semantic",
     "temperature",
     "fisher",
+    "fisher_hutchinson",
     "fisher_exact",
     "fisher_eig1",
     "fisher_eig4",
@@ -57,8 +60,8 @@ SINGLE_TOKEN_METHODS = [
     "grad_x_input",
     "feature_ablation",
 ]
-LENGTH_METHODS = ["floor", "semantic", "temperature", "fisher", "fisher_eig1", "ig50"]
-FISHER_STUDY_METHODS = ["fisher", "fisher_eig1", "fisher_eig4", "fisher_eig16", "fisher_eig64",
+LENGTH_METHODS = ["floor", "semantic", "temperature", "fisher_hutchinson", "fisher_eig1", "ig50"]
+FISHER_STUDY_METHODS = ["fisher", "fisher_hutchinson", "fisher_eig1", "fisher_eig4", "fisher_eig16", "fisher_eig64",
                         "fisher_deflated_8_16", "fisher_deflated_16_16", "fisher_deflated_16_32"]
 IG_MAX_LENGTH = 256  # 50 interpolation steps in one batch: beyond this the CPU run takes minutes per call
 #: The reference every method's time is divided by in the "IG-50 / method" column.
@@ -275,25 +278,45 @@ def fisher_accuracy(args, model, tokenizer, out_dir: Path) -> dict:
     ``out_dir`` (exact Fisher costs minutes per prompt on a CPU): each record is
     saved as it finishes, a rerun computes only the missing prompts, and a rerun
     with other settings is refused unless ``args.overwrite``.
+
+    With ``args.fisher_exact`` (a JSONL file of ``{"id", "seconds", "exact": [scores]}``, e.g.
+    ``benchmarks/results/fisher-estimators-smollm2-lambada64/exact.jsonl``) the study runs on the
+    prompts of those ids and reads exact Fisher from the file instead of recomputing it; the time
+    ratio is then against the stored seconds. ``args.fisher_seeds`` seeds per randomised estimator:
+    the medians and the worst case are over every (prompt, seed).
     """
     scope = FisherScope(model, tokenizer)
     hidden = model.get_output_embeddings().weight.shape[1]
+    seeds = getattr(args, "fisher_seeds", 1)
+    cache_file = getattr(args, "fisher_exact", None)
     settings = {"methods": args.fisher_methods, "max_tokens": args.max_tokens, "data": str(args.data)}
+    if seeds > 1 or cache_file:  # only then: studies of earlier versions resume as before
+        settings |= {"seeds": seeds, "exact_from": cache_file}
     device = model.get_input_embeddings().weight.device
+    cached = _read_exact_cache(cache_file) if cache_file else {}
+    if cached:
+        prompts = [p for p in load_prompts(args.data) if p.id in cached][: args.fisher_n]
+    else:
+        prompts = load_prompts(args.data, args.fisher_n)
 
     def one_prompt(prompt) -> dict:
-        return _fisher_record(scope, encode(tokenizer, prompt.text, args.max_tokens, device), args.fisher_methods)
+        ids = encode(tokenizer, prompt.text, args.max_tokens, device)
+        return _fisher_record(scope, ids, args.fisher_methods, seeds, cached.get(prompt.id))
 
-    path = run_sharded(load_prompts(args.data, args.fisher_n), one_prompt, out_dir, desc="Fisher accuracy",
-                       meta=settings, overwrite=args.overwrite)
+    path = run_sharded(prompts, one_prompt, out_dir, desc="Fisher accuracy", meta=settings, overwrite=args.overwrite)
     records = read_records(path)
+
+    def values(name: str, key: str) -> list[float]:
+        return [v for r in records for v in _per_seed(r[name], key)]
+
     summary = {
         name: {
             "vjps": METHODS[name].backward_passes(hidden),
-            **{f"median_{key}": statistics.median(r[name][key] for r in records) for key in FISHER_STATS},
-            "worst_spearman": min(r[name]["spearman"] for r in records),
-            "worst_rel_l2": max(r[name]["rel_l2"] for r in records),
-            "worst_time_ratio": max(r[name]["time_ratio"] for r in records),
+            **{f"median_{key}": statistics.median(values(name, key)) for key in FISHER_STATS},
+            "worst_spearman": min(values(name, "spearman")),
+            "worst_rel_l2": max(values(name, "rel_l2")),
+            "worst_time_ratio": max(values(name, "time_ratio")),
+            "n_values": len(values(name, "rel_l2")),
         }
         for name in args.fisher_methods
     }
@@ -302,24 +325,48 @@ def fisher_accuracy(args, model, tokenizer, out_dir: Path) -> dict:
     return summary | {"fisher_exact": exact_row}
 
 
-def _fisher_record(scope, ids: torch.Tensor, methods: list[str]) -> dict:
-    """One prompt of the Fisher study: each estimator's error and time against exact Fisher."""
+def _fisher_record(scope, ids: torch.Tensor, methods: list[str], seeds: int = 1,
+                   cached: Optional[dict] = None) -> dict:
+    """One prompt of the Fisher study: each estimator's error and time against exact Fisher
+    (computed, or ``cached``: a record of :func:`_read_exact_cache`). A randomised estimator
+    with ``seeds > 1`` stores lists, one value per seed 0, 1, ..."""
     from scipy.stats import spearmanr
 
-    start = time.perf_counter()
-    exact = scope.attribute(ids, method="exact")[0]
-    exact_time = time.perf_counter() - start
+    if cached is None:
+        start = time.perf_counter()
+        exact = scope.attribute(ids, method="exact")[0]
+        exact_time = time.perf_counter() - start
+    else:
+        exact, exact_time = torch.tensor(cached["exact"], dtype=torch.float32), cached["seconds"]
+        if exact.numel() != ids.numel():
+            raise ValueError(f"cached exact scores have {exact.numel()} tokens, the prompt {ids.numel()}: "
+                             "run with the --max-tokens of the cache")
+    exact = exact.cpu()
     scored = exact > 0
     record: dict = {"n_tokens": ids.numel(), "exact_seconds": exact_time}
     for name in methods:
-        start = time.perf_counter()
-        estimate = scope.attribute(ids, **METHODS[name].options)[0]
-        record[name] = {
-            "time_ratio": (time.perf_counter() - start) / exact_time,
-            "spearman": float(spearmanr(estimate[scored].cpu(), exact[scored].cpu()).statistic),
-            "rel_l2": float((estimate - exact).norm() / exact.norm()),
-        }
+        options = dict(METHODS[name].options)
+        runs = []
+        for seed in range(seeds if options["method"] in RANDOMISED_FISHER else 1):
+            start = time.perf_counter()
+            estimate = scope.attribute(ids, **options, **({"seed": seed} if seeds > 1 else {}))[0].cpu().float()
+            runs.append({
+                "time_ratio": (time.perf_counter() - start) / exact_time,
+                "spearman": float(spearmanr(estimate[scored], exact[scored]).statistic),
+                "rel_l2": float((estimate - exact).norm() / exact.norm()),
+            })
+        record[name] = runs[0] if len(runs) == 1 else {key: [r[key] for r in runs] for key in runs[0]}
     return record
+
+
+def _per_seed(row: dict, key: str) -> list[float]:
+    value = row[key]
+    return value if isinstance(value, list) else [value]
+
+
+def _read_exact_cache(path: str) -> dict[str, dict]:
+    """prompt id -> {"seconds", "exact": [scores]} from a JSONL file of exact Fisher scores."""
+    return {str(r["id"]): r for r in read_records(path)}
 
 
 FISHER_STATS = ("spearman", "rel_l2", "time_ratio")
@@ -424,7 +471,9 @@ def markdown(results: dict) -> str:
     if accuracy:
         lines += [
             "",
-            f"## Fisher estimators against exact, {env['settings']['fisher_n']} prompts (medians; worst prompt)",
+            f"## Fisher estimators against exact, {env['settings']['fisher_n']} prompts (medians; worst prompt"
+            + (f"; {env['settings'].get('fisher_seeds')} seeds each" if env["settings"].get("fisher_seeds", 1) > 1
+               else "") + ")",
             "",
             "| estimator | backward passes | Spearman | rel. L2 error | time / exact |",
             "|---|---:|---:|---:|---:|",
@@ -500,6 +549,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fisher-n", type=int, default=0, help="prompts for the Fisher accuracy study (0: skip)")
     parser.add_argument("--fisher-methods", default=",".join(FISHER_STUDY_METHODS),
                         help="Fisher entries of the method table compared with exact Fisher")
+    parser.add_argument("--fisher-seeds", type=int, default=1,
+                        help="seeds per randomised Fisher estimator in the accuracy study (default 1)")
+    parser.add_argument("--fisher-exact", default=None, metavar="FILE",
+                        help="JSONL of cached exact Fisher scores ({id, seconds, exact}): the study runs on "
+                             "those prompts without recomputing exact")
     parser.add_argument("--skip-speed", action="store_true", help="only the Fisher accuracy study")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--overwrite", action="store_true",

@@ -268,17 +268,30 @@ def win_analysis(records: list[dict], method: str = "ig50_token", rival: str = "
         x = np.array([p[name] for p in pts], dtype=float)
         d = np.array([p["difference"] for p in pts])
         rho, p_value = stats.spearmanr(x, d) if np.ptp(x) > 0 else (float("nan"), float("nan"))
-        edges = np.unique(np.quantile(x, np.linspace(0, 1, n_bins + 1)))
         bins = []
-        for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
-            inside = (x >= lo) & ((x <= hi) if i == len(edges) - 2 else (x < hi))
-            if inside.any():
-                bins.append({"low": float(lo), "high": float(hi), "n": int(inside.sum()),
-                             "win_share": float(np.mean(d[inside] < 0)), "mean_difference": float(d[inside].mean())})
+        for lo, hi in _tie_aware_bins(x, n_bins):
+            inside = (x >= lo) & (x <= hi)
+            bins.append({"low": float(lo), "high": float(hi), "n": int(inside.sum()),
+                         "win_share": float(np.mean(d[inside] < 0)), "mean_difference": float(d[inside].mean())})
         features[name] = {"spearman": float(rho), "spearman_p": float(p_value), "n": len(pts), "bins": bins}
     diffs = np.array([p["difference"] for p in points])
     return {"method": method, "rival": rival, "n": len(points), "win_share": float(np.mean(diffs < 0)),
             "points": points, "features": features}
+
+
+def _tie_aware_bins(x: np.ndarray, n_bins: int) -> list[tuple[float, float]]:
+    """Inclusive (low, high) ranges of about ``len(x) / n_bins`` values each, in ascending order,
+    never splitting equal values: quantile edges collapse when most values tie (e.g. the
+    decisive token is the last one on most prompts), which would leave a single bin."""
+    values, counts = np.unique(x, return_counts=True)
+    target = len(x) / n_bins
+    ranges, start, filled = [], 0, 0
+    for i, count in enumerate(counts):
+        filled += count
+        if filled >= target or i == len(values) - 1:
+            ranges.append((values[start], values[i]))
+            start, filled = i + 1, 0
+    return ranges
 
 
 _FEATURE_LABELS = {

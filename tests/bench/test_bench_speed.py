@@ -121,6 +121,32 @@ def test_fisher_accuracy_study_resumes(tiny_model_dir, prompts_file, tmp_path, c
     assert [r["id"] for r in records] == ["0", "1"] and all("fisher" not in r for r in records)
 
 
+def test_fisher_accuracy_study_reads_cached_exact_scores_and_runs_every_seed(tiny_model_dir, prompts_file, tmp_path):
+    """--fisher-exact: the study runs on the cached prompts only and scores against the cached
+    exact values (not recomputed); --fisher-seeds: one value per seed for the randomised estimators."""
+    from captum_jscopes import FisherScope, load_model
+
+    model, tokenizer = load_model(str(tiny_model_dir), progress=False)
+    ids = bench_speed.encode(tokenizer, json.loads(prompts_file.read_text())[1]["text"], 0, "cpu")
+    exact = FisherScope(model, tokenizer).attribute(ids[None], method="exact")[0]
+    cache = tmp_path / "exact.jsonl"
+    # prompt "1" only, with its exact scores doubled: an estimator equal to exact is then 50% off
+    cache.write_text(json.dumps({"id": "1", "seconds": 2.0, "exact": (2 * exact).tolist()}) + "\n")
+    out = tmp_path / "cached"
+    argv = ["--model", str(tiny_model_dir), "--data", str(prompts_file), "--n", "1", "--skip-speed", "--fisher-n", "5",
+            "--fisher-exact", str(cache), "--fisher-seeds", "2", "--fisher-methods", "fisher_hutchinson,fisher_eig1",
+            "--out", str(out)]
+    assert bench_speed.main(argv) == 0
+    (record,) = [json.loads(line) for line in (out / bench_speed.FISHER_DIR / "records.jsonl").read_text().splitlines()]
+    assert record["id"] == "1" and record["exact_seconds"] == 2.0
+    # 40 passes on a 16-wide model: hutchinson is exact there, for every seed
+    assert record["fisher_hutchinson"]["rel_l2"] == pytest.approx([0.5, 0.5], abs=1e-5)
+    assert isinstance(record["fisher_eig1"]["rel_l2"], float)  # deterministic: one run
+    summary = json.loads((out / "speed.json").read_text())["fisher_accuracy"]
+    assert summary["fisher_hutchinson"]["n_values"] == 2 and summary["fisher_eig1"]["n_values"] == 1
+    assert "2 seeds each" in (out / "speed.md").read_text()
+
+
 def test_length_memory_records_time_and_memory_per_length_and_skips_after_a_slow_call(
         tiny_model_dir, prompts_file, tmp_path):
     out = tmp_path / "out"

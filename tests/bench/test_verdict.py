@@ -126,3 +126,16 @@ def test_command_line(tmp_path, capsys):
     assert json.loads(out.with_suffix(".json").read_text())[0]["n"] == 40
     assert (run / "wins-ig50_token-vs-fisher_eig1.png").is_file()
     assert V.main(["--run", str(run)]) == 2 and "NAME=DIR" in capsys.readouterr().err
+
+
+def test_bins_keep_ties_together_and_still_split_the_rest():
+    import numpy as np
+
+    from captum_jscopes.bench.verdict import _tie_aware_bins
+
+    x = np.array([0.0] * 54 + list(range(1, 18)))  # most decisive tokens are the last one
+    ranges = _tie_aware_bins(x, 3)
+    assert ranges[0] == (0.0, 0.0) and len(ranges) >= 2
+    assert sum(((x >= lo) & (x <= hi)).sum() for lo, hi in ranges) == len(x)  # every value in one bin
+    even = _tie_aware_bins(np.arange(9.0), 3)
+    assert even == [(0.0, 2.0), (3.0, 5.0), (6.0, 8.0)]
