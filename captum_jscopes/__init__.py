@@ -35,4 +35,4 @@ __all__ = [
     "DEFAULT_MODEL",
     "ModelNotAvailableError",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -37,3 +37,14 @@ def test_fisher_step_rows_measure_error_against_exact_and_time_the_f_side():
     markdown = script._markdown(rows)
     assert all(r["n_probes"] == (0 if r["estimator"] == "exact" else 4) for r in rows)
     assert markdown.count("\n") == len(rows) + 2
+
+
+def test_timing_only_rows_without_exact_have_no_errors():
+    script = _script()
+    model, tokenizer = make_model(dtype=__import__("torch").float64), make_tokenizer()
+    sentences = [("one", "the cat sat on the mat", " the dog ran home")]
+    rows = script.measure(model, tokenizer, seeds=1, sentences=sentences,
+                          estimators={"hutchinson": dict(method="hutchinson", k=3, n_probes=4)})
+    (row,) = rows
+    assert row["median_rel_l2"] is None and row["worst_rel_l2"] is None and row["seconds"] > 0
+    assert "| - | - |" in script._markdown(rows)
