@@ -108,10 +108,10 @@ DEMO_EXAMPLES: tuple[DemoExample, ...] = (
         prompt="The largest city in France, and its capital, is",
         runs=_all_scopes(" Paris"),
         about="factual recall: ' France' should drive ' Paris'",
-        claims=(DemoClaim("semantic", " France"), DemoClaim("temperature", " France"), DemoClaim("fisher", " France", 3)),
+        claims=(DemoClaim("semantic", " France"), DemoClaim("temperature", " France"), DemoClaim("fisher", " France", 2)),
         note=(
             "Semantic and Temperature rank ' France' first. Fisher ranks the function word 'The', the "
-            f"first token, first, then ' largest', and ' France' third. {_SINK} "
+            f"first token, first, and ' France' second. {_SINK} "
             "On 'The capital of France is' all three scopes put 'The' first for that reason."
         ),
     ),
