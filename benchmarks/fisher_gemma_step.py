@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -87,15 +88,12 @@ def measure(model, tokenizer, seeds: int = 3, sentences=SENTENCES, estimators=ES
                 language=language, estimator=name, output_tokens=int(shape[0]), input_tokens=int(shape[1]),
                 median_rel_l2=None if errors is None else float(errors.median()),
                 worst_rel_l2=None if errors is None else float(errors.max()),
-                seconds=_median([s for _, s, _ in calls]), f_seconds=_median([i["f_seconds"] for _, _, i in calls]),
+                seconds=statistics.median(s for _, s, _ in calls),
+                f_seconds=statistics.median(i["f_seconds"] for _, _, i in calls),
                 path=info.get("path"), k=info.get("k"), n_probes=info.get("n_probes"),
             ))
             print(json.dumps(rows[-1]), flush=True)
     return rows
-
-
-def _median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
 
 
 def _markdown(rows: list[dict]) -> str:

@@ -287,8 +287,7 @@ def fisher_accuracy(args, model, tokenizer, out_dir: Path) -> dict:
     """
     scope = FisherScope(model, tokenizer)
     hidden = model.get_output_embeddings().weight.shape[1]
-    seeds = getattr(args, "fisher_seeds", 1)
-    cache_file = getattr(args, "fisher_exact", None)
+    seeds, cache_file = args.fisher_seeds, args.fisher_exact
     settings = {"methods": args.fisher_methods, "max_tokens": args.max_tokens, "data": str(args.data)}
     if seeds > 1 or cache_file:  # only then: studies of earlier versions resume as before
         settings |= {"seeds": seeds, "exact_from": cache_file}
@@ -349,7 +348,7 @@ def _fisher_record(scope, ids: torch.Tensor, methods: list[str], seeds: int = 1,
         runs = []
         for seed in range(seeds if options["method"] in RANDOMISED_FISHER else 1):
             start = time.perf_counter()
-            estimate = scope.attribute(ids, **options, **({"seed": seed} if seeds > 1 else {}))[0].cpu().float()
+            estimate = scope.attribute(ids, **options, seed=seed)[0].cpu().float()
             runs.append({
                 "time_ratio": (time.perf_counter() - start) / exact_time,
                 "spearman": float(spearmanr(estimate[scored], exact[scored]).statistic),
