@@ -30,10 +30,10 @@ import transformers
 from captum.attr import TextTokenInput
 
 import captum_jscopes
-import captum_jscopes.inseq_methods  # noqa: F401  (registers the scopes with Inseq)
+import captum_jscopes.integrations.inseq  # noqa: F401  (registers the scopes with Inseq)
 from captum_jscopes import LLMScopeAttribution
-from captum_jscopes.demo_prompts import DEMO_EXAMPLES
-from captum_jscopes.registry import SCOPES
+from captum_jscopes.cli.demo_prompts import DEMO_EXAMPLES
+from captum_jscopes.scopes.registry import SCOPES
 
 PROMPT = next(e.prompt for e in DEMO_EXAMPLES if e.name == "lambada")
 OUT = Path(__file__).resolve().parent / "results" / "inseq_overhead.md"
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Model {name}, {str(model.dtype).removeprefix('torch.')}, {model.device}; median of {args.repeats} runs after a warm-up; "
         f"torch threads {args.threads}. Torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"Inseq {captum_jscopes.inseq_methods.INSEQ_VERSION}, {platform.processor() or platform.machine()}.",
+        f"Inseq {captum_jscopes.integrations.inseq.INSEQ_VERSION}, {platform.processor() or platform.machine()}.",
         "",
         "Command: `" + " ".join([".venv/bin/python benchmarks/inseq_overhead.py", *cli]) + "`",
     ]

@@ -4,15 +4,16 @@
     >>> scores = SemanticScope(model, tokenizer).attribute(input_ids, target=" Paris")
 """
 
-from .dataset import DatasetSettings, attribute_dataset
-from .fisher_scope import FisherScope
-from .linearity import LinearityResult, linearity_check
-from .llm_attribution import ChatTokenInput, LLMScopeAttribution, chat_input, chat_prompt
-from .models import DEFAULT_MODEL, ModelNotAvailableError, describe_model, load_model, load_tokenizer
-from .result import ScopeResult, sink_share
-from .scope import JacobianScope
-from .semantic_scope import SemanticScope
-from .temperature_scope import TemperatureScope
+from captum_jscopes.core.provenance import package_version
+from captum_jscopes.runs.dataset import DatasetSettings, attribute_dataset
+from captum_jscopes.scopes.fisher import FisherScope
+from captum_jscopes.analysis.linearity import LinearityResult, linearity_check
+from captum_jscopes.integrations.captum import ChatTokenInput, LLMScopeAttribution, chat_input, chat_prompt
+from captum_jscopes.models import DEFAULT_MODEL, ModelNotAvailableError, describe_model, load_model, load_tokenizer
+from captum_jscopes.results.result import ScopeResult, sink_share
+from captum_jscopes.scopes.base import JacobianScope
+from captum_jscopes.scopes.semantic import SemanticScope
+from captum_jscopes.scopes.temperature import TemperatureScope
 
 __all__ = [
     "JacobianScope",
@@ -35,4 +36,4 @@ __all__ = [
     "DEFAULT_MODEL",
     "ModelNotAvailableError",
 ]
-__version__ = "0.2.0"
+__version__ = package_version()

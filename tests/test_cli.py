@@ -21,12 +21,12 @@ from helpers import assert_unchanged, make_model, make_tokenizer, snapshot
 from matplotlib.image import imread
 
 from captum_jscopes import FisherScope, ScopeResult, SemanticScope, TemperatureScope, chat_prompt, load_model
-from captum_jscopes import cli
-from captum_jscopes.cli import main
-from captum_jscopes.demo_prompts import DEMO_EXAMPLES, DemoClaim
-from captum_jscopes.explain import PassTiming, explain, measure_pass
-from captum_jscopes.interactive import DATA_ID, page_data
-from captum_jscopes.registry import SCOPES
+from captum_jscopes.cli import main as cli
+from captum_jscopes.cli.main import main
+from captum_jscopes.cli.demo_prompts import DEMO_EXAMPLES, DemoClaim
+from captum_jscopes.runs.explain import PassTiming, explain, measure_pass
+from captum_jscopes.display.interactive import DATA_ID, page_data
+from captum_jscopes.scopes.registry import SCOPES
 from captum_jscopes.models import EMBEDDED_MODELS, EmbeddedModel
 
 PROMPT = "the cat sat on the"
@@ -463,7 +463,7 @@ def test_demo_claim_ranks_the_displayed_token():
 def test_demo_runs_on_the_tiny_model_and_checks_each_claim(model_dir, tmp_path, capsys, monkeypatch):
     """The demo's code path on a model that cannot know the answers: every claim is
     checked and its verdict printed (the word-level tokenizer knows only some words)."""
-    from captum_jscopes import demo_prompts
+    from captum_jscopes.cli import demo_prompts
 
     # the same runs (without targets: the tiny vocabulary has no ' Paris') and claims, on PROMPT
     tiny_examples = tuple(

@@ -1,4 +1,4 @@
-"""Attributing a whole dataset (captum_jscopes.dataset and ``jscopes attribute-dataset``):
+"""Attributing a whole dataset (captum_jscopes.runs.dataset and ``jscopes attribute-dataset``):
 records that read back into the scopes' own scores, the target field, slices, bad input
 as usage errors before the model loads, a SIGKILLed run resumed without losing or
 repeating a prompt, two real processes sharing the prompts, other settings refused,
@@ -24,11 +24,11 @@ import torch
 from helpers import WORDS, assert_unchanged, make_model, make_tokenizer, snapshot
 
 from captum_jscopes import SemanticScope, load_model
-from captum_jscopes.bench.prompts import Prompt, load_prompts
-from captum_jscopes.bench.runner import read_records
-from captum_jscopes.cli import main
-from captum_jscopes.dataset import DatasetSettings, attribute_dataset, page_name, read_results, select_prompts
-from captum_jscopes.explain import explain
+from captum_jscopes.runs.prompts import Prompt, load_prompts
+from captum_jscopes.runs.runner import read_records
+from captum_jscopes.cli.main import main
+from captum_jscopes.runs.dataset import DatasetSettings, attribute_dataset, page_name, read_results, select_prompts
+from captum_jscopes.runs.explain import explain
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PLAIN_WORDS = [w for w in WORDS if w.isalpha()]

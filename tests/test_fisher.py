@@ -7,7 +7,7 @@ import torch
 from helpers import BOS, assert_unchanged, make_model, make_tokenizer, random_ids, snapshot
 
 from captum_jscopes import FisherScope
-from captum_jscopes.fisher import (
+from captum_jscopes.fisher.estimators import (
     choose_k,
     choose_path,
     fisher_matrix,
@@ -16,8 +16,8 @@ from captum_jscopes.fisher import (
     probes,
     top_eigenpairs,
 )
-from captum_jscopes.fisher_components import describe, plot_components
-from captum_jscopes.forward import gradient_checkpointing, resolve_positions, run_forward, prepare_inputs
+from captum_jscopes.fisher.components import describe, plot_components
+from captum_jscopes.core.forward import gradient_checkpointing, resolve_positions, run_forward, prepare_inputs
 
 
 def prompt(n=7, seed=3):
@@ -92,7 +92,7 @@ def test_hutchinson_standard_error_matches_the_spread_over_seeds(llama64, exact6
 
 def test_hutchinson_is_exact_when_the_remainder_is_isotropic():
     # a remainder whose Jacobian is isotropic gives zero variance: here J = I on a 2-d remainder
-    from captum_jscopes.fisher import FisherProbes, fisher_scores  # noqa: F401
+    from captum_jscopes.fisher.estimators import FisherProbes, fisher_scores  # noqa: F401
 
     fisher = torch.diag(torch.tensor([5.0, 1.0, 1.0], dtype=torch.float64))[None, None]
     found = probes(fisher, method="hutchinson", k=1, n_probes=2, seed=0)
@@ -244,10 +244,10 @@ def test_progress_bar_option(llama64, capsys):
 def test_every_entry_point_defaults_to_the_same_fisher_estimator():
     import inspect
 
-    from captum_jscopes import cli
-    from captum_jscopes.dataset import DatasetSettings
-    from captum_jscopes.explain import explain
-    from captum_jscopes.fisher import DEFAULT_METHOD, probes
+    from captum_jscopes.cli import main as cli
+    from captum_jscopes.runs.dataset import DatasetSettings
+    from captum_jscopes.runs.explain import explain
+    from captum_jscopes.fisher.estimators import DEFAULT_METHOD, probes
 
     def default(fn):
         return inspect.signature(fn).parameters["method" if "method" in inspect.signature(fn).parameters

@@ -1,4 +1,4 @@
-"""The scopes as Inseq methods (captum_jscopes/inseq_methods.py): Inseq's raw
+"""The scopes as Inseq methods (captum_jscopes/integrations/inseq.py): Inseq's raw
 per-step scores equal the standalone scopes at every step's prefix, options
 pass through, bad options and attributed functions fail clearly, the caller's
 model is left as it was, and Inseq's viewer and serialisation work."""
@@ -15,7 +15,7 @@ import pytest
 import torch
 from helpers import assert_unchanged, make_model, snapshot
 
-import captum_jscopes.inseq_methods as inseq_methods  # registers the methods
+import captum_jscopes.integrations.inseq as inseq_methods  # registers the methods
 from captum_jscopes import FisherScope, SemanticScope, TemperatureScope
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +144,7 @@ def test_the_module_was_checked_against_the_installed_inseq():
 
 def test_import_without_inseq_says_how_to_install_it():
     # None in sys.modules makes `import inseq` fail as if it were not installed
-    code = "import sys; sys.modules['inseq'] = None; import captum_jscopes.inseq_methods"
+    code = "import sys; sys.modules['inseq'] = None; import captum_jscopes.integrations.inseq"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "ImportError" in done.stderr and "pip install captum_jscopes[inseq]" in done.stderr

@@ -1,4 +1,4 @@
-"""The interactive page of a multi-token result (captum_jscopes.interactive), in a
+"""The interactive page of a multi-token result (captum_jscopes.display.interactive), in a
 real headless browser: it renders, choosing an output token shows that token's
 map, the summed view shows the sum, hostile tokens stay text, and the browser
 console stays free of errors. Plus the page's source: self-contained, its JSON
@@ -20,8 +20,8 @@ from captum.attr import TextTokenInput
 from helpers import assert_unchanged, make_model, snapshot
 
 from captum_jscopes import LLMScopeAttribution, ScopeResult, SemanticScope
-from captum_jscopes.interactive import DATA_ID, page_data, render_interactive_html, save_interactive_html
-from captum_jscopes.spans import CONTINUATION_MARK, token_labels
+from captum_jscopes.display.interactive import DATA_ID, page_data, render_interactive_html, save_interactive_html
+from captum_jscopes.results.spans import CONTINUATION_MARK, token_labels
 
 INSTALL = "apt-get update && apt-get install -y chromium chromium-driver"
 PROMPT = "Tom liked the food . he went to the"

@@ -18,7 +18,7 @@ from torch import nn
 
 import captum_jscopes
 from captum_jscopes import FisherScope, JacobianScope, LinearityResult, SemanticScope, TemperatureScope, linearity_check
-from captum_jscopes.linearity import DEFAULT_EPSILONS, plot_linearity
+from captum_jscopes.analysis.linearity import DEFAULT_EPSILONS, plot_linearity
 
 N = 7
 

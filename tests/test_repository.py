@@ -4,7 +4,7 @@
 - a copy of the tracked files in a folder with nothing beside it runs the data-reading
   tests and a benchmark on the default prompt set;
 - no private name (leading underscore) is imported from another module, and Captum's
-  private API is used only in ``captum_jscopes/captum_compat.py``, whose pinned version
+  private API is used only in ``captum_jscopes/core/_captum_compat.py``, whose pinned version
   must be the installed one.
 """
 
@@ -22,7 +22,7 @@ import captum
 import pytest
 from helpers import make_model, make_tokenizer
 
-from captum_jscopes import captum_compat
+from captum_jscopes.core import _captum_compat as captum_compat
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "captum_jscopes"

@@ -12,8 +12,8 @@ import pytest
 import torch
 from captum.attr import LLMAttributionResult
 
-from captum_jscopes.result import ScopeResult, sink_share
-from captum_jscopes.visualize import render_html
+from captum_jscopes.results.result import ScopeResult, sink_share
+from captum_jscopes.display.visualize import render_html
 
 TOKENS = ["<|im_start|>", "Bob", "Ġwas", "Ċ", "Ġ<script>alert(1)</script>", "âĢĻ", "Ġ😀"]
 

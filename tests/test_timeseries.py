@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from captum_jscopes.models import load_tokenizer
-from captum_jscopes.timeseries import (
+from captum_jscopes.analysis.timeseries import (
     Scaling,
     _offsets_by_decoding,
     brownian_motion,

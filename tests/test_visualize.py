@@ -13,8 +13,8 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 
-from captum_jscopes.result import ScopeResult
-from captum_jscopes.visualize import (
+from captum_jscopes.results.result import ScopeResult
+from captum_jscopes.display.visualize import (
     DIVERGING_CMAP,
     FONT_FAMILIES,
     MISSING_GLYPH,

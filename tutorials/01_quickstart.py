@@ -115,7 +115,7 @@ sem_result = llm_attr.attribute(inp, target=" Mary")
 sem_result  # a ScopeResult shows itself as coloured tokens
 
 # %%
-from captum_jscopes.visualize import display_token
+from captum_jscopes.display.visualize import display_token
 
 print(f"{'token':>10} {'IG (signed)':>12} {'Semantic':>9}")
 for token, ig, sem in zip(sem_result.input_tokens, ig_result.seq_attr, sem_result.seq_attr):
@@ -188,7 +188,7 @@ plt.close(fig)
 # the four maps of section 3 one below the other.
 
 # %%
-from captum_jscopes.visualize import plot_token_heatmap, save_heatmap
+from captum_jscopes.display.visualize import plot_token_heatmap, save_heatmap
 
 heatmap_png = save_heatmap(sem_result, OUT / "semantic_heatmap.png", title="Semantic Scope, target ' Mary'")
 display(Image(filename=str(heatmap_png)))

@@ -123,7 +123,7 @@ assert (result.token_attr.sum(1) > 0).all()
 # %%
 from matplotlib.figure import Figure
 
-from captum_jscopes.visualize import display_token, plot_token_heatmap, save_heatmap
+from captum_jscopes.display.visualize import display_token, plot_token_heatmap, save_heatmap
 
 
 def share_matrix(result, title):

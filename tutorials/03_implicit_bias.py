@@ -51,7 +51,7 @@ def show(fig, filename, dpi=80):
 
 # %%
 from captum_jscopes import load_model
-from captum_jscopes.visualize import display_token, plot_token_heatmap
+from captum_jscopes.display.visualize import display_token, plot_token_heatmap
 
 model, tokenizer = load_model(progress=False)
 

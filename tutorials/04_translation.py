@@ -115,7 +115,7 @@ import time
 from captum.attr import TextTokenInput
 
 from captum_jscopes import FisherScope, LLMScopeAttribution, SemanticScope
-from captum_jscopes.visualize import display_token
+from captum_jscopes.display.visualize import display_token
 
 fisher = LLMScopeAttribution(FisherScope(model, tokenizer), tokenizer)
 

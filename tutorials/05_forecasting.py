@@ -54,7 +54,7 @@ def show(fig, filename, dpi=80):
 
 # %%
 from captum_jscopes import TemperatureScope, load_model
-from captum_jscopes.timeseries import brownian_motion, deserialize, logistic_map, lorenz, serialize, value_scores
+from captum_jscopes.analysis.timeseries import brownian_motion, deserialize, logistic_map, lorenz, serialize, value_scores
 
 model, tokenizer = load_model(progress=False)
 scope = TemperatureScope(model, tokenizer)
@@ -192,7 +192,7 @@ for name in SERIES:
 # %%
 from matplotlib.figure import Figure
 
-from captum_jscopes.visualize import plot_series_influence
+from captum_jscopes.display.visualize import plot_series_influence
 
 fig = Figure(figsize=(10, 9), layout="constrained")
 for ax, (name, (x, v, predicted)) in zip(fig.subplots(len(examples), 1), examples.items()):

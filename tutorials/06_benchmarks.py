@@ -23,7 +23,7 @@
 # | speed | `jscopes bench speed ...` (= `python benchmarks/speed.py ...`) | `captum_jscopes.bench.speed.main([...])` | seconds per explained token of every method, against a physical floor and Captum's Integrated Gradients |
 # | faithfulness | `jscopes bench faithfulness ...` (= `python benchmarks/faithfulness.py ...`) | `captum_jscopes.bench.faithfulness.main([...])` | the paper's AOPC (deleting the top-ranked tokens) and agreement with leave-one-out influence |
 #
-# Both read LAMBADA passages (the 1000 of the paper, shipped in `captum_jscopes/bench/data/`), explain the model's prediction of the passage's
+# Both read LAMBADA passages (the 1000 of the paper, shipped in `captum_jscopes/runs/data/`), explain the model's prediction of the passage's
 # last token, and write JSON, a Markdown report and plots into an output folder. This notebook
 #
 # 1. runs the speed benchmark on two prompts and reads its `speed.json` / `speed.md`,
@@ -291,7 +291,7 @@ assert summary["methods"]["semantic"]["aopc_mean"] < summary["methods"]["random"
 
 # %%
 from captum_jscopes import SemanticScope, load_model
-from captum_jscopes.bench.prompts import load_prompts, prepare_prompt
+from captum_jscopes.runs.prompts import load_prompts, prepare_prompt
 from captum_jscopes.metrics import aopc, deletion_curve, leave_one_out, loo_agreement
 
 model, tokenizer = load_model(progress=False)

@@ -38,7 +38,7 @@ from IPython.display import Image, display
 from scipy.stats import spearmanr
 
 from captum_jscopes import FisherScope, load_model
-from captum_jscopes.fisher_components import describe, plot_components
+from captum_jscopes.fisher.components import describe, plot_components
 
 # JSCOPES_TUTORIAL_FAST=1 (set by the test suite) runs a reduced size; the saved outputs are full runs.
 FAST = os.environ.get("JSCOPES_TUTORIAL_FAST") == "1"

@@ -2,9 +2,9 @@
 
 - :mod:`~captum_jscopes.bench.methods`: the one table of attribution methods (scopes and Captum
   baselines, options spelled out) that both benchmarks and their reports read.
-- :mod:`~captum_jscopes.bench.prompts`: the shipped prompt sets (``data/``: LAMBADA-1000,
+- :mod:`~captum_jscopes.runs.prompts`: the shipped prompt sets (``data/``: LAMBADA-1000,
   German-English translation), loading, and "passage minus its last token".
-- :mod:`~captum_jscopes.bench.runner`: runs a function over prompts, sharded over processes,
+- :mod:`~captum_jscopes.runs.runner`: runs a function over prompts, sharded over processes,
   resumable, settings checked.
 - :mod:`~captum_jscopes.bench.speed`: seconds and memory per explained token, against a floor.
 - :mod:`~captum_jscopes.bench.faithfulness` and :mod:`~captum_jscopes.bench.report`: the paper's

@@ -8,8 +8,8 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-from ..models import DEFAULT_MODEL, EMBEDDED_MODELS
-from .prompts import DATASETS, DEFAULT_DATASET
+from captum_jscopes.models import DEFAULT_MODEL, EMBEDDED_MODELS
+from captum_jscopes.runs.prompts import DATASETS, DEFAULT_DATASET
 
 __all__ = ["model_short_name", "model_id", "data_id", "results_dir", "add_model_arguments", "add_prompt_arguments",
            "add_output_arguments"]

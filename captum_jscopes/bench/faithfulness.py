@@ -17,7 +17,7 @@ threads spin and slow everything down.
 
 Protocol per prompt (the paper's evaluation protocol, docs/method.md):
 
-1. :func:`~captum_jscopes.bench.prompts.prepare_prompt`: tokenise the passage with
+1. :func:`~captum_jscopes.runs.prompts.prepare_prompt`: tokenise the passage with
    the tokenizer's special tokens (a BOS only if the tokenizer adds one; SmolLM2's
    adds none) and drop the last token: it is the target (the last sub-token of the
    final word). The explained position is the last remaining token.
@@ -62,7 +62,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from ..metrics import (
+from captum_jscopes.metrics import (
     AOPC_FRACTIONS,
     AblationSettings,
     ablated_log_probs,
@@ -73,8 +73,8 @@ from ..metrics import (
     rankable_mask,
     trapezoid_area,
 )
-from ..models import ModelNotAvailableError, load_model
-from .common import (
+from captum_jscopes.models import ModelNotAvailableError, load_model
+from captum_jscopes.bench.common import (
     add_model_arguments,
     add_output_arguments,
     add_prompt_arguments,
@@ -83,9 +83,9 @@ from .common import (
     model_short_name,
     results_dir,
 )
-from .methods import DEFAULT_METHODS, METHODS, describe_ig_baselines, parse_methods
-from .prompts import Prompt, load_prompts, prepare_prompt
-from .report import (
+from captum_jscopes.bench.methods import DEFAULT_METHODS, METHODS, describe_ig_baselines, parse_methods
+from captum_jscopes.runs.prompts import Prompt, load_prompts, prepare_prompt
+from captum_jscopes.bench.report import (
     BENCH_CURVE_FRACTIONS,
     IG_BASELINES_FILE,
     combine_runs,
@@ -93,7 +93,7 @@ from .report import (
     format_number,
     write_report,
 )
-from .runner import read_records, run_sharded, write_json_atomic
+from captum_jscopes.runs.runner import read_records, run_sharded, write_json_atomic
 
 __all__ = ["Settings", "build_parser", "main", "evaluate_prompt", "parse_fractions", "default_out_dir", "model_short_name"]
 

@@ -30,8 +30,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .. import __version__
-from .speed import make_method, median_time, peak_extra_memory
+from captum_jscopes.core.provenance import package_version
+from captum_jscopes.bench.speed import make_method, median_time, peak_extra_memory
 
 #: Llama configurations, without downloading anything: the published shapes.
 SHAPES: dict[str, dict] = {
@@ -128,7 +128,7 @@ def environment(args: argparse.Namespace) -> dict:
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
-        "captum_jscopes": __version__,
+        "captum_jscopes": package_version(),
         "dtype": args.dtype,
         "threads": torch.get_num_threads(),
         "repeats": args.repeats,

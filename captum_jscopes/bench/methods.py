@@ -2,7 +2,7 @@
 
 Every method either benchmark can run is one :class:`BenchMethod` entry of
 :data:`METHODS`, with its options spelled out: a Jacobian Scope of the
-registry (:data:`captum_jscopes.registry.SCOPES`) with the options of its
+registry (:data:`captum_jscopes.scopes.registry.SCOPES`) with the options of its
 ``attribute``, a Captum baseline with its arguments, or random scores. The
 faithfulness and speed benchmarks, their command-line choices and the reports'
 labels all read this table; adding a method is adding one entry.
@@ -25,11 +25,11 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from ..fisher import DEFAULT_BUDGET
-from ..forward import accepts
-from ..metrics import replacement_token_id
-from ..model_state import preserved_state
-from ..registry import SCOPES
+from captum_jscopes.fisher.estimators import DEFAULT_BUDGET
+from captum_jscopes.core.forward import accepts
+from captum_jscopes.metrics import replacement_token_id
+from captum_jscopes.core.model_state import preserved_state
+from captum_jscopes.scopes.registry import SCOPES
 
 __all__ = ["BenchMethod", "METHODS", "DEFAULT_METHODS", "method", "parse_methods", "random_scores"]
 

@@ -19,10 +19,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from scipy import stats
 
-from ..metrics import AOPC_FRACTIONS
-from .methods import METHODS
-from .paper import PAPER_AOPC, PAPER_AOPC_NAMES, PAPER_LOO, PAPER_MODELS
-from .runner import RECORDS_FILE, RUN_FILE, read_records, read_shard_records, write_json_atomic, write_text_atomic
+from captum_jscopes.metrics import AOPC_FRACTIONS
+from captum_jscopes.bench.methods import METHODS
+from captum_jscopes.bench.paper import PAPER_AOPC, PAPER_AOPC_NAMES, PAPER_LOO, PAPER_MODELS
+from captum_jscopes.runs.runner import RECORDS_FILE, RUN_FILE, read_records, read_shard_records, write_json_atomic, write_text_atomic
 
 __all__ = [
     "summarize", "render_report", "write_report", "combine_runs", "finite_or_none", "format_number", "mean_sem",

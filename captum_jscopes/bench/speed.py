@@ -34,15 +34,15 @@ from typing import Any, Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
-from ..fisher_scope import FisherScope
-from ..llm_attribution import LLMScopeAttribution
-from ..model_state import preserved_state
-from ..models import describe_model, load_model
-from ..semantic_scope import SemanticScope
-from .methods import METHODS, RANDOMISED_FISHER, method
-from .prompts import load_prompts, prepare_prompt
-from .runner import read_records, run_sharded
+from captum_jscopes.core.provenance import package_version
+from captum_jscopes.scopes.fisher import FisherScope
+from captum_jscopes.integrations.captum import LLMScopeAttribution
+from captum_jscopes.core.model_state import preserved_state
+from captum_jscopes.models import describe_model, load_model
+from captum_jscopes.scopes.semantic import SemanticScope
+from captum_jscopes.bench.methods import METHODS, RANDOMISED_FISHER, method
+from captum_jscopes.runs.prompts import load_prompts, prepare_prompt
+from captum_jscopes.runs.runner import read_records, run_sharded
 
 #: The per-token table: the floor, then methods of the table (captum_jscopes.bench.methods).
 SINGLE_TOKEN_METHODS = [
@@ -193,7 +193,7 @@ def run_in_fresh_process(args, method: str, ids: torch.Tensor, target: int,
 # -- the benchmark -----------------------------------------------------------------
 def encode(tokenizer: Any, text: str, max_tokens: int, device: Any) -> torch.Tensor:
     """(n,) ids: the passage minus its last token (the target word), its last
-    ``max_tokens`` tokens (0: all); :func:`~captum_jscopes.bench.prompts.prepare_prompt`."""
+    ``max_tokens`` tokens (0: all); :func:`~captum_jscopes.runs.prompts.prepare_prompt`."""
     return prepare_prompt(tokenizer, text, max_tokens).input_ids[0].to(device)
 
 
@@ -274,7 +274,7 @@ def fisher_accuracy(args, model, tokenizer, out_dir: Path) -> dict:
     """Every Fisher estimator against the exact one: Spearman and relative L2
     error per prompt (medians), backward passes, and time relative to exact.
 
-    The prompts run through :func:`captum_jscopes.bench.runner.run_sharded` into
+    The prompts run through :func:`captum_jscopes.runs.runner.run_sharded` into
     ``out_dir`` (exact Fisher costs minutes per prompt on a CPU): each record is
     saved as it finishes, a rerun computes only the missing prompts, and a rerun
     with other settings is refused unless ``args.overwrite``.
@@ -387,7 +387,7 @@ def environment(args, model) -> dict:
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "versions": {
-            "captum_jscopes": __version__,
+            "captum_jscopes": package_version(),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "captum": captum.__version__,

@@ -39,16 +39,16 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..fisher_scope import FisherScope
-from ..linearity import DEFAULT_EPSILONS, linearity_check
-from ..metrics import sink_report
-from ..models import ModelNotAvailableError, load_model
-from ..semantic_scope import SemanticScope
-from ..temperature_scope import TemperatureScope
-from ..tokens import special_tokens_mask
-from .common import add_model_arguments, add_output_arguments, add_prompt_arguments, data_id, model_id, results_dir
-from .prompts import Prompt, load_prompts, prepare_prompt
-from .runner import read_records, run_sharded
+from captum_jscopes.scopes.fisher import FisherScope
+from captum_jscopes.analysis.linearity import DEFAULT_EPSILONS, linearity_check
+from captum_jscopes.metrics import sink_report
+from captum_jscopes.models import ModelNotAvailableError, load_model
+from captum_jscopes.scopes.semantic import SemanticScope
+from captum_jscopes.scopes.temperature import TemperatureScope
+from captum_jscopes.core.tokens import special_tokens_mask
+from captum_jscopes.bench.common import add_model_arguments, add_output_arguments, add_prompt_arguments, data_id, model_id, results_dir
+from captum_jscopes.runs.prompts import Prompt, load_prompts, prepare_prompt
+from captum_jscopes.runs.runner import read_records, run_sharded
 
 __all__ = ["TrustSettings", "evaluate_prompt", "flip_bos", "shuffled_copy", "build_parser", "main", "default_out_dir"]
 
@@ -257,7 +257,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[Sequence[str]] = None, *, prog: Optional[str] = None) -> int:
     """Run the benchmark (or rebuild its report); returns the exit status (0 ok, 2 bad arguments or input)."""
-    from .trust_report import write_trust_report
+    from captum_jscopes.bench.trust_report import write_trust_report
 
     parser = build_parser(prog)
     try:

@@ -27,8 +27,8 @@ from typing import Any, Optional
 import numpy as np
 from scipy import stats
 
-from .report import finite_or_none, format_number, mean_sem, read_meta, read_run_records, wilcoxon_p
-from .runner import write_json_atomic, write_text_atomic
+from captum_jscopes.bench.report import finite_or_none, format_number, mean_sem, read_meta, read_run_records, wilcoxon_p
+from captum_jscopes.runs.runner import write_json_atomic, write_text_atomic
 
 __all__ = ["PROFILE_POSITIONS", "summarize_trust", "render_trust_report", "write_trust_report", "position_profile"]
 

@@ -35,8 +35,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from scipy import stats
 
-from .methods import METHODS
-from .report import finite_or_none, format_number, mean_sem, read_meta, read_run_records, wilcoxon_p
+from captum_jscopes.bench.methods import METHODS
+from captum_jscopes.bench.report import finite_or_none, format_number, mean_sem, read_meta, read_run_records, wilcoxon_p
 
 __all__ = ["paired_stats", "method_costs", "strongest_baseline", "verdict", "budget_picks", "render_verdict",
            "win_analysis", "plot_wins", "main"]

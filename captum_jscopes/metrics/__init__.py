@@ -27,7 +27,7 @@ Vocabulary used throughout:
 - ``y*`` (``target``): the model's own top-1 prediction at ``position`` on the
   intact prompt, unless a target is given.
 - rankable tokens: the tokens at or before ``position`` that are not special
-  (BOS, EOS, PAD, ...; see :func:`captum_jscopes.tokens.special_tokens_mask`).
+  (BOS, EOS, PAD, ...; see :func:`captum_jscopes.core.tokens.special_tokens_mask`).
   Only they are ranked and ablated; special tokens act as attention sinks and
   are never removed unless ``include_special=True``.
 - ``m``: number of rankable tokens. A fraction f of the prompt means the top
@@ -38,9 +38,9 @@ The caller's model is never changed: a model in train mode is switched to eval
 ``requires_grad`` are restored afterwards, also on error.
 """
 
-from .ablation import AblatedPrompt, ablated_log_probs, ablation_inputs, n_tokens_for_fraction, rank_tokens, rankable_mask
-from .checks import check_fractions
-from .curves import (
+from captum_jscopes.metrics.ablation import AblatedPrompt, ablated_log_probs, ablation_inputs, n_tokens_for_fraction, rank_tokens, rankable_mask
+from captum_jscopes.metrics.checks import check_fractions
+from captum_jscopes.metrics.curves import (
     AOPC_FRACTIONS,
     CURVE_FRACTIONS,
     ERASER_FRACTIONS,
@@ -55,10 +55,10 @@ from .curves import (
     sufficiency,
     trapezoid_area,
 )
-from .evaluate import METRICS, evaluate
-from .leave_one_out import LeaveOneOutResult, LooAgreement, leave_one_out, loo_agreement, single_token_kl
-from .settings import ABLATION_MODES, AblationSettings, replacement_token_id
-from .sinks import SINK_MODES, SinkReport, SinkRow, sink_report
+from captum_jscopes.metrics.evaluate import METRICS, evaluate
+from captum_jscopes.metrics.leave_one_out import LeaveOneOutResult, LooAgreement, leave_one_out, loo_agreement, single_token_kl
+from captum_jscopes.metrics.settings import ABLATION_MODES, AblationSettings, replacement_token_id
+from captum_jscopes.metrics.sinks import SINK_MODES, SinkReport, SinkRow, sink_report
 
 __all__ = [
     "ABLATION_MODES",

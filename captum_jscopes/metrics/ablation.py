@@ -5,7 +5,7 @@ becomes a token count, and the batched no-grad forwards every metric runs.
 All ablated variants of a prompt run in batches of ``batch_size`` under
 ``torch.no_grad()``; log-softmax is taken in float64 at the explained position
 only. The caller's model is left as it was (see
-:func:`captum_jscopes.model_state.preserved_state`).
+:func:`captum_jscopes.core.model_state.preserved_state`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..forward import accepts
-from ..model_state import check_causal_lm, preserved_state
-from ..tokens import TargetLike, resolve_target, special_tokens_mask
-from .checks import check_order, check_position, check_prompt
-from .settings import ABLATION_MODES, AblationSettings
+from captum_jscopes.core.forward import accepts
+from captum_jscopes.core.model_state import check_causal_lm, preserved_state
+from captum_jscopes.core.tokens import TargetLike, resolve_target, special_tokens_mask
+from captum_jscopes.metrics.checks import check_order, check_position, check_prompt
+from captum_jscopes.metrics.settings import ABLATION_MODES, AblationSettings
 
 __all__ = [
     "AblatedPrompt",

@@ -11,7 +11,7 @@ from typing import Any, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..forward import prepare_inputs
+from captum_jscopes.core.forward import prepare_inputs
 
 __all__ = [
     "Scores",

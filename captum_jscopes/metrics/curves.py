@@ -17,11 +17,11 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..model_state import preserved_state
-from ..tokens import TargetLike
-from .ablation import AblatedPrompt, n_tokens_for_fraction, rank_tokens
-from .checks import Scores, check_fractions, check_order, check_scores
-from .settings import AblationSettings
+from captum_jscopes.core.model_state import preserved_state
+from captum_jscopes.core.tokens import TargetLike
+from captum_jscopes.metrics.ablation import AblatedPrompt, n_tokens_for_fraction, rank_tokens
+from captum_jscopes.metrics.checks import Scores, check_fractions, check_order, check_scores
+from captum_jscopes.metrics.settings import AblationSettings
 
 __all__ = [
     "AOPC_FRACTIONS",

@@ -6,11 +6,11 @@ from typing import Any, Optional, Sequence
 
 from torch import Tensor, nn
 
-from ..tokens import TargetLike
-from .checks import Scores, check_position
-from .curves import aopc, comprehensiveness, deletion_curve, insertion_curve, sufficiency
-from .leave_one_out import LeaveOneOutResult, leave_one_out, loo_agreement
-from .settings import AblationSettings
+from captum_jscopes.core.tokens import TargetLike
+from captum_jscopes.metrics.checks import Scores, check_position
+from captum_jscopes.metrics.curves import aopc, comprehensiveness, deletion_curve, insertion_curve, sufficiency
+from captum_jscopes.metrics.leave_one_out import LeaveOneOutResult, leave_one_out, loo_agreement
+from captum_jscopes.metrics.settings import AblationSettings
 
 __all__ = ["METRICS", "evaluate"]
 

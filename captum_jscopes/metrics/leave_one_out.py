@@ -12,10 +12,10 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from ..model_state import preserved_state
-from .ablation import AblatedPrompt, n_tokens_for_fraction, rank_tokens
-from .checks import Scores, as_real_vector, check_fractions, check_scores
-from .settings import AblationSettings
+from captum_jscopes.core.model_state import preserved_state
+from captum_jscopes.metrics.ablation import AblatedPrompt, n_tokens_for_fraction, rank_tokens
+from captum_jscopes.metrics.checks import Scores, as_real_vector, check_fractions, check_scores
+from captum_jscopes.metrics.settings import AblationSettings
 
 __all__ = ["LeaveOneOutResult", "LooAgreement", "leave_one_out", "loo_agreement", "single_token_kl"]
 

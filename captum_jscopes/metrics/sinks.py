@@ -23,12 +23,12 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..model_state import preserved_state
-from ..tokens import special_tokens_mask
-from .ablation import AblatedPrompt
-from .checks import Scores, check_scores
-from .leave_one_out import single_token_kl
-from .settings import ABLATION_MODES, AblationSettings
+from captum_jscopes.core.model_state import preserved_state
+from captum_jscopes.core.tokens import special_tokens_mask
+from captum_jscopes.metrics.ablation import AblatedPrompt
+from captum_jscopes.metrics.checks import Scores, check_scores
+from captum_jscopes.metrics.leave_one_out import single_token_kl
+from captum_jscopes.metrics.settings import ABLATION_MODES, AblationSettings
 
 __all__ = ["SINK_MODES", "SinkRow", "SinkReport", "sink_report"]
 

@@ -9,8 +9,8 @@ import json
 
 from accelerate import PartialState
 
-from captum_jscopes.bench.prompts import load_prompts
-from captum_jscopes.bench.runner import run_sharded
+from captum_jscopes.runs.prompts import load_prompts
+from captum_jscopes.runs.runner import run_sharded
 
 
 def main() -> None:

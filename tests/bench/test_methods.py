@@ -8,9 +8,9 @@ from helpers import assert_unchanged, make_model, make_tokenizer, snapshot
 
 from captum_jscopes.bench import methods as M
 from captum_jscopes.bench.methods import DEFAULT_METHODS, METHODS, parse_methods, random_scores
-from captum_jscopes.bench.prompts import prepare_prompt
+from captum_jscopes.runs.prompts import prepare_prompt
 from captum_jscopes.metrics import ablated_log_probs
-from captum_jscopes.registry import SCOPES
+from captum_jscopes.scopes.registry import SCOPES
 
 PROMPT = "Tom went home to the South and he liked the red food"
 

@@ -1,11 +1,11 @@
-"""Tests of captum_jscopes.bench.prompts.prepare_prompt: the passage minus its last token."""
+"""Tests of captum_jscopes.runs.prompts.prepare_prompt: the passage minus its last token."""
 
 from __future__ import annotations
 
 import pytest
 from helpers import make_tokenizer
 
-from captum_jscopes.bench.prompts import prepare_prompt
+from captum_jscopes.runs.prompts import prepare_prompt
 
 
 def test_prepare_prompt_drops_the_last_token_and_keeps_bos():

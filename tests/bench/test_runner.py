@@ -1,5 +1,5 @@
-"""Tests of captum_jscopes.bench.prompts (prompt loading, the shipped sets) and
-captum_jscopes.bench.runner (sharded resumable runs, multi-process runs)."""
+"""Tests of captum_jscopes.runs.prompts (prompt loading, the shipped sets) and
+captum_jscopes.runs.runner (sharded resumable runs, multi-process runs)."""
 
 import json
 import os
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from captum_jscopes.bench import prompts as prompt_sets
-from captum_jscopes.bench.prompts import Prompt, load_prompts
-from captum_jscopes.bench.runner import read_records, run_sharded
+from captum_jscopes.runs import prompts as prompt_sets
+from captum_jscopes.runs.prompts import Prompt, load_prompts
+from captum_jscopes.runs.runner import read_records, run_sharded
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).resolve().parent / "runner_worker.py"

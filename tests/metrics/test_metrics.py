@@ -499,7 +499,7 @@ def test_other_bad_inputs():
 # ------------------------------------------------------------------ the real default model
 @pytest.mark.slow
 def test_paper_protocol_on_the_default_model():
-    from captum_jscopes.bench.prompts import load_prompts
+    from captum_jscopes.runs.prompts import load_prompts
     from captum_jscopes.models import load_model
 
     model, tokenizer = load_model(progress=False)

@@ -9,7 +9,7 @@ PNG and HTML take their colours from the same helper (``_colors``) so they agree
 The colour scale ends at the 99th percentile of |score| (larger scores clip, and
 the colour bar says so), so one attention sink does not wash out a long prompt.
 
-Every view shows readable text (:mod:`captum_jscopes.spans`): the tokens of one
+Every view shows readable text (:mod:`captum_jscopes.results.spans`): the tokens of one
 character (byte-level BPE splits '🍣' into three) show it once. Pictures use a
 font fallback list (:data:`FONT_FAMILIES`) that covers CJK and emoji where such
 fonts are installed; a character no installed font has is drawn as '□', with one
@@ -45,8 +45,8 @@ from matplotlib.ft2font import FT2Font
 from matplotlib.patches import FancyBboxPatch
 from matplotlib.textpath import text_to_path
 
-from . import spans as _spans
-from .result import ScopeResult
+from captum_jscopes.results import spans as _spans
+from captum_jscopes.results.result import ScopeResult
 
 PathLike = Union[str, Path]
 
@@ -162,7 +162,7 @@ def display_token(token: str) -> str:
     'Ċ' -> newline, '▁the' (SentencePiece) -> ' the', '<0x0A>' -> newline,
     'âĢĻ' -> '’'. Pieces that are not valid text alone (e.g. half of a multi-byte
     character) keep their raw form, with only the space/newline markers replaced;
-    :func:`captum_jscopes.spans.readable_groups` joins such pieces with their neighbours.
+    :func:`captum_jscopes.results.spans.readable_groups` joins such pieces with their neighbours.
     """
     return _spans.display_piece(token)
 

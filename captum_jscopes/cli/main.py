@@ -10,14 +10,14 @@ three scopes and writes, per scope, ``<out>/<scope>.png`` (heatmap, the explaine
 token in red), ``<out>/<scope>.html`` (self-contained) and ``<out>/<scope>.json``
 (a :class:`~captum_jscopes.ScopeResult`). ``attribute-dataset`` does it for every
 prompt of a JSON / JSONL file or hub dataset, sharded over processes and
-resumable (:mod:`captum_jscopes.dataset`). ``demo`` does the same on built-in
-examples (:mod:`captum_jscopes.demo_prompts`). ``bench`` forwards to the
+resumable (:mod:`captum_jscopes.runs.dataset`). ``demo`` does the same on built-in
+examples (:mod:`captum_jscopes.cli.demo_prompts`). ``bench`` forwards to the
 benchmark modules (:mod:`captum_jscopes.bench`).
 
 This module only parses and dispatches: the work is done by
-:func:`captum_jscopes.explain.explain`, :func:`~captum_jscopes.explain.write_result`
-and :func:`captum_jscopes.dataset.attribute_dataset`, and the ``--scope`` and
-``--fisher-method`` choices come from :mod:`captum_jscopes.registry`.
+:func:`captum_jscopes.runs.explain.explain`, :func:`~captum_jscopes.runs.explain.write_result`
+and :func:`captum_jscopes.runs.dataset.attribute_dataset`, and the ``--scope`` and
+``--fisher-method`` choices come from :mod:`captum_jscopes.scopes.registry`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .dataset import DatasetSettings, attribute_dataset, device_for_process, is_main_process, select_prompts
-from .explain import (
+from captum_jscopes.runs.dataset import DatasetSettings, attribute_dataset, device_for_process, is_main_process, select_prompts
+from captum_jscopes.runs.explain import (
     INTERACTIVE_SUFFIX,
     PassTiming,
     backward_passes,
@@ -43,10 +43,10 @@ from .explain import (
     package_version,
     write_result,
 )
-from .models import ModelNotAvailableError, load_model
-from .registry import DEFAULT_FISHER_METHOD, FISHER_METHODS, SCOPES
-from .result import ScopeResult
-from .visualize import display_token
+from captum_jscopes.models import ModelNotAvailableError, load_model
+from captum_jscopes.scopes.registry import DEFAULT_FISHER_METHOD, FISHER_METHODS, SCOPES
+from captum_jscopes.results.result import ScopeResult
+from captum_jscopes.display.visualize import display_token
 
 PROG = "jscopes"
 DTYPES = ("float32", "bfloat16", "float16", "float64", "auto")
@@ -356,7 +356,7 @@ def _run_attribute_dataset(args: argparse.Namespace, forwarded: list[str]) -> in
 
 
 def _run_demo(args: argparse.Namespace, forwarded: list[str]) -> int:
-    from .demo_prompts import DEMO_EXAMPLES
+    from captum_jscopes.cli.main.demo_prompts import DEMO_EXAMPLES
 
     out = _output_folder(args.out)
     model, tokenizer = _load_model(args)
@@ -486,7 +486,7 @@ QUICK_LOOK_SECONDS = 30.0
 def estimate_line(timing: PassTiming, scope: str, fisher_method: str) -> str:
     """'Fisher: 40 backward passes over 3,400 tokens, about 12 min; --fisher-method
     eig for a quick look': the cost of ``scope`` from one measured pass
-    (:meth:`~captum_jscopes.explain.PassTiming.seconds`)."""
+    (:meth:`~captum_jscopes.runs.explain.PassTiming.seconds`)."""
     passes = backward_passes(scope, fisher_method, timing.hidden_size)
     seconds = timing.seconds(passes)
     per_token = f" x {timing.n_targets} target tokens" if timing.n_targets > 1 else ""

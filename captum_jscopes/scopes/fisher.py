@@ -7,9 +7,9 @@ from typing import Any, Optional, Union
 
 from torch import Tensor
 
-from .fisher import DEFAULT_BUDGET, DEFAULT_METHOD, fisher_scores, probes
-from .forward import gradient_checkpointing
-from .scope import JacobianScope, RunForward
+from captum_jscopes.fisher.estimators import DEFAULT_BUDGET, DEFAULT_METHOD, fisher_scores, probes
+from captum_jscopes.core.forward import gradient_checkpointing
+from captum_jscopes.scopes.base import JacobianScope, RunForward
 
 
 class FisherScope(JacobianScope):
@@ -95,8 +95,8 @@ class FisherScope(JacobianScope):
         their share of ``tr F``, each one's token scores ``l_i ||u_i^T J_t||^2``
         (k backward passes; over all d directions they add up to the exact
         Fisher score) and the vocabulary tokens each one raises and lowers.
-        See :func:`captum_jscopes.fisher_components.components`."""
-        from .fisher_components import components
+        See :func:`captum_jscopes.fisher.components.components`."""
+        from captum_jscopes.fisher.estimators.components import components
 
         return components(self, input_ids, k=k, position=position, attention_mask=attention_mask, **options)
 

@@ -1,7 +1,7 @@
 """The base class of the three Jacobian Scopes.
 
 It owns everything the scopes share: input checks, the guard that leaves the
-caller's model untouched, the single forward pass (:mod:`captum_jscopes.forward`)
+caller's model untouched, the single forward pass (:mod:`captum_jscopes.core.forward`)
 and which tokens get a score. A concrete scope only says which directions of
 hidden space it projects on (:meth:`JacobianScope._scores`).
 """
@@ -18,9 +18,9 @@ from captum.attr import GradientAttribution
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .forward import ScopeForward, prepare_inputs, resolve_positions, run_forward
-from .model_state import check_causal_lm, preserved_state
-from .tokens import special_tokens_mask
+from captum_jscopes.core.forward import ScopeForward, prepare_inputs, resolve_positions, run_forward
+from captum_jscopes.core.model_state import check_causal_lm, preserved_state
+from captum_jscopes.core.tokens import special_tokens_mask
 
 RunForward = Callable[[float], ScopeForward]
 

@@ -4,7 +4,7 @@ inline display in Jupyter, and small helpers (top tokens, attention-sink share).
 
 A ``ScopeResult`` IS an ``LLMAttributionResult``, so Captum's own
 ``plot_token_attr`` / ``plot_seq_attr`` keep working on it (they show the
-readable text, see :mod:`captum_jscopes.spans`).
+readable text, see :mod:`captum_jscopes.results.spans`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from captum.attr import LLMAttributionResult
 from torch import Tensor
 
-from . import spans as _spans
+from captum_jscopes.results import spans as _spans
 
 PathLike = Union[str, Path]
 
@@ -46,7 +46,7 @@ class ScopeResult(LLMAttributionResult):
             "scope", "model", "settings", "versions", "prediction" ({"token", "prob"}),
             "position", "target". Default: empty dict.
         input_display: optional list[str] (n,): readable text per input token.
-            Default: computed on first use by :func:`captum_jscopes.spans.readable_groups`
+            Default: computed on first use by :func:`captum_jscopes.results.spans.readable_groups`
             (a group's text on its first token, "" on the others, so that
             ``"".join(input_display)`` is the decoded prompt).
         output_display: optional list[str] (m,): the same for the output tokens.
@@ -122,7 +122,7 @@ class ScopeResult(LLMAttributionResult):
 
     def groups(self) -> list["_spans.Span"]:
         """The readable groups of the input tokens: smallest runs that decode
-        cleanly, as :class:`~captum_jscopes.spans.Span` (text, positions)."""
+        cleanly, as :class:`~captum_jscopes.results.spans.Span` (text, positions)."""
         return _spans.groups_from_display(self.input_display)
 
     def _input_ids(self, tokenizer: Any) -> Optional[list[int]]:
@@ -136,7 +136,7 @@ class ScopeResult(LLMAttributionResult):
     # ------------------------------------------------------------ words and spans
     def words(self, rule: Optional[str] = None) -> "ScopeResult":
         """The same result over words instead of tokens (see
-        :func:`captum_jscopes.spans.word_spans` for what a word is).
+        :func:`captum_jscopes.results.spans.word_spans` for what a word is).
 
         Args:
             rule: how token scores combine, ``"l2"`` (root of the sum of squares)
@@ -204,7 +204,7 @@ class ScopeResult(LLMAttributionResult):
     # ------------------------------------------------------------ Captum's plots
     def plot_token_attr(self, show: bool = False):  # type: ignore[override]
         """Captum's ``plot_token_attr``, labelled with the readable text and
-        drawn with the CJK/emoji font fallback of :mod:`captum_jscopes.visualize`."""
+        drawn with the CJK/emoji font fallback of :mod:`captum_jscopes.display.visualize`."""
         return self._captum_plot("plot_token_attr", show)
 
     def plot_seq_attr(self, show: bool = False):  # type: ignore[override]
@@ -212,7 +212,7 @@ class ScopeResult(LLMAttributionResult):
         return self._captum_plot("plot_seq_attr", show)
 
     def _captum_plot(self, method: str, show: bool):
-        from .visualize import drawable_labels, use_fonts
+        from captum_jscopes.display.visualize import drawable_labels, use_fonts
 
         inputs, outputs = drawable_labels(
             [_spans.token_labels(self.input_display), self.output_display]
@@ -360,7 +360,7 @@ class ScopeResult(LLMAttributionResult):
 
     def _repr_html_(self) -> str:
         # Imported here: visualize pulls in matplotlib, not needed to hold results.
-        from .visualize import render_html
+        from captum_jscopes.display.visualize import render_html
 
         return render_html(self)
 

@@ -7,12 +7,12 @@ new scope is one class with a ``name`` and one entry below.
 
 from __future__ import annotations
 
-from .fisher import DEFAULT_METHOD as DEFAULT_FISHER_METHOD
-from .fisher import METHODS as FISHER_METHODS
-from .fisher_scope import FisherScope
-from .scope import JacobianScope
-from .semantic_scope import SemanticScope
-from .temperature_scope import TemperatureScope
+from captum_jscopes.fisher.estimators import DEFAULT_METHOD as DEFAULT_FISHER_METHOD
+from captum_jscopes.fisher.estimators import METHODS as FISHER_METHODS
+from captum_jscopes.scopes.fisher import FisherScope
+from captum_jscopes.scopes.base import JacobianScope
+from captum_jscopes.scopes.semantic import SemanticScope
+from captum_jscopes.scopes.temperature import TemperatureScope
 
 #: name -> scope class, in the order the command line and the reports list them.
 SCOPES: dict[str, type[JacobianScope]] = {cls.name: cls for cls in (SemanticScope, TemperatureScope, FisherScope)}

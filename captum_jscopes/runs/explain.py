@@ -4,7 +4,7 @@ one scope and write its files.
 Every scope goes through one code path, :func:`explain`: Captum's LLM wrapper
 (:class:`~captum_jscopes.LLMScopeAttribution`) with the target's token ids, so a
 one-token target, a multi-token target (teacher-forced, one row per token) and
-a chat prompt are handled alike. The command line (:mod:`captum_jscopes.cli`)
+a chat prompt are handled alike. The command line (:mod:`captum_jscopes.cli.main`)
 only parses its arguments and calls these.
 """
 
@@ -18,14 +18,15 @@ from typing import Any, Optional
 import torch
 from captum.attr import TextTokenInput
 
-from .forward import prepare_inputs, run_forward
-from .interactive import save_interactive_html
-from .model_state import preserved_state
-from .llm_attribution import LLMScopeAttribution, chat_input, model_name, package_version, versions
-from .registry import DEFAULT_FISHER_METHOD, FISHER_METHODS, scope_class
-from .result import ScopeResult
-from .tokens import encode_target, special_token_ids
-from .visualize import save_heatmap, save_html
+from captum_jscopes.core.forward import prepare_inputs, run_forward
+from captum_jscopes.display.interactive import save_interactive_html
+from captum_jscopes.core.model_state import preserved_state
+from captum_jscopes.core.provenance import model_name, package_version, versions
+from captum_jscopes.integrations.captum import LLMScopeAttribution, chat_input
+from captum_jscopes.scopes.registry import DEFAULT_FISHER_METHOD, FISHER_METHODS, scope_class
+from captum_jscopes.results.result import ScopeResult
+from captum_jscopes.core.tokens import encode_target, special_token_ids
+from captum_jscopes.display.visualize import save_heatmap, save_html
 
 __all__ = [
     "explain",
@@ -151,7 +152,7 @@ def write_result(result: "ScopeResult", out: Path, stem: str) -> list[Path]:
     """Write ``<out>/<stem>.png`` (heatmap of ``seq_attr``, the explained text in
     red), ``.html`` (self-contained) and ``.json`` (``result.save_json``), and for
     a target of several tokens ``<stem>_interactive.html``
-    (:func:`captum_jscopes.interactive.save_interactive_html`: choose an output
+    (:func:`captum_jscopes.display.interactive.save_interactive_html`: choose an output
     token to see its own map); return the paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

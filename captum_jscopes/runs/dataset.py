@@ -2,15 +2,15 @@
 processes and resumable (what ``jscopes attribute-dataset`` runs).
 
     from captum_jscopes import load_model
-    from captum_jscopes.dataset import attribute_dataset, read_results
+    from captum_jscopes.runs.dataset import attribute_dataset, read_results
 
     model, tokenizer = load_model()
     summary = attribute_dataset(model, tokenizer, "prompts.jsonl", "out/", scopes=("semantic",), stop=100)
     results = read_results("out/")          # {prompt id: {scope: ScopeResult}}
 
-Each prompt is explained with :func:`captum_jscopes.explain.explain` (the same
+Each prompt is explained with :func:`captum_jscopes.runs.explain.explain` (the same
 call as ``jscopes attribute``), and the prompts go through the benchmarks'
-runner (:func:`captum_jscopes.bench.runner.run_sharded`): every process of a
+runner (:func:`captum_jscopes.runs.runner.run_sharded`): every process of a
 launch (torchrun, accelerate launch) takes its share, each finished prompt is one
 fsync'd line of its process's shard file, so a killed run loses at most the
 prompt in flight and a rerun computes only what is missing, and ``run.json``
@@ -45,12 +45,12 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 from urllib.parse import quote
 
-from .bench.prompts import Prompt, load_prompts
-from .bench.runner import RUN_FILE, read_records, read_shard_records, run_sharded, write_json_atomic, write_text_atomic
-from .explain import explain, model_name
-from .registry import DEFAULT_FISHER_METHOD, FISHER_METHODS, SCOPES, scope_class
-from .result import ScopeResult
-from .visualize import display_token, render_html
+from captum_jscopes.runs.prompts import Prompt, load_prompts
+from captum_jscopes.runs.runner import RUN_FILE, read_records, read_shard_records, run_sharded, write_json_atomic, write_text_atomic
+from captum_jscopes.runs.explain import explain, model_name
+from captum_jscopes.scopes.registry import DEFAULT_FISHER_METHOD, FISHER_METHODS, SCOPES, scope_class
+from captum_jscopes.results.result import ScopeResult
+from captum_jscopes.display.visualize import display_token, render_html
 
 __all__ = [
     "DatasetSettings",
@@ -87,7 +87,7 @@ class DatasetSettings:
     the same folder with other settings is refused.
 
     Attributes:
-        scopes: scope names of :data:`captum_jscopes.registry.SCOPES` (a single name
+        scopes: scope names of :data:`captum_jscopes.scopes.registry.SCOPES` (a single name
             is accepted); kept in the registry's order, duplicates dropped.
             Default: all of them.
         text_field: field (column) of the source holding the prompt. Default "text".
@@ -162,7 +162,7 @@ def select_prompts(
         source: a ``.json`` file (list of objects), a ``.jsonl`` file (one object per
             line), a shipped set ("lambada", "opus_de_en"), ``"hf:NAME[:SPLIT]"`` (needs
             the ``datasets`` package), or a list of :class:`Prompt` (used as given).
-            See :func:`captum_jscopes.bench.prompts.load_prompts`.
+            See :func:`captum_jscopes.runs.prompts.load_prompts`.
         settings: its ``text_field`` and ``target_field`` say which fields are read.
             Default: :class:`DatasetSettings` defaults.
         start, stop: positions in the source, as in ``prompts[start:stop]``
@@ -183,7 +183,7 @@ def select_prompts(
     if isinstance(source, (list, tuple)):
         prompts = list(source)
         if not all(isinstance(p, Prompt) for p in prompts):
-            raise TypeError("a list source must hold Prompt objects (see captum_jscopes.bench.prompts.load_prompts)")
+            raise TypeError("a list source must hold Prompt objects (see captum_jscopes.runs.prompts.load_prompts)")
         selected = prompts[start:stop]
         if not selected:
             raise ValueError(f"no prompt in [{start}:{'' if stop is None else stop}] of {len(prompts)} prompts")
@@ -197,7 +197,7 @@ def attribute_prompt(
 ) -> dict:
     """The record of one prompt: every scope of ``settings`` on ``prompt.text``,
     explaining ``prompt.target`` or, when it is None, the model's prediction.
-    ``progress`` shows :func:`~captum_jscopes.explain.explain`'s bars (a long
+    ``progress`` shows :func:`~captum_jscopes.runs.explain.explain`'s bars (a long
     target's tokens, the Fisher probes) while the prompt is worked on.
 
     Returns:

@@ -7,8 +7,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from .scope import JacobianScope, RunForward
-from .tokens import resolve_target
+from captum_jscopes.scopes.base import JacobianScope, RunForward
+from captum_jscopes.core.tokens import resolve_target
 
 
 class SemanticScope(JacobianScope):

@@ -1,7 +1,7 @@
 """An interactive page for a multi-token result: choose an output token and see
 which input tokens drove it, or the sum over all of them.
 
-    from captum_jscopes.interactive import save_interactive_html
+    from captum_jscopes.display.interactive import save_interactive_html
     result = LLMScopeAttribution(SemanticScope(model, tokenizer), tokenizer).attribute(inp, target=" Paris, the city of light")
     save_interactive_html(result, "paris_interactive.html")
 
@@ -29,8 +29,8 @@ from typing import Any, Optional, Union
 import torch
 from captum.attr import LLMAttributionResult
 
-from .spans import token_labels
-from .visualize import NEWLINE_MARK, display_token
+from captum_jscopes.results.spans import token_labels
+from captum_jscopes.display.visualize import NEWLINE_MARK, display_token
 
 __all__ = ["render_interactive_html", "save_interactive_html", "page_data"]
 
@@ -236,7 +236,7 @@ def page_data(result: Any, title: Optional[str] = None) -> dict:
 def _readable(result: Any) -> tuple[list[str], list[str], list[str], list[str]]:
     """Per input token its readable text, its label on the map, its label in the
     tooltip, and per output token its text. A ScopeResult knows its readable
-    text (:mod:`captum_jscopes.spans`: the pieces of one character are grouped,
+    text (:mod:`captum_jscopes.results.spans`: the pieces of one character are grouped,
     the text on the first and a continuation mark on the others, whose tooltip
     says "' 🍣 (2/3)'"); any other Captum result is shown piece by piece."""
     display = getattr(result, "input_display", None)

@@ -33,7 +33,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from .forward import ScopeForward
+from captum_jscopes.core.forward import ScopeForward
 
 logger = logging.getLogger(__name__)
 

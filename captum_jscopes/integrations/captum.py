@@ -14,22 +14,18 @@ scopes are compared on identical inputs.
 from __future__ import annotations
 
 import inspect
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Any, Optional, Union
 
-import captum
 import torch
-import transformers
 from captum.attr import InterpretableInput, LLMGradientAttribution, TextTokenInput
 from torch import Tensor
 
-from .captum_compat import pretty_tokens, prompt_token_ids, target_token_ids
-from .forward import module_device
-from .models import describe_model
-from .result import ScopeResult
-from .scope import JacobianScope
-from .semantic_scope import SemanticScope
+from captum_jscopes.core._captum_compat import pretty_tokens, prompt_token_ids, target_token_ids
+from captum_jscopes.core.forward import module_device
+from captum_jscopes.core.provenance import model_name, versions
+from captum_jscopes.results.result import ScopeResult
+from captum_jscopes.scopes.base import JacobianScope
+from captum_jscopes.scopes.semantic import SemanticScope
 
 
 class LLMScopeAttribution(LLMGradientAttribution):
@@ -153,39 +149,6 @@ def _prompt_text(inp: InterpretableInput, prompt_ids: Tensor, tokenizer: Any) ->
     if isinstance(message, str):
         return message
     return tokenizer.decode(prompt_ids.tolist(), skip_special_tokens=True)
-
-
-def model_name(model: Any) -> str:
-    """The model's name for reports and JSON files: a Hub name as given to
-    ``from_pretrained`` ("meta-llama/Llama-3.2-1B"), or for a local folder its
-    last part, which for the embedded models is their key
-    ("smollm2-135m-instruct"): never an absolute cache path, which would tie a
-    JSON file to one machine."""
-    name = str(getattr(model, "name_or_path", "") or "").rstrip("/\\")
-    # Hub names are 'model' or 'org/model' and no folder of that name exists here
-    # (the same rule as the CLI's --model); anything else is a path.
-    looks_hub = name.count("/") <= 1 and not name.startswith((".", "~", "/")) and "\\" not in name
-    if name and looks_hub and not Path(name).expanduser().exists():
-        return name
-    return describe_model(model)
-
-
-def versions() -> dict:
-    """Versions of this package and of the libraries its numbers depend on."""
-    return {
-        "captum_jscopes": package_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "captum": captum.__version__,
-    }
-
-
-def package_version() -> str:
-    """The installed version of captum_jscopes ("unknown" in an uninstalled source tree)."""
-    try:
-        return version("captum_jscopes")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def chat_prompt(tokenizer: Any, message: str, *, system: Optional[str] = None) -> tuple[Tensor, Tensor]:

@@ -19,9 +19,9 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
-from .fisher import fisher_matrix, fisher_mean, fisher_trace, eigen, top_eigenpairs, choose_path
-from .forward import resolve_positions, run_forward
-from .model_state import preserved_state
+from captum_jscopes.fisher.estimators import fisher_matrix, fisher_mean, fisher_trace, eigen, top_eigenpairs, choose_path
+from captum_jscopes.core.forward import resolve_positions, run_forward
+from captum_jscopes.core.model_state import preserved_state
 
 
 @dataclass

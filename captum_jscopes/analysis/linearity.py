@@ -34,15 +34,15 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .fisher import fisher_matrix, probes
-from .fisher_scope import FisherScope
-from .forward import accepts, prepare_inputs, resolve_positions, run_forward
-from .model_state import preserved_state
-from .semantic_scope import SemanticScope
-from .spans import readable_groups, token_display
-from .spans import token_labels as display_labels
-from .temperature_scope import TemperatureScope
-from .tokens import resolve_target
+from captum_jscopes.fisher.estimators import fisher_matrix, probes
+from captum_jscopes.scopes.fisher import FisherScope
+from captum_jscopes.core.forward import accepts, prepare_inputs, resolve_positions, run_forward
+from captum_jscopes.core.model_state import preserved_state
+from captum_jscopes.scopes.semantic import SemanticScope
+from captum_jscopes.results.spans import readable_groups, token_display
+from captum_jscopes.results.spans import token_labels as display_labels
+from captum_jscopes.scopes.temperature import TemperatureScope
+from captum_jscopes.core.tokens import resolve_target
 
 __all__ = ["DEFAULT_EPSILONS", "FISHER_REFERENCES", "LinearityResult", "linearity_check", "plot_linearity"]
 
@@ -318,7 +318,7 @@ def linearity_check(
             batch_size, a token out of range or with score 0 (or a zero embedding).
 
     The caller's model is left exactly as it was (see
-    :func:`captum_jscopes.model_state.preserved_state`), also when this raises.
+    :func:`captum_jscopes.core.model_state.preserved_state`), also when this raises.
     """
     if isinstance(scope, FisherScope):
         kind = "fisher"

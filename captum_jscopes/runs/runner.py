@@ -3,7 +3,7 @@ keep the results on disk so an interrupted run resumes where it stopped.
 
 Typical use::
 
-    prompts = load_prompts(n=100)                       # captum_jscopes.bench.prompts: LAMBADA by default
+    prompts = load_prompts(n=100)                       # captum_jscopes.runs.prompts: LAMBADA by default
     path = run_sharded(prompts, score_one, "out/speed", meta={"model": "smollm2", "n": 100})
     records = read_records(path)                        # one dict per prompt, in prompt order
 
@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
-from .prompts import Prompt
+from captum_jscopes.runs.prompts import Prompt
 
 RUN_FILE = "run.json"
 RECORDS_FILE = "records.jsonl"

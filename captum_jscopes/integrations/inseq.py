@@ -5,7 +5,7 @@ Importing this module registers ``semantic_scope``, ``temperature_scope`` and
 ``FeatureAttribution`` registry, so the import must come before ``inseq.load_model``)::
 
     import inseq
-    import captum_jscopes.inseq_methods  # noqa: F401  (registers the scopes)
+    import captum_jscopes.integrations.inseq  # noqa: F401  (registers the scopes)
 
     m = inseq.load_model(model, "fisher_scope", tokenizer=tokenizer)
     out = m.attribute(prompt, generated_texts=prompt + target, k=8, seed=1)
@@ -20,7 +20,7 @@ How it is wired, and why:
   forward function that returns the attributed step function (the target's
   probability by default). A scope needs the *final hidden state* at the
   explained position, which that forward function does not expose. So each
-  Inseq step runs our own engine (:mod:`captum_jscopes.forward`, through the
+  Inseq step runs our own engine (:mod:`captum_jscopes.core.forward`, through the
   scope's public ``attribute``) on ``attribution_model.model`` for the step's
   prefix (``(batch, prefix_len)`` ids and attention mask, left-padded by Inseq)
   and target token. The step's numbers are therefore exactly what
@@ -64,7 +64,7 @@ costs m forwards (and m sets of backward passes) over growing prefixes;
 teacher-forced forward pass. ``benchmarks/inseq_overhead.py`` measures the
 difference (docs/inseq.md).
 
-The model. The scopes run inside :func:`captum_jscopes.model_state.preserved_state`
+The model. The scopes run inside :func:`captum_jscopes.core.model_state.preserved_state`
 and register no lasting hooks, so attribution leaves the model's parameters,
 ``requires_grad``, ``.grad``, hooks and train/eval flags as they were. Note that
 ``inseq.load_model`` itself calls ``model.eval()`` and ``model.zero_grad()``,
@@ -84,13 +84,13 @@ try:
     from inseq.utils import Registry
 except ImportError as err:  # inseq, or one of its dependencies, is missing
     raise ImportError(
-        f"captum_jscopes.inseq_methods needs Inseq 0.7.1: pip install captum_jscopes[inseq] ({err})"
+        f"captum_jscopes.integrations.inseq needs Inseq 0.7.1: pip install captum_jscopes[inseq] ({err})"
     ) from err
 
-from .fisher_scope import FisherScope
-from .scope import JacobianScope
-from .semantic_scope import SemanticScope
-from .temperature_scope import TemperatureScope
+from captum_jscopes.scopes.fisher import FisherScope
+from captum_jscopes.scopes.base import JacobianScope
+from captum_jscopes.scopes.semantic import SemanticScope
+from captum_jscopes.scopes.temperature import TemperatureScope
 
 #: The Inseq release this module was checked against (pinned in pyproject.toml):
 #: it reads the step's ids, target ids and mask from the argument layout of

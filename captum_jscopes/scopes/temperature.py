@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from torch import Tensor
 
-from .scope import JacobianScope, RunForward
+from captum_jscopes.scopes.base import JacobianScope, RunForward
 
 
 class TemperatureScope(JacobianScope):

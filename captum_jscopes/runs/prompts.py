@@ -68,7 +68,7 @@ def load_prompts(
     Args:
         source: where the prompts come from (default ``None``):
 
-            - ``None`` or ``"lambada"``: the LAMBADA-1000 set shipped in ``captum_jscopes/bench/data``;
+            - ``None`` or ``"lambada"``: the LAMBADA-1000 set shipped in ``captum_jscopes/runs/data``;
             - a name of :data:`DATASETS` (``"opus_de_en"``: 500 German-English translation prompts);
             - a ``.json`` file holding a list of ``{"text": ...}`` objects;
             - a ``.jsonl`` file with one ``{"text": ...}`` object per line (blank lines are skipped);

@@ -1,0 +1,1 @@
+"""The ``jscopes`` command line: one module per command."""
