@@ -4,7 +4,7 @@ Tutorial 04's two translation sentences, explained along the reference translati
 ``LLMScopeAttribution`` (one explained position per output token). For each estimator:
 median seconds per call, the seconds spent on F outside the backward passes
 (``FisherScope.last_info["f_seconds"]``: eigen-directions and probes) and the relative L2
-error of each output token's map against ``method="exact"`` (median and worst over tokens
+error of each output token's map against ``estimator="exact"`` (median and worst over tokens
 and seeds)::
 
     .venv/bin/python benchmarks/fisher_gemma_step.py --threads 1     # about 25 min on one core
@@ -33,10 +33,10 @@ SENTENCES = [
     ("German", "Der Hund spielt im Garten.", " The dog plays in the garden."),
 ]
 ESTIMATORS = {
-    "exact": dict(method="exact"),
-    "deflated": dict(method="deflated"),
-    "hutchinson-formed": dict(method="hutchinson", path="formed"),
-    "hutchinson": dict(method="hutchinson"),
+    "exact": dict(estimator="exact"),
+    "deflated": dict(estimator="deflated"),
+    "hutchinson-formed": dict(estimator="hutchinson", path="formed"),
+    "hutchinson": dict(estimator="hutchinson"),
 }
 
 

@@ -21,10 +21,11 @@ from helpers import assert_unchanged, make_model, make_tokenizer, snapshot
 from matplotlib.image import imread
 
 from captum_jscopes import FisherScope, ScopeResult, SemanticScope, TemperatureScope, chat_prompt, load_model
-from captum_jscopes.cli import main as cli
+from captum_jscopes.cli import attribute as attribute_command
+from captum_jscopes.cli import bench as bench_command
 from captum_jscopes.cli.main import main
 from captum_jscopes.cli.demo_prompts import DEMO_EXAMPLES, DemoClaim
-from captum_jscopes.runs.explain import PassTiming, explain, measure_pass
+from captum_jscopes.runs.explain import PassTiming, explain, measure_pass, no_target_given
 from captum_jscopes.display.interactive import DATA_ID, page_data
 from captum_jscopes.scopes.registry import SCOPES
 from captum_jscopes.models import EMBEDDED_MODELS, EmbeddedModel
@@ -106,7 +107,7 @@ def test_attribute_all_scopes_writes_what_the_scopes_compute(model_dir, tiny, tm
         assert meta["scope"] == scope and meta["model"] == model_dir.name
         assert meta["prediction"]["id"] == predicted and meta["prediction"]["token"] == predicted_text
         assert meta["prediction"]["prob"] == pytest.approx(float(probs[predicted]), rel=1e-5)
-        assert meta["target_is_prediction"] is True
+        assert meta["no_target_given"] is True
         assert set(meta["versions"]) == {"captum_jscopes", "torch", "transformers", "captum"}
         assert meta["settings"]["dtype"] == "float32" and meta["settings"]["device"] == "cpu"
         # The file holds exactly what explain() returns for the same call.
@@ -133,7 +134,7 @@ def test_one_token_target_is_explained_instead_of_the_prediction(model_dir, tiny
     paris = tokenizer.convert_tokens_to_ids("Paris")
     saved = ScopeResult.load_json(tmp_path / "semantic.json")
     assert saved.output_tokens == ["Paris"] and saved.metadata["target"] == "Paris"
-    assert saved.metadata["target_is_prediction"] is False
+    assert saved.metadata["no_target_given"] is False
     alone = SemanticScope(model, tokenizer).attribute(prompt_ids(tokenizer), target=paris)[0, 1:]
     torch.testing.assert_close(saved.seq_attr, alone, rtol=1e-5, atol=1e-7)
     assert "target:     'Paris'" in stdout
@@ -187,10 +188,10 @@ def test_fisher_prints_its_cost_estimate_before_it_runs(model_dir, tmp_path, cap
         capsys,
     )
     assert code == 0, stderr
-    # the tiny model's d = 16 is below the 40-pass budget: the estimator is exact, 16 passes;
-    # 7 tokens = <bos>, five words and the first target token (teacher-forced)
+    # the default estimator spends its 40 passes also where d = 16 (k = 15 exact directions and
+    # 25 probes); 7 tokens = <bos>, five words and the first target token (teacher-forced)
     line = next(line for line in stdout.splitlines() if line.startswith("Fisher: "))
-    assert line.startswith("Fisher: 16 backward passes x 2 target tokens over 7 tokens, about ")
+    assert line.startswith("Fisher: 40 backward passes x 2 target tokens over 7 tokens, about ")
     assert line.endswith(" s")  # a second or so: no hint to the quick estimator
     assert stdout.index(line) < stdout.index("fisher: top 5 tokens")
     assert "Fisher backward passes" in stderr  # the Fisher Scope's own bar
@@ -200,15 +201,15 @@ def test_fisher_prints_its_cost_estimate_before_it_runs(model_dir, tmp_path, cap
     "timing, method, expected",
     [
         (PassTiming(3400, 1, 576, 10.0, 18.0), "hutchinson",
-         "Fisher: 40 backward passes over 3,400 tokens, about 12 min; --fisher-method eig for a quick look"),
+         "Fisher: 40 backward passes over 3,400 tokens, about 12 min; --fisher-estimator eig for a quick look"),
         (PassTiming(3400, 1, 576, 10.0, 18.0), "eig", "Fisher: 1 backward pass over 3,400 tokens, about 28 s"),
         (PassTiming(300, 5, 576, 1.0, 2.0), "exact",
-         "Fisher: 576 backward passes x 5 target tokens over 300 tokens, about 1.6 h; --fisher-method eig for a quick look"),
+         "Fisher: 576 backward passes x 5 target tokens over 300 tokens, about 1.6 h; --fisher-estimator eig for a quick look"),
         (PassTiming(12, 1, 576, 0.1, 0.1), "deflated", "Fisher: 40 backward passes over 12 tokens, about 4 s"),
     ],
 )
 def test_estimate_line(timing, method, expected):
-    assert cli.estimate_line(timing, "fisher", method) == expected
+    assert attribute_command.estimate_line(timing, "fisher", {"estimator": method}) == expected
 
 
 def test_measured_pass_leaves_the_model_unchanged(tiny):
@@ -323,10 +324,58 @@ def test_explain_rejects_bad_arguments(tiny):
     model, tokenizer = tiny
     with pytest.raises(ValueError, match="unknown scope"):
         explain(model, tokenizer, PROMPT, "integrated")
-    with pytest.raises(ValueError, match="fisher_method"):
-        explain(model, tokenizer, PROMPT, "fisher", fisher_method="fast")
+    with pytest.raises(ValueError, match="fisher_estimator"):
+        explain(model, tokenizer, PROMPT, "fisher", fisher_estimator="fast")
     with pytest.raises(ValueError, match="prompt is empty"):
         explain(model, tokenizer, " \n", "semantic")
+
+
+def test_explain_takes_the_former_fisher_method_keyword_with_a_warning(tiny):
+    model, tokenizer = tiny
+    with pytest.warns(DeprecationWarning, match="fisher_estimator"):
+        old = explain(model, tokenizer, PROMPT, "fisher", fisher_method="eig")
+    assert old == explain(model, tokenizer, PROMPT, "fisher", fisher_estimator="eig")
+    with pytest.raises(TypeError, match="not both"):
+        explain(model, tokenizer, PROMPT, "fisher", fisher_estimator="exact", fisher_method="eig")  # before any warning
+
+
+def test_fisher_method_flag_still_works_with_a_note(model_dir, tmp_path, capsys):
+    argv = ["attribute", PROMPT, "--model", model_dir, "--out", tmp_path, "--scope", "fisher"]
+    code, _, stderr = run(argv + ["--fisher-method", "eig"], capsys)
+    assert code == 0, stderr
+    assert "jscopes: note: --fisher-method is deprecated; use --fisher-estimator" in stderr
+    old = ScopeResult.load_json(tmp_path / "fisher.json")
+    code, _, stderr = run(argv + ["--fisher-estimator", "eig"], capsys)
+    assert code == 0 and "deprecated" not in stderr, stderr
+    new = ScopeResult.load_json(tmp_path / "fisher.json")
+    torch.testing.assert_close(old.seq_attr, new.seq_attr)
+    assert old.metadata["settings"] == new.metadata["settings"]
+    code, _, stderr = run(argv + ["--fisher-method", "fast"], capsys)
+    assert code == 2 and "invalid choice: 'fast'" in stderr and stderr.count("\n") == 1, stderr
+
+
+def test_threads_sets_torchs_thread_count(model_dir, tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    argv = ["attribute", PROMPT, "--model", model_dir, "--out", tmp_path, "--scope", "semantic"]
+    code, _, stderr = run(argv + ["--threads", "1"], capsys)
+    assert code == 0 and calls == [1], stderr
+    code, _, stderr = run(argv, capsys)  # left to torch
+    assert code == 0 and calls == [1], stderr
+    code, _, stderr = run(argv + ["--threads", "0"], capsys)
+    assert code == 2 and "argument --threads: expected a whole number >= 1" in stderr, stderr
+    # the help says when one thread is faster
+    code, stdout, _ = run(["attribute-dataset", "--help"], capsys)
+    assert code == 0 and "--threads N" in stdout and "1 thread is" in " ".join(stdout.split())
+
+
+def test_old_results_still_say_whether_a_target_was_given(tmp_path):
+    result = ScopeResult(input_tokens=["a", "b"], output_tokens=["c"], seq_attr=[1.0, 2.0],
+                         metadata={"target_is_prediction": False})  # fmt: skip
+    result.save_json(tmp_path / "old.json")
+    assert no_target_given(ScopeResult.load_json(tmp_path / "old.json").metadata) is False
+    assert no_target_given({"target_is_prediction": True}) is True
+    assert no_target_given({"no_target_given": False}) is False and no_target_given({}) is None
 
 
 # ----------------------------------------------------------------------------- errors
@@ -407,17 +456,36 @@ def test_bench_forwards_the_remaining_arguments(monkeypatch, capsys):
 
 
 def test_bench_without_its_module_is_a_clear_error(monkeypatch, capsys):
-    monkeypatch.setitem(cli.BENCHMARKS, "speed", "captum_jscopes.no_such_benchmark")
+    monkeypatch.setitem(bench_command.BENCHMARKS, "speed", "captum_jscopes.no_such_benchmark")
     code, _, stderr = run(["bench", "speed", "--n", "1"], capsys)
     assert code == 1 and "Traceback" not in stderr
     assert stderr == "jscopes: error: the speed benchmark is not available: module captum_jscopes.no_such_benchmark is not installed\n"
 
 
-@pytest.mark.parametrize("benchmark", sorted(cli.BENCHMARKS))
+def test_bench_alone_lists_the_benchmarks(capsys):
+    code, stdout, stderr = run(["bench"], capsys)
+    assert code == 2 and stdout == ""
+    assert all(f"\n  {name} " in stderr for name in bench_command.BENCHMARKS), stderr
+    assert "jscopes bench NAME --help" in stderr
+    code, stdout, _ = run(["bench", "--help"], capsys)
+    assert code == 0 and all(f"\n  {name} " in stdout for name in bench_command.BENCHMARKS)
+
+
+def test_bench_names_the_program_for_a_benchmark_that_takes_it(monkeypatch, capsys):
+    calls = []
+    stub = types.ModuleType("captum_jscopes.bench.trust")
+    stub.main = lambda argv, *, prog=None: calls.append((argv, prog)) or 0
+    monkeypatch.setitem(sys.modules, "captum_jscopes.bench.trust", stub)
+    assert run(["bench", "trust", "--n", "2"], capsys)[0] == 0
+    assert calls == [(["--n", "2"], "jscopes bench trust")]
+
+
+@pytest.mark.parametrize("benchmark", sorted(bench_command.BENCHMARKS))
 def test_bench_help_reaches_the_real_benchmark(benchmark, capsys):
     code, stdout, stderr = run(["bench", benchmark, "--help"], capsys)
     assert code == 0, stderr
-    assert stdout.startswith("usage:") and "which benchmark" not in stdout  # the benchmark's help, not ours
+    assert stdout.startswith(f"usage: jscopes bench {benchmark} ")  # the benchmark's help, named as it is run
+    assert "which benchmark" not in stdout
 
 
 # ----------------------------------------------------------------------------- installed entry points
@@ -513,6 +581,17 @@ def test_a_target_without_its_leading_space_gets_a_hint(tmp_path, capsys):
     assert code == 0, stderr
     assert "hint: " in stderr and "did you mean ' Paris'" in stderr, stderr
     assert "did you mean" in ScopeResult.load_json(tmp_path / "semantic.json").metadata["target_hint"]
+
+
+@pytest.mark.slow
+def test_a_prediction_that_is_part_of_a_character_is_explained(tmp_path, capsys):
+    """SmolLM2 predicts the first byte of a Chinese character here (Captum 0.9 crashed on it)."""
+    prompt = "我最喜欢的食物是寿司 🍣 和拉面 🍜，因为它们很"
+    code, stdout, stderr = run(["attribute", prompt, "--scope", "semantic", "--out", tmp_path], capsys)
+    assert code == 0, stderr
+    saved = ScopeResult.load_json(tmp_path / "semantic.json")
+    assert len(saved.output_tokens) == 1 and saved.metadata["no_target_given"] is True
+    assert "semantic: top 5 tokens" in stdout
 
 
 @pytest.mark.slow

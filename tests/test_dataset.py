@@ -168,7 +168,7 @@ def test_target_field_is_explained_instead_of_the_prediction(model_dir, tiny, tm
 
     results = read_results(out)
     one, several = results["0"]["semantic"], results["1"]["semantic"]
-    assert one.output_tokens == ["Paris"] and one.metadata["target_is_prediction"] is False
+    assert one.output_tokens == ["Paris"] and one.metadata["no_target_given"] is False
     ids = tokenizer(prompts[0], return_tensors="pt")["input_ids"]
     paris = tokenizer.convert_tokens_to_ids("Paris")
     assert paris != predicted_id(model, ids)  # else this would not tell target from prediction
@@ -215,16 +215,38 @@ def test_settings_are_checked_and_stored_in_one_order():
     settings = DatasetSettings(scopes=("fisher", "semantic", "fisher"))
     assert settings.scopes == ("semantic", "fisher")
     assert settings == DatasetSettings.of(scopes=["semantic", "fisher"])
-    assert "fisher_method" in settings.to_dict()
-    assert "fisher_method" not in DatasetSettings(scopes="semantic").to_dict()  # irrelevant, so not in run.json
+    assert "fisher_estimator" in settings.to_dict()
+    assert "fisher_estimator" not in DatasetSettings(scopes="semantic").to_dict()  # irrelevant, so not in run.json
+    assert DatasetSettings(scopes="all") == DatasetSettings(scopes=("semantic", "all")) == DatasetSettings()
     with pytest.raises(ValueError, match="unknown scope 'integrated'"):
         DatasetSettings(scopes=("integrated",))
     with pytest.raises(ValueError, match="scopes is empty"):
         DatasetSettings(scopes=())
-    with pytest.raises(ValueError, match="fisher_method"):
-        DatasetSettings(fisher_method="fast")
+    with pytest.raises(ValueError, match="fisher_estimator"):
+        DatasetSettings(fisher_estimator="fast")
     with pytest.raises(TypeError, match=r"unknown setting\(s\) \['scope'\]"):
         DatasetSettings.of(scope="semantic")
+
+
+def test_the_former_fisher_method_keyword_still_works_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="fisher_estimator"):
+        assert DatasetSettings(fisher_method="eig").fisher_estimator == "eig"
+    with pytest.warns(DeprecationWarning, match="fisher_estimator"):
+        chosen = DatasetSettings(fisher_estimator="deflated")
+        assert DatasetSettings.of(chosen, fisher_method="exact") == DatasetSettings(fisher_estimator="exact")
+    with pytest.raises(TypeError, match="not both"):
+        DatasetSettings(fisher_estimator="exact", fisher_method="eig")
+
+
+def test_the_command_has_a_flag_for_every_setting(capsys):
+    """The flags are made from DatasetSettings' fields: a setting cannot lack one."""
+    import dataclasses
+
+    assert main(["attribute-dataset", "--help"]) == 0
+    usage = capsys.readouterr().out
+    for f in dataclasses.fields(DatasetSettings):
+        assert f.metadata["flag"] in usage and f.metadata["help"].split(";")[0][:30] in " ".join(usage.split())
+    assert "--fisher-method" not in usage.split("options:")[1].split("--fisher-estimator")[0]  # hidden alias
 
 
 def test_page_names_stay_in_their_folder_and_never_collide():
@@ -289,6 +311,48 @@ def test_a_prompt_that_cannot_be_explained_is_recorded_not_retried(model_dir, tm
     assert code == 0 and "0 prompts computed, 2 resumed" in stdout
 
 
+def test_any_failure_of_one_prompt_is_recorded_and_the_run_goes_on(model_dir, tiny, tmp_path, monkeypatch, capsys):
+    """Not only the ValueErrors of bad prompts: an unexpected exception (as Captum 0.9
+    raised on a predicted fragment of a character) is that prompt's error record."""
+    from captum_jscopes.runs import dataset
+
+    prompts = texts(3)
+
+    def explain_or_fail(model, tokenizer, text, scope, target=None, **options):
+        if text == prompts[1]:
+            raise IndexError("index 1 is out of bounds for dimension 0 with size 1")
+        return explain(model, tokenizer, text, scope, target, **options)
+
+    monkeypatch.setattr(dataset, "explain", explain_or_fail)
+    source = write_jsonl(tmp_path / "prompts.jsonl", [{"text": t} for t in prompts])
+    code, stdout, stderr = run_cli([source, "--model", model_dir, "--out", tmp_path / "out", "--scope", "semantic"], capsys)
+    assert code == 0, stderr
+    assert "3 prompts computed, 0 resumed from an earlier run, 1 could not be explained" in stdout
+    assert "warning: 1 of 3 prompts could not be explained (first: prompt '1': IndexError: index 1" in stderr
+    records = read_records(tmp_path / "out")
+    assert records[1]["error"].startswith("IndexError: ") and "results" in records[0] and "results" in records[2]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["n_errors"] == 1
+
+
+def test_a_run_of_an_earlier_version_resumes(model_dir, tmp_path, capsys):
+    """run.json written before the estimator's rename (settings key fisher_method)."""
+    source = write_jsonl(tmp_path / "prompts.jsonl", [{"text": t} for t in texts(2)])
+    out = tmp_path / "out"
+    argv = [source, "--model", model_dir, "--out", out, "--scope", "fisher", "--fisher-estimator", "eig"]
+    assert run_cli(argv, capsys)[0] == 0
+    run_file = out / "run.json"
+    meta = json.loads(run_file.read_text())
+    meta["settings"]["fisher_method"] = meta["settings"].pop("fisher_estimator")
+    run_file.write_text(json.dumps(meta))
+    code, stdout, stderr = run_cli(argv, capsys)
+    assert code == 0, stderr
+    assert "0 prompts computed, 2 resumed" in stdout
+    assert json.loads(run_file.read_text())["settings"]["fisher_estimator"] == "eig"  # stored in today's form
+    code, _, stderr = run_cli([*argv[:-1], "exact"], capsys)  # another estimator is still another run
+    assert code == 1 and "run.json holds other settings" in stderr, stderr
+
+
 # ----------------------------------------------------------------------------- reruns
 
 
@@ -301,12 +365,15 @@ def test_a_rerun_with_other_settings_or_another_source_is_refused(model_dir, tmp
 
     code, _, stderr = run_cli([*common, "--scope", "temperature"], capsys)
     assert code == 1 and "run.json holds other settings" in stderr and stderr.count("\n") == 1, stderr
+    # the way out named as the command spells it
+    assert stderr.rstrip().endswith("use another --out, or pass --overwrite to discard the previous results"), stderr
     code, _, stderr = run_cli([*common, "--scope", "semantic", "--chat"], capsys)
     assert code == 1 and "run.json holds other settings" in stderr
 
     edited = write_jsonl(tmp_path / "edited.jsonl", [{"text": t} for t in texts(4)[::-1]])
     code, _, stderr = run_cli([edited, "--model", model_dir, "--out", out, "--scope", "semantic"], capsys)
     assert code == 1 and "another text or target" in stderr and "'0'" in stderr, stderr
+    assert "--overwrite" in stderr and "overwrite=True" not in stderr
     assert (out / "records.jsonl").read_bytes() == records  # nothing of the refused runs was written
 
     code, _, stderr = run_cli([*common, "--scope", "temperature", "--overwrite"], capsys)
@@ -320,7 +387,7 @@ def test_a_killed_run_resumes_without_losing_or_repeating_a_prompt(model_dir, tm
     out = tmp_path / "out"
     shard = out / "shard-000-of-001.jsonl"
     # All scopes with the exact Fisher estimator: slow enough per prompt to be caught half-way.
-    command = cli_command(source, "--model", model_dir, "--out", out, "--scope", "all", "--fisher-method", "exact")
+    command = cli_command(source, "--model", model_dir, "--out", out, "--scope", "all", "--fisher-estimator", "exact")
     env = subprocess_env(tmp_path)
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)

@@ -7,16 +7,10 @@ import torch
 from helpers import BOS, assert_unchanged, make_model, make_tokenizer, random_ids, snapshot
 
 from captum_jscopes import FisherScope
-from captum_jscopes.fisher.estimators import (
-    choose_k,
-    choose_path,
-    fisher_matrix,
-    fisher_matvec,
-    fisher_trace,
-    probes,
-    top_eigenpairs,
-)
-from captum_jscopes.fisher.components import describe, plot_components
+from captum_jscopes.display.fisher_components import plot_components
+from captum_jscopes.fisher.algebra import choose_path, fisher_matrix, fisher_matvec, fisher_trace, top_eigenpairs
+from captum_jscopes.fisher.components import describe
+from captum_jscopes.fisher.estimators import choose_k, probes
 from captum_jscopes.core.forward import gradient_checkpointing, resolve_positions, run_forward, prepare_inputs
 
 
@@ -38,7 +32,7 @@ def llama64():
 
 @pytest.fixture(scope="module")
 def exact64(llama64):
-    return FisherScope(llama64).attribute(prompt(), method="exact")
+    return FisherScope(llama64).attribute(prompt(), estimator="exact")
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma2"])
@@ -63,7 +57,7 @@ def test_hutchinson_is_unbiased(llama64, exact64, path):
     # the mean over many seeds equals exact within its standard error
     scope = FisherScope(llama64)
     seeds = 200
-    runs = torch.stack([scope.attribute(prompt(), k=3, n_probes=4, seed=s, path=path, method="hutchinson") for s in range(seeds)])
+    runs = torch.stack([scope.attribute(prompt(), k=3, n_probes=4, seed=s, path=path, estimator="hutchinson") for s in range(seeds)])
     assert scope.last_info["path"] == path
     mean, spread = runs.mean(0), runs.std(0) / seeds**0.5
     assert (runs - exact64).abs().max() > 1e-6 * exact64.max(), "the estimator should be random with k < d"
@@ -78,7 +72,7 @@ def test_hutchinson_standard_error_matches_the_spread_over_seeds(llama64, exact6
     scope = FisherScope(llama64)
     errors, estimates = [], []
     for seed in range(150):
-        scores, error = scope.attribute(prompt(), k=3, n_probes=6, seed=seed, path=path, return_error=True, method="hutchinson")
+        scores, error = scope.attribute(prompt(), k=3, n_probes=6, seed=seed, path=path, return_error=True, estimator="hutchinson")
         errors.append(scores - exact64)
         estimates.append(error)
     rms = torch.stack(errors).pow(2).mean(0).sqrt()
@@ -92,8 +86,6 @@ def test_hutchinson_standard_error_matches_the_spread_over_seeds(llama64, exact6
 
 def test_hutchinson_is_exact_when_the_remainder_is_isotropic():
     # a remainder whose Jacobian is isotropic gives zero variance: here J = I on a 2-d remainder
-    from captum_jscopes.fisher.estimators import FisherProbes, fisher_scores  # noqa: F401
-
     fisher = torch.diag(torch.tensor([5.0, 1.0, 1.0], dtype=torch.float64))[None, None]
     found = probes(fisher, method="hutchinson", k=1, n_probes=2, seed=0)
     # directions' squared norms under J = I: ||z||^2 = sum of the remaining eigenvalues, for every draw
@@ -103,15 +95,15 @@ def test_hutchinson_is_exact_when_the_remainder_is_isotropic():
 
 def test_seeded_and_deterministic(llama64):
     scope = FisherScope(llama64)
-    a = scope.attribute(prompt(), k=2, n_probes=6, seed=5, method="hutchinson")
-    b = scope.attribute(prompt(), k=2, n_probes=6, seed=5, method="hutchinson")
-    c = scope.attribute(prompt(), k=2, n_probes=6, seed=6, method="hutchinson")
+    a = scope.attribute(prompt(), k=2, n_probes=6, seed=5, estimator="hutchinson")
+    b = scope.attribute(prompt(), k=2, n_probes=6, seed=5, estimator="hutchinson")
+    c = scope.attribute(prompt(), k=2, n_probes=6, seed=6, estimator="hutchinson")
     assert torch.equal(a, b) and not torch.equal(a, c)
     # a batch equals its prompts one at a time
     ids = torch.cat([prompt(seed=3), prompt(seed=4)])
-    both = scope.attribute(ids, k=2, n_probes=6, seed=5, path="split", method="hutchinson")
+    both = scope.attribute(ids, k=2, n_probes=6, seed=5, path="split", estimator="hutchinson")
     for row in range(2):
-        alone = scope.attribute(ids[row : row + 1], k=2, n_probes=6, seed=5, path="split", method="hutchinson")[0]
+        alone = scope.attribute(ids[row : row + 1], k=2, n_probes=6, seed=5, path="split", estimator="hutchinson")[0]
         torch.testing.assert_close(both[row], alone)
 
 
@@ -120,11 +112,11 @@ def test_hutchinson_is_the_default_within_its_budget_and_deflated_stays_selectab
     default = scope.attribute(prompt(), budget=8)
     info = scope.last_info
     assert info["k"] + info["n_probes"] == 8 and info["n_probes"] >= 2
-    assert torch.equal(default, scope.attribute(prompt(), method="hutchinson", budget=8))
+    assert torch.equal(default, scope.attribute(prompt(), estimator="hutchinson", budget=8))
     assert info["f_seconds"] >= 0  # the F side is timed for the benchmarks
-    old = scope.attribute(prompt(), method="deflated", k=2, n_probes=8)
+    old = scope.attribute(prompt(), estimator="deflated", k=2, n_probes=8)
     assert scope.last_info["path"] == "formed" and old.shape == exact64.shape
-    assert not torch.equal(old, scope.attribute(prompt(), method="hutchinson", k=2, n_probes=8))
+    assert not torch.equal(old, scope.attribute(prompt(), estimator="hutchinson", k=2, n_probes=8))
 
 
 def test_choose_k_keeps_a_steep_spectrum_exactly_and_samples_a_flat_one():
@@ -138,12 +130,14 @@ def test_choose_k_keeps_a_steep_spectrum_exactly_and_samples_a_flat_one():
 
 def test_automatic_path_choice():
     small = forward_of(make_model("llama"), prompt())
-    assert choose_path(small, "auto", "hutchinson") == "formed"  # V = 64, d = 16: forming F is cheap
+    assert choose_path(small, "auto", "hutchinson", n_probes=40) == "formed"  # V = 64, d = 16: forming F is cheap
 
     class Large:  # only the head's shape matters
         weight = torch.empty(262144, 640)
 
-    assert choose_path(Large, "auto", "hutchinson") == "split"
+    assert choose_path(Large, "auto", "hutchinson", n_probes=40) == "split"
+    with pytest.raises(ValueError, match="n_probes"):
+        choose_path(Large, "auto", "hutchinson")  # the split path's cost depends on the probes
     assert choose_path(Large, "auto", "eig") == "matrix_free"
     assert choose_path(Large, "auto", "exact") == "formed"
     with pytest.raises(ValueError, match="does not apply"):
@@ -158,7 +152,7 @@ def test_bfloat16_model_keeps_the_fisher_side_in_float32():
         assert found.exact.dtype == torch.float32 and found.sampled.dtype == torch.float32
     values, vectors, _ = top_eigenpairs(forward, 2)
     assert values.dtype == torch.float32 and vectors.dtype == torch.float32
-    scores = FisherScope(model).attribute(prompt(), path="split", method="hutchinson")
+    scores = FisherScope(model).attribute(prompt(), path="split", estimator="hutchinson")
     assert scores.dtype == torch.float32 and torch.isfinite(scores).all()
 
 
@@ -166,7 +160,7 @@ def test_components_add_up_to_the_exact_score():
     model = make_model("gpt2", torch.float64)
     scope = FisherScope(model, make_tokenizer())
     ids = prompt()
-    exact = scope.attribute(ids, method="exact", exclude_special_tokens=False)
+    exact = scope.attribute(ids, estimator="exact", exclude_special_tokens=False)
     d = model.config.n_embd
     found = scope.components(ids, k=d, exclude_special_tokens=False)
     assert found.token_scores.shape == (1, d, ids.shape[1])
@@ -198,12 +192,12 @@ def test_gradient_checkpointing_gives_the_same_scores_and_leaves_the_model_uncha
     model = make_model("llama")
     before = snapshot(model)
     scope = FisherScope(model)
-    plain = scope.attribute(prompt(), method="exact")
-    checkpointed = scope.attribute(prompt(), method="exact", gradient_checkpointing=True)
+    plain = scope.attribute(prompt(), estimator="exact")
+    checkpointed = scope.attribute(prompt(), estimator="exact", gradient_checkpointing=True)
     torch.testing.assert_close(checkpointed, plain, rtol=1e-5, atol=1e-7)
     assert_unchanged(model, before)
     with pytest.raises(ValueError, match="unknown Fisher method"):
-        scope.attribute(prompt(), method="magic", gradient_checkpointing=True)
+        scope.attribute(prompt(), estimator="magic", gradient_checkpointing=True)
     assert_unchanged(model, before)
     with pytest.raises(RuntimeError, match="boom"):
         with gradient_checkpointing(model):
@@ -235,8 +229,8 @@ def test_out_of_memory_halves_the_batch_of_backward_passes(monkeypatch, llama64)
 
 def test_progress_bar_option(llama64, capsys):
     scope = FisherScope(llama64)
-    quiet = scope.attribute(prompt(), budget=6, method="hutchinson")
-    loud = scope.attribute(prompt(), budget=6, progress=True, method="hutchinson")
+    quiet = scope.attribute(prompt(), budget=6, estimator="hutchinson")
+    loud = scope.attribute(prompt(), budget=6, progress=True, estimator="hutchinson")
     torch.testing.assert_close(quiet, loud)
     assert "Fisher backward passes" in capsys.readouterr().err
 
@@ -247,13 +241,19 @@ def test_every_entry_point_defaults_to_the_same_fisher_estimator():
     from captum_jscopes.cli import main as cli
     from captum_jscopes.runs.dataset import DatasetSettings
     from captum_jscopes.runs.explain import explain
-    from captum_jscopes.fisher.estimators import DEFAULT_METHOD, probes
+    from captum_jscopes.fisher.estimators import DEFAULT_ESTIMATOR, DEFAULT_METHOD, probes
 
-    def default(fn):
-        return inspect.signature(fn).parameters["method" if "method" in inspect.signature(fn).parameters
-                                                 else "fisher_method"].default
+    def default(fn, *names):
+        # the entry points' keyword is fisher_estimator (fisher_method: its deprecated name, default None)
+        parameters = inspect.signature(fn).parameters
+        return next(parameters[n].default for n in names if n in parameters and parameters[n].default is not None)
 
-    assert DEFAULT_METHOD == "hutchinson"
-    assert default(FisherScope._scores) == default(probes) == default(explain) == DEFAULT_METHOD
-    assert DatasetSettings().fisher_method == DEFAULT_METHOD
-    assert cli.build_parser().parse_args(["attribute", "x"]).fisher_method == DEFAULT_METHOD
+    def attribute(obj, *names):
+        return next(getattr(obj, n) for n in names if getattr(obj, n, None) is not None)
+
+    assert DEFAULT_ESTIMATOR == DEFAULT_METHOD == "hutchinson"
+    assert FisherScope.Options().estimator == FisherScope.make_options().estimator == DEFAULT_ESTIMATOR
+    assert default(probes, "method") == default(explain, "fisher_estimator", "fisher_method") == DEFAULT_ESTIMATOR
+    assert attribute(DatasetSettings(), "fisher_estimator", "fisher_method") == DEFAULT_ESTIMATOR
+    parsed = cli.build_parser().parse_args(["attribute", "x"])
+    assert attribute(parsed, "fisher_estimator", "fisher_method") == DEFAULT_ESTIMATOR

@@ -4,7 +4,7 @@
 - a copy of the tracked files in a folder with nothing beside it runs the data-reading
   tests and a benchmark on the default prompt set;
 - no private name (leading underscore) is imported from another module, and Captum's
-  private API is used only in ``captum_jscopes/core/_captum_compat.py``, whose pinned version
+  private API is used only in ``captum_jscopes/core/captum_compat.py``, whose pinned version
   must be the installed one.
 """
 
@@ -22,7 +22,7 @@ import captum
 import pytest
 from helpers import make_model, make_tokenizer
 
-from captum_jscopes.core import _captum_compat as captum_compat
+from captum_jscopes.core import captum_compat
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "captum_jscopes"
@@ -103,16 +103,27 @@ def _imports(path: Path):
                 yield alias.name, 0, []
 
 
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
 def test_no_private_name_is_imported_across_modules():
+    """A leading underscore means "only this module" for a name, and "only this
+    package" for a module (``cli/_common.py`` serves the command modules beside
+    it): tests and other packages use public names."""
     offenders = []
     for path in [*PACKAGE.rglob("*.py"), *(ROOT / "tests").rglob("*.py")]:
+        own_package = ".".join(path.relative_to(ROOT).parent.parts)
         for module, level, names in _imports(path):
-            if module.startswith("captum") and level == 0:
+            if level == 0 and (module == "captum" or module.startswith("captum.")):
                 continue  # third-party: checked by the next test
-            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
-            if private or any(part.startswith("_") and not part.startswith("__") for part in module.split(".")):
-                offenders.append(f"{path.relative_to(ROOT)}: from {'.' * level}{module} import {private}")
-    assert not offenders, offenders
+            private = [n for n in names if _private(n)]
+            parts = module.split(".")
+            hidden = [i for i, part in enumerate(parts) if _private(part)]
+            across = any(".".join(parts[:i]) != own_package for i in hidden)
+            if private or across:
+                offenders.append(f"{path.relative_to(ROOT)}: from {'.' * level}{module} import {names}")
+    assert not offenders, "\n".join(offenders)
 
 
 def test_captums_private_api_is_used_only_in_the_compat_module():
@@ -126,7 +137,7 @@ def test_captums_private_api_is_used_only_in_the_compat_module():
         text = path.read_text(encoding="utf-8")
         if path.name != "captum_compat.py" and ("._get_target_tokens" in text or "._format_model_input" in text):
             users.append(path.name)
-    assert set(users) == {"captum_compat.py"}, users
+    assert set(users) <= {"captum_compat.py"}, users
 
 
 def test_the_compat_module_was_checked_against_the_installed_captum():

@@ -13,7 +13,7 @@ import torch
 from captum.attr import LLMAttributionResult
 
 from captum_jscopes.results.result import ScopeResult, sink_share
-from captum_jscopes.display.visualize import render_html
+from captum_jscopes.display.html import render_html
 
 TOKENS = ["<|im_start|>", "Bob", "Ġwas", "Ċ", "Ġ<script>alert(1)</script>", "âĢĻ", "Ġ😀"]
 

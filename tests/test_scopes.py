@@ -9,7 +9,7 @@ import transformers
 from helpers import BOS, PAD, assert_unchanged, make_model, random_ids, snapshot
 
 from captum_jscopes import FisherScope, SemanticScope, TemperatureScope, sink_share
-from captum_jscopes.fisher.estimators import fisher_matrix
+from captum_jscopes.fisher.algebra import fisher_matrix
 from captum_jscopes.core.forward import prepare_inputs, resolve_positions, run_forward
 
 SCOPES = [SemanticScope, TemperatureScope, FisherScope]

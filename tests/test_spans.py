@@ -10,6 +10,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from captum_jscopes import FisherScope, LLMScopeAttribution, SemanticScope, TemperatureScope, linearity_check
+from captum_jscopes.display import text as T
 from captum_jscopes.results import spans as S
 
 SENTENCES = [
@@ -55,7 +56,7 @@ def decode(tokenizer, ids):
 def test_groups_of_byte_level_bpe_are_the_smallest_clean_runs(bpe):
     ids = bpe(PROMPT).input_ids
     pieces = bpe.convert_ids_to_tokens(ids)
-    groups = S.readable_groups(ids, bpe)
+    groups = T.readable_groups(ids, bpe)
     # the setting this test is about: some characters span several tokens
     assert any(len(g.positions) > 1 for g in groups)
     assert [p for g in groups for p in g.positions] == list(range(len(ids)))
@@ -68,25 +69,25 @@ def test_groups_of_byte_level_bpe_are_the_smallest_clean_runs(bpe):
     assert {"🍣", "東", "京", "の"} <= {g.text.strip() for g in groups}
     # three routes to the same groups: offsets (fast tokenizer), decoding
     # growing runs, and the raw pieces alone (no tokenizer, e.g. an old JSON file)
-    by_decoding = S._groups_by_decoding(len(ids), lambda a, b: decode(bpe, ids[a:b]))
-    assert S._groups_from_offsets(ids, bpe, None) == by_decoding == groups
-    assert S.readable_groups(pieces) == groups
-    assert S.readable_groups(pieces, bpe) == groups
+    by_decoding = T._groups_by_decoding(len(ids), lambda a, b: decode(bpe, ids[a:b]))
+    assert T._groups_from_offsets(ids, bpe, None) == by_decoding == groups
+    assert T.readable_groups(pieces) == groups
+    assert T.readable_groups(pieces, bpe) == groups
 
 
 def test_token_display_and_labels_keep_the_text():
     pieces = ["I", "Ġlove", "ĠðŁ", "į", "£", "Ġand"]
-    groups = S.readable_groups(pieces)
-    display = S.token_display(groups, len(pieces))
+    groups = T.readable_groups(pieces)
+    display = T.token_display(groups, len(pieces))
     assert display == ["I", " love", " 🍣", "", "", " and"]
-    assert S.groups_from_display(display) == groups
-    assert S.token_labels(display) == ["I", " love", " 🍣", "·", "·", " and"]
-    assert S.token_labels(display, numbered=True)[2:5] == [" 🍣 (1/3)", " 🍣 (2/3)", " 🍣 (3/3)"]
+    assert T.groups_from_display(display) == groups
+    assert T.token_labels(display) == ["I", " love", " 🍣", "·", "·", " and"]
+    assert T.token_labels(display, numbered=True)[2:5] == [" 🍣 (1/3)", " 🍣 (2/3)", " 🍣 (3/3)"]
 
 
 def test_sentencepiece_byte_tokens_and_invalid_bytes():
     pieces = ["▁I", "▁love", "▁", "<0xF0>", "<0x9F>", "<0x8D>", "<0xA3>", "▁x", "<0xFF>", "y"]
-    groups = S.readable_groups(pieces)
+    groups = T.readable_groups(pieces)
     assert [(g.text, g.positions) for g in groups] == [
         (" I", (0,)), (" love", (1,)), (" ", (2,)), ("🍣", (3, 4, 5, 6)),
         (" x", (7,)), ("<0xFF>", (8,)), ("y", (9,)),
@@ -99,13 +100,13 @@ def test_sentencepiece_decoder_keeps_leading_spaces():
     backend = Tokenizer(models.WordLevel({"▁I": 0, "▁love": 1, "▁Paris": 2}, unk_token="▁I"))
     backend.decoder = decoders.Metaspace()
     tok = PreTrainedTokenizerFast(tokenizer_object=backend)
-    groups = S.readable_groups([0, 1, 2], tok)
+    groups = T.readable_groups([0, 1, 2], tok)
     assert [g.text for g in groups] == ["I", " love", " Paris"]
 
 
 def test_words_split_at_spaces_and_punctuation():
     pieces = ["The", "Ġcity", ".", "Ċ", '"', "He", "llo", '"', "Ġdon", "'t", "ĠðŁ", "į", "£", "!"]
-    words = S.word_spans(S.readable_groups(pieces))
+    words = S.word_spans(T.readable_groups(pieces))
     assert [(w.text, w.positions) for w in words] == [
         ("The", (0,)), (" city", (1,)), (".", (2,)), ("\n", (3,)), ('"', (4,)), ("Hello", (5, 6)),
         ('"', (7,)), (" don't", (8, 9)), (" 🍣", (10, 11, 12)), ("!", (13,)),
@@ -114,9 +115,9 @@ def test_words_split_at_spaces_and_punctuation():
 
 def test_position_and_char_spans_take_whole_groups():
     pieces = ["I", "Ġlove", "ĠðŁ", "į", "£", "Ġand"]
-    groups = S.readable_groups(pieces)
+    groups = T.readable_groups(pieces)
     (span,) = S.position_spans(groups, [[3]])  # half of the emoji: the whole emoji
-    assert span == S.Span(" 🍣", (2, 3, 4))
+    assert span == T.Span(" 🍣", (2, 3, 4))
     text = "".join(g.text for g in groups)  # "I love 🍣 and"
     spans = S.char_spans(groups, [(0, 6), (text.index("🍣"), len(text))])
     assert [s.positions for s in spans] == [(0, 1), (2, 3, 4, 5)]
@@ -132,7 +133,7 @@ def test_rules_by_scope_name():
     with pytest.raises(ValueError, match="rule="):
         S.aggregation_rule("integrated_gradients")
     scores = torch.tensor([[3.0, 4.0, 1.0], [1.0, 0.0, 2.0]])
-    spans = [S.Span("a", (0, 1)), S.Span("b", (2,))]
+    spans = [T.Span("a", (0, 1)), T.Span("b", (2,))]
     assert torch.allclose(S.aggregate(scores, spans, "l2"), torch.tensor([[5.0, 1.0], [1.0, 2.0]]))
     assert torch.allclose(S.aggregate(scores, spans, "sum"), torch.tensor([[7.0, 1.0], [1.0, 2.0]]))
 

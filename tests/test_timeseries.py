@@ -11,7 +11,7 @@ import torch
 from captum_jscopes.models import load_tokenizer
 from captum_jscopes.analysis.timeseries import (
     Scaling,
-    _offsets_by_decoding,
+    offsets_by_decoding,
     brownian_motion,
     deserialize,
     logistic_map,
@@ -224,4 +224,4 @@ def test_value_scores_with_default_tokenizer(smollm2_tokenizer):
 def test_decoding_fallback_matches_offset_mapping(smollm2_tokenizer):
     text, _ = serialize(brownian_motion(25, seed=4))
     ids = smollm2_tokenizer(text)["input_ids"]
-    assert _offsets_by_decoding(text, ids, smollm2_tokenizer) == token_offsets(text, smollm2_tokenizer)
+    assert offsets_by_decoding(text, ids, smollm2_tokenizer) == token_offsets(text, smollm2_tokenizer)

@@ -14,22 +14,12 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 
 from captum_jscopes.results.result import ScopeResult
-from captum_jscopes.display.visualize import (
-    DIVERGING_CMAP,
-    FONT_FAMILIES,
-    MISSING_GLYPH,
-    TARGET_COLOR,
-    MissingGlyphWarning,
-    _colors,
-    _result_row,
-    display_token,
-    font_families,
-    plot_series_influence,
-    plot_token_heatmap,
-    render_html,
-    save_heatmap,
-    save_html,
-)
+from captum_jscopes.display.common import DIVERGING_CMAP, TARGET_COLOR, result_row, token_colors
+from captum_jscopes.display.fonts import FONT_FAMILIES, MISSING_GLYPH, MissingGlyphWarning, font_families
+from captum_jscopes.display.heatmap import plot_token_heatmap, save_heatmap
+from captum_jscopes.display.html import render_html, save_html
+from captum_jscopes.display.series import plot_series_influence
+from captum_jscopes.display.text import display_token
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HOSTILE = "<script>alert(1)</script>"
@@ -81,14 +71,14 @@ def test_display_token(raw, text):
 
 
 def test_colors_sequential_from_zero():
-    rgba, mappable = _colors([0.0, 1.0, 2.0], "Blues")
+    rgba, mappable = token_colors([0.0, 1.0, 2.0], "Blues")
     blues = matplotlib.colormaps["Blues"]
     assert np.allclose(rgba[0], blues(0.0)) and np.allclose(rgba[2], blues(1.0))
     assert mappable.norm.vmin == 0.0 and mappable.norm.vmax == 2.0
 
 
 def test_colors_diverging_centred_at_zero():
-    rgba, mappable = _colors([-1.0, 0.0, 3.0], "Blues")
+    rgba, mappable = token_colors([-1.0, 0.0, 3.0], "Blues")
     div = matplotlib.colormaps[DIVERGING_CMAP]
     assert mappable.norm.vmin == -3.0 and mappable.norm.vmax == 3.0
     assert np.allclose(rgba[1], div(0.5))
@@ -96,7 +86,7 @@ def test_colors_diverging_centred_at_zero():
 
 
 def test_colors_vmax_clips():
-    rgba, _ = _colors([1.0, 10.0], "Blues", vmax=1.0)
+    rgba, _ = token_colors([1.0, 10.0], "Blues", vmax=1.0)
     assert np.allclose(rgba[0], rgba[1])
 
 
@@ -108,7 +98,7 @@ def test_heatmap_draws_one_box_per_token_plus_red_target():
     assert isinstance(fig, Figure)
     drawn = boxes(fig)
     assert len(drawn) == 13
-    expected, _ = _colors(scores.detach(), "Blues")
+    expected, _ = token_colors(scores.detach(), "Blues")
     for box, color in zip(drawn, expected):
         assert np.allclose(box.get_facecolor(), color)
     assert np.allclose(drawn[-1].get_edgecolor(), matplotlib.colors.to_rgba(TARGET_COLOR))
@@ -239,7 +229,7 @@ def test_html_one_line_per_output_token_and_same_colours_as_png():
     colors = _span_colors(out)
     assert len(colors) == 2 * 4
     # one colour scale over both lines, the same one the PNG uses
-    expected, _ = _colors(torch.cat([r.token_attr[0], r.token_attr[1]]), "Blues")
+    expected, _ = token_colors(torch.cat([r.token_attr[0], r.token_attr[1]]), "Blues")
     assert colors == [to_hex(c) for c in expected]
     fig = plot_token_heatmap(r.input_tokens, r.token_attr[0], target="Ġsat")
     assert [to_hex(b.get_facecolor()) for b in boxes(fig)[:4]] == colors[:4]
@@ -331,14 +321,14 @@ def test_multi_token_heatmap_says_what_it_shows(tmp_path):
     r = multi_token_result()
     assert r.output_display == [" Paris", ",", " the", " city", " of", " light"]
     fig = plot_token_heatmap(
-        r.input_tokens, r.seq_attr, target=r.metadata["target"], title="My title", caption=_result_row(r, None).caption
+        r.input_tokens, r.seq_attr, target=r.metadata["target"], title="My title", caption=result_row(r, None).caption
     )
     texts = " ".join(_fig_texts(fig))
     assert fig.texts[0].get_text() == "My title"  # kept as given
     assert "' Paris, the city of light'" in texts and "p = 0.0156" in texts  # 0.5 ** 6
     assert "sum of the 6 target tokens" in texts
     assert fig.axes[0].texts[-1].get_text() == "Paris, the city of light"  # spaces kept
-    row = _result_row(r, 3)
+    row = result_row(r, 3)
     assert row.target == " city" and torch.equal(row.scores, r.token_attr[3])
     assert "target token 4 of 6: ' city' (p = 0.5), after ' Paris, the'" in row.caption
     assert_png(save_heatmap(r, tmp_path / "sum.png", title="My title"))
@@ -349,7 +339,7 @@ def test_colour_scale_clips_at_a_high_quantile_on_long_prompts():
     n = 3000
     scores = torch.rand(n, generator=torch.Generator().manual_seed(0))
     scores[0] = 500.0  # an attention sink
-    rgba, mappable = _colors(scores)
+    rgba, mappable = token_colors(scores)
     assert mappable.norm.vmax == pytest.approx(float(torch.quantile(scores, 0.99)), rel=0.01)
     assert np.allclose(rgba[0], rgba[int(scores[1:].argmax()) + 1])  # the sink clips to the darkest colour
     # a typical token is clearly coloured, not washed out to white
@@ -359,10 +349,10 @@ def test_colour_scale_clips_at_a_high_quantile_on_long_prompts():
     label = fig.axes[1].get_xlabel()
     assert "99th percentile" in label and "max 500" in label
     # short prompts end at their largest score: nothing clips, nothing said
-    _, short = _colors(scores[:100])
+    _, short = token_colors(scores[:100])
     assert short.norm.vmax == 500.0
     assert "percentile" not in plot_token_heatmap(prompt(20), scores[:20]).axes[1].get_xlabel()
-    _, plain = _colors(scores, clip_quantile=None)
+    _, plain = token_colors(scores, clip_quantile=None)
     assert plain.norm.vmax == 500.0
 
 

@@ -45,7 +45,7 @@ from IPython.display import Image, Markdown, display
 from captum_jscopes import FisherScope, SemanticScope, TemperatureScope, linearity_check, load_model
 from captum_jscopes.runs.prompts import load_prompts, prepare_prompt
 from captum_jscopes.bench.trust import flip_bos
-from captum_jscopes.analysis.linearity import plot_linearity
+from captum_jscopes.display.linearity import plot_linearity
 from captum_jscopes.metrics import sink_report
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm: no ipywidgets; bars are off anyway

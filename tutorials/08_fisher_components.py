@@ -38,7 +38,8 @@ from IPython.display import Image, display
 from scipy.stats import spearmanr
 
 from captum_jscopes import FisherScope, load_model
-from captum_jscopes.fisher.components import describe, plot_components
+from captum_jscopes.display.fisher_components import plot_components
+from captum_jscopes.fisher.components import describe
 
 # JSCOPES_TUTORIAL_FAST=1 (set by the test suite) runs a reduced size; the saved outputs are full runs.
 FAST = os.environ.get("JSCOPES_TUTORIAL_FAST") == "1"
@@ -89,7 +90,7 @@ lambada = show_components(ids, "components_lambada.png")
 # uses the default estimator and a looser bound).
 
 # %%
-reference = scope.attribute(ids)[0] if FAST else scope.attribute(ids, method="exact")[0]
+reference = scope.attribute(ids)[0] if FAST else scope.attribute(ids, estimator="exact")[0]
 partial = lambada.token_scores[0].sum(0)
 covered = float(lambada.share[0].sum())
 print(f"the top {K} directions hold {100 * covered:.1f}% of tr F and "

@@ -26,6 +26,7 @@ distance 1.0 in these units and a token swap at :attr:`LinearityResult.swap_dist
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 from dataclasses import dataclass
@@ -34,17 +35,12 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from captum_jscopes.fisher.estimators import fisher_matrix, probes
-from captum_jscopes.scopes.fisher import FisherScope
 from captum_jscopes.core.forward import accepts, prepare_inputs, resolve_positions, run_forward
 from captum_jscopes.core.model_state import preserved_state
-from captum_jscopes.scopes.semantic import SemanticScope
-from captum_jscopes.results.spans import readable_groups, token_display
-from captum_jscopes.results.spans import token_labels as display_labels
-from captum_jscopes.scopes.temperature import TemperatureScope
-from captum_jscopes.core.tokens import resolve_target
+from captum_jscopes.display.text import prompt_labels
+from captum_jscopes.scopes.base import JacobianScope
 
-__all__ = ["DEFAULT_EPSILONS", "FISHER_REFERENCES", "LinearityResult", "linearity_check", "plot_linearity"]
+__all__ = ["DEFAULT_EPSILONS", "FISHER_REFERENCES", "LinearityResult", "linearity_check", "check_tokens"]
 
 #: relative perturbation sizes (units of ||x_t||) checked by default
 DEFAULT_EPSILONS: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
@@ -93,12 +89,14 @@ class LinearityResult:
             float64 but not in half precision) and for unchecked tokens.
         tokens: (K,) int64 positions that were checked, ascending.
         input_ids: (seq,) int64 token ids of the prompt.
-        token_labels: readable text per prompt token (spans.token_labels, numbered), or the ids.
+        token_labels: readable text per prompt token (display.text.prompt_labels), or the ids.
         position: absolute index of the explained token.
-        scope: the scope's name ("semantic", "temperature", "fisher").
+        scope: the scope's name ("semantic", "temperature", "fisher", or a registered one).
         tol: the tolerance the radii were computed with.
         n_draws, seed: the noise draws of the Fisher check (unused otherwise).
-        fisher_reference: ``"expected"`` or ``"paired"`` for Fisher, else None.
+        fisher_reference: ``"expected"`` or ``"paired"`` for an isotropic check (Fisher), else None.
+        perturbation: the scope's ``perturbation``: ``"gradient"`` (moves along the
+            unit gradient; Semantic, Temperature) or ``"isotropic"`` (Gaussian noise; Fisher).
     """
 
     epsilons: Tensor
@@ -120,6 +118,7 @@ class LinearityResult:
     n_draws: int
     seed: int
     fisher_reference: Optional[str] = None
+    perturbation: str = "gradient"
 
     def summary(self) -> str:
         """A short text report: one line per checked token with its score, radius
@@ -152,7 +151,7 @@ class LinearityResult:
         if flagged:
             cause = (
                 "the Monte Carlo error of the mean KL (more n_draws, or fisher_reference='paired')"
-                if self.scope == "fisher"
+                if self.perturbation == "isotropic"
                 else "rounding (the noise floor; larger eps or a float64 model)"
             )
             lines.append(f"  * the first failing eps is within {cause}")
@@ -161,7 +160,7 @@ class LinearityResult:
     def limited_by_noise(self) -> Tensor:
         """(seq,) bool: checked tokens whose first failing eps has a noise floor
         (Semantic, Temperature) or sampling error (Fisher) above ``tol / 2``."""
-        noise = self.sampling_error if self.scope == "fisher" else self.noise_floor
+        noise = self.sampling_error if self.perturbation == "isotropic" else self.noise_floor
         failing = ~(self.relative_error <= self.tol)  # NaN (unchecked) counts as failing
         first = failing.long().argmax(dim=1)  # first failing eps (0 when none fails)
         any_fail = failing.any(dim=1)
@@ -227,7 +226,7 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     return value
 
 
-def _check_tokens(tokens: Any, n: int) -> Optional[list[int]]:
+def check_tokens(tokens: Any, n: int) -> Optional[list[int]]:
     if tokens is None:
         return None
     if isinstance(tokens, Tensor):
@@ -258,7 +257,7 @@ def _check_tokens(tokens: Any, n: int) -> Optional[list[int]]:
 
 # ============================================================ the check
 def linearity_check(
-    scope: Union[SemanticScope, TemperatureScope, FisherScope],
+    scope: JacobianScope,
     input_ids: Tensor,
     target: Any = None,
     position: Union[int, Tensor] = -1,
@@ -277,13 +276,13 @@ def linearity_check(
     perturbation of ``x_t`` does the scope's local prediction hold?
 
     Args:
-        scope: a :class:`SemanticScope`, :class:`TemperatureScope` or
-            :class:`FisherScope` (its ``model``, ``tokenizer`` and
-            ``exclude_special_tokens`` are used).
+        scope: a Jacobian Scope, built in or registered (its ``model``,
+            ``tokenizer`` and ``exclude_special_tokens`` are used; what is moved
+            and compared is its ``perturbation`` and :meth:`~JacobianScope.readout`).
         input_ids: (seq,) or (1, seq) token ids: one prompt.
-        target: the Semantic Scope's target (id, one-token string, or a
-            (target, foil) pair); None: the model's top-1 prediction. Must be None
-            for the other scopes.
+        target: the target of a scope that takes one (the Semantic Scope: id,
+            one-token string, or a (target, foil) pair); None: the model's top-1
+            prediction. Must be None for the other scopes.
         position: explained token, counted over real tokens; default -1 (last).
         attention_mask: (seq,) or (1, seq) of 0/1; default all ones.
         epsilons: perturbation sizes in units of ``||x_t||``; finite, > 0, no
@@ -298,10 +297,10 @@ def linearity_check(
             (``torch.Generator``). Default 0.
         batch_size: perturbed prompts per no-grad forward. Default 16.
         scope_options: extra options for ``scope.attribute`` (e.g.
-            ``{"exclude_special_tokens": False}``). The Fisher Scope defaults to
-            ``method="exact"`` here, so the prediction is not an estimate; the
-            path-integrated Semantic Scope (``n_steps``) is not a local map and is
-            refused.
+            ``{"exclude_special_tokens": False}``), passed through the scope's
+            ``local_options``: the Fisher Scope defaults to ``estimator="exact"``
+            here, so the prediction is not an estimate; the path-integrated
+            Semantic Scope (``n_steps``) is not a local map and is refused.
         fisher_reference: what the mean KL over the draws is compared with.
             ``"expected"`` (default): ``sigma^2 * s_t / 2``, the scope's claim
             about the expected KL; with few draws the relative error then also
@@ -320,17 +319,11 @@ def linearity_check(
     The caller's model is left exactly as it was (see
     :func:`captum_jscopes.core.model_state.preserved_state`), also when this raises.
     """
-    if isinstance(scope, FisherScope):
-        kind = "fisher"
-    elif isinstance(scope, TemperatureScope):
-        kind = "temperature"
-    elif isinstance(scope, SemanticScope):
-        kind = "semantic"
-    else:
-        raise TypeError(
-            "scope must be a SemanticScope, TemperatureScope or FisherScope instance, "
-            f"got {type(scope).__name__}"
-        )
+    if not isinstance(scope, JacobianScope):
+        raise TypeError(f"scope must be a Jacobian Scope instance (e.g. SemanticScope), got {type(scope).__name__}")
+    if type(scope).readout is JacobianScope.readout:
+        raise TypeError(f"{type(scope).__name__} defines no readout (what its map predicts): linearity_check cannot test it")
+    isotropic = scope.perturbation == "isotropic"
     model = scope.model
     eps = _check_epsilons(epsilons)
     tol = _check_tol(tol)
@@ -344,12 +337,12 @@ def linearity_check(
         )
     ids, mask = prepare_inputs(model, input_ids, attention_mask)
     n = ids.shape[1]
-    wanted = _check_tokens(tokens, n)
+    wanted = check_tokens(tokens, n)
     options = dict(scope_options or {})
-    if kind == "semantic" and options.get("n_steps") is not None:
-        raise ValueError("the path-integrated Semantic Scope (n_steps) is not a local map; drop n_steps")
-    if kind == "fisher":
-        options.setdefault("method", "exact")
+    names = (*scope.option_names(), *scope.deprecated_options)
+    own = scope.local_options(scope.make_options(**{k: v for k, v in options.items() if k in names}))
+    options = {k: v for k, v in options.items() if k not in names}
+    options.update({f.name: getattr(own, f.name) for f in dataclasses.fields(own)})
     if fisher_reference not in FISHER_REFERENCES:
         raise ValueError(f"fisher_reference must be one of {FISHER_REFERENCES}, got {fisher_reference!r}")
     pos = int(resolve_positions(position, mask)[0])
@@ -361,19 +354,19 @@ def linearity_check(
             x = model.get_input_embeddings()(ids)[0].detach()  # (n, e)
         norms = x.to(torch.float64).norm(dim=-1).cpu()
         checked = _tokens_to_check(wanted, scores, norms)
-        directions, pair, noise, quadratic = None, None, None, None
-        if kind == "fisher":
+        directions, targets, noise, quadratic = None, None, None, None
+        if isotropic:
             generator = torch.Generator().manual_seed(seed)
             # the same standard-normal draws at every eps of a token: smoother curves
             noise = torch.randn(len(checked), n_draws, x.shape[-1], generator=generator, dtype=torch.float64)
             if fisher_reference == "paired":
-                quadratic = _fisher_quadratic(scope, ids, mask, pos, checked, noise)
+                quadratic = _paired_quadratic(scope, ids, mask, pos, checked, noise)
         else:
-            directions, pair = _unit_gradients(scope, kind, ids, mask, pos, target, scores, checked)
+            directions, targets = _unit_gradients(scope, ids, mask, pos, target, scores, checked)
         with torch.no_grad():
             predicted, observed, sampling, floor = _measure(
-                model, kind, x, mask, pos, checked, eps, scores, norms,
-                directions=directions, pair=pair, noise=noise, quadratic=quadratic, seed=seed,
+                scope, x, mask, pos, checked, eps, scores, norms,
+                directions=directions, targets=targets, noise=noise, quadratic=quadratic, seed=seed,
                 batch_size=batch_size,
             )
             swap = _swap_distance(model, ids[0], x, norms)
@@ -411,13 +404,14 @@ def linearity_check(
         noise_floor=floor_full,
         tokens=rows,
         input_ids=ids[0].cpu(),
-        token_labels=_labels(scope.tokenizer, ids[0].cpu()),
+        token_labels=tuple(prompt_labels(ids[0].cpu(), scope.tokenizer)),
         position=pos,
         scope=scope.name,
         tol=tol,
         n_draws=n_draws,
         seed=seed,
-        fisher_reference=fisher_reference if kind == "fisher" else None,
+        fisher_reference=fisher_reference if isotropic else None,
+        perturbation=scope.perturbation,
     )
 
 
@@ -441,24 +435,19 @@ def _tokens_to_check(wanted: Optional[list[int]], scores: Tensor, norms: Tensor)
 
 
 def _unit_gradients(
-    scope, kind: str, ids: Tensor, mask: Tensor, pos: int, target: Any, scores: Tensor, checked: list[int]
-) -> tuple[Tensor, Optional[list[int]]]:
-    """(K, e) unit gradients ``u_t`` of the scope's scalar w.r.t. ``x_t`` (float64
-    CPU), from one forward and one backward pass of the library's engine, and the
-    Semantic Scope's resolved (target[, foil]) ids (None for Temperature)."""
+    scope: JacobianScope, ids: Tensor, mask: Tensor, pos: int, target: Any, scores: Tensor, checked: list[int]
+) -> tuple[Tensor, Optional[Tensor]]:
+    """(K, e) unit gradients ``u_t`` of the scope's readout w.r.t. ``x_t`` (float64
+    CPU), from one forward and one backward pass of the library's engine along the
+    scope's own direction, and the explained target ids (None for a scope without
+    target)."""
     positions = torch.tensor([[pos]], device=ids.device)
     forward = run_forward(scope.model, ids, mask, positions)
-    pair = None
-    if kind == "temperature":
-        y = forward.hidden.detach().to(forward.compute_dtype)
-        direction = y / y.norm(dim=-1, keepdim=True)
-    else:
-        pair = _semantic_target(scope, target, forward.logits)
-        device = forward.logits.device
-        direction = forward.head_rows(torch.tensor([[pair[0]]], device=device))
-        if len(pair) == 2:
-            direction = direction - forward.head_rows(torch.tensor([[pair[1]]], device=device))
-    grads = forward.vjp(direction[None])[0, 0, 0].detach().to("cpu", torch.float64)  # (n, e)
+    targets = scope.explained_targets(target, forward.logits)
+    direction = scope.directions(forward, targets)
+    if direction.shape[0] != 1:
+        raise TypeError(f"the {scope.name} scope projects on {direction.shape[0]} directions; a gradient check needs one")
+    grads = forward.vjp(direction)[0, 0, 0].detach().to("cpu", torch.float64)  # (n, e)
     grads = grads[checked]
     norm = grads.norm(dim=-1)
     expected = scores[checked]
@@ -467,30 +456,14 @@ def _unit_gradients(
             f"the gradient norms {norm.tolist()} disagree with the scope's scores {expected.tolist()}: "
             "the check would not test the scope's map"
         )
-    return grads / norm[:, None], pair
+    return grads / norm[:, None], targets
 
 
-def _semantic_target(scope, target: Any, logits: Tensor) -> list[int]:
-    """[target] or [target, foil] ids, resolved as the Semantic Scope does (the
-    scope itself has already validated ``target``)."""
-    if target is None:
-        return [int(logits[0, 0].argmax())]
-    if isinstance(target, Tensor) and target.dim() == 1 and target.numel() == 1:
-        target = target[0]
-    if isinstance(target, list):
-        target = target[0]
-    vocab = scope.model.get_output_embeddings().weight.shape[0]
-    if isinstance(target, tuple):
-        return [resolve_target(t, scope.tokenizer, vocab) for t in target]
-    return [resolve_target(target, scope.tokenizer, vocab)]
-
-
-def _read_out(
-    model: nn.Module, kind: str, embeds: Tensor, mask: Tensor, pos: int, pair: Optional[list[int]]
-) -> Tensor:
-    """One no-grad forward of (B, n, e) embeddings -> (B, V) float64 log-probs
-    (Fisher) or (B,) float64 scalars (the target logit [- foil], or ||y||) at the
-    explained column ``pos``."""
+def _read_out(scope: JacobianScope, embeds: Tensor, mask: Tensor, pos: int, targets: Optional[Tensor]) -> Tensor:
+    """One no-grad forward of (B, n, e) embeddings -> the scope's readout (float64
+    CPU: (B,) scalars or (B, V) log-probs) at the explained column ``pos``, from the
+    final hidden state (captured where the output embedding consumes it) and the logits."""
+    model = scope.model
     batch, n = embeds.shape[:2]
     attention = mask.expand(batch, n)
     kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": attention, "use_cache": False}
@@ -503,47 +476,36 @@ def _read_out(
     def record_input(_module, args, kwargs_):
         captured["y"] = args[0] if args else next(iter(kwargs_.values()))
 
-    handle = None
-    if kind == "temperature":
-        handle = model.get_output_embeddings().register_forward_pre_hook(record_input, with_kwargs=True)
+    handle = model.get_output_embeddings().register_forward_pre_hook(record_input, with_kwargs=True)
     try:
         output = model(**kwargs)
     finally:
-        if handle is not None:
-            handle.remove()
-    if kind == "temperature":
-        y = captured["y"]
-        # the head saw the last y.shape[1] columns (all of them if it ignored logits_to_keep)
-        y = y[:, pos - (n - y.shape[1])].to(torch.float64)
-        return y.norm(dim=-1).cpu()
+        handle.remove()
+    y = captured["y"]
+    # the head saw the last y.shape[1] columns (all of them if it ignored logits_to_keep)
+    y = y[:, pos - (n - y.shape[1])].to(torch.float64)
     logits = output.logits if hasattr(output, "logits") else output[0]
     z = logits[:, pos - (n - logits.shape[1])].to(torch.float64)
-    if kind == "fisher":
-        return torch.log_softmax(z, dim=-1).cpu()
-    value = z[:, pair[0]]
-    if len(pair) == 2:
-        value = value - z[:, pair[1]]
-    return value.cpu()
+    return scope.readout(y, z, targets).cpu()
 
 
-def _fisher_quadratic(scope, ids: Tensor, mask: Tensor, pos: int, checked: list[int], noise: Tensor) -> Tensor:
+def _paired_quadratic(scope, ids: Tensor, mask: Tensor, pos: int, checked: list[int], noise: Tensor) -> Tensor:
     """(K, D) ``z^T J_t^T F J_t z`` for each token's standard-normal draws ``z``
-    (K, D, e): with ``F = sum_i v_i v_i^T`` (its exact eigen-directions) this is
+    (K, D, e): with ``F = sum_i v_i v_i^T`` (the scope's exact directions) this is
     ``sum_i (v_i^T J_t . z)^2``, from d backward passes of the library's engine."""
     positions = torch.tensor([[pos]], device=ids.device)
     forward = run_forward(scope.model, ids, mask, positions)
-    found = probes(fisher_matrix(forward), method="exact")
+    directions = scope.exact_directions(forward)
     total = torch.zeros(noise.shape[:2], dtype=torch.float64)
     rows = torch.tensor(checked, device=forward.embeddings.device)
-    for chunk in found.exact.split(max(1, scope.chunk_size), dim=0):
+    for chunk in directions.split(max(1, scope.chunk_size), dim=0):
         grads = forward.vjp(chunk)[:, 0, 0].index_select(1, rows).detach().to("cpu", torch.float64)  # (m, K, e)
         total += torch.einsum("mke,kde->mkd", grads, noise).pow(2).sum(0)
     return total
 
 
 def _measure(
-    model: nn.Module,
-    kind: str,
+    scope: JacobianScope,
     x: Tensor,
     mask: Tensor,
     pos: int,
@@ -553,21 +515,22 @@ def _measure(
     norms: Tensor,
     *,
     directions: Optional[Tensor],
-    pair: Optional[list[int]],
+    targets: Optional[Tensor],
     noise: Optional[Tensor],
     quadratic: Optional[Tensor],
     seed: int,
     batch_size: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Predicted and observed (K, E) float64 CPU changes, the relative sampling
-    error (Fisher; NaN otherwise) and the relative noise floor (Semantic and
-    Temperature; NaN for Fisher), from batched no-grad forwards of the perturbed
+    error (isotropic check; NaN otherwise) and the relative noise floor (gradient
+    check; NaN for isotropic), from batched no-grad forwards of the perturbed
     prompts (one token moved per prompt)."""
+    isotropic = scope.perturbation == "isotropic"
     K, E, e = len(checked), len(eps), x.shape[-1]
     grid = torch.tensor(eps, dtype=torch.float64)
     size = grid[None, :] * norms[checked][:, None]  # (K, E): eps * ||x_t||
     s = scores[checked][:, None]
-    if kind == "fisher":
+    if isotropic:
         sigma = size / math.sqrt(e)
         deltas = sigma[:, :, None, None] * noise[:, None]  # (K, E, D, e)
         if quadratic is None:
@@ -581,7 +544,7 @@ def _measure(
     draws = deltas.shape[2]
     token_of = torch.tensor(checked).repeat_interleave(E * draws)
     flat = deltas.reshape(-1, e)
-    if kind != "fisher":
+    if not isotropic:
         # noise-floor probes: moves of the smallest size orthogonal to g_t (no first-order change)
         generator = torch.Generator().manual_seed(seed)
         side = torch.randn(K, _FLOOR_PROBES, e, generator=generator, dtype=torch.float64)
@@ -589,7 +552,7 @@ def _measure(
         side = side / side.norm(dim=-1, keepdim=True) * size[:, :1, None]
         flat = torch.cat([flat, side.reshape(-1, e)])
         token_of = torch.cat([token_of, torch.tensor(checked).repeat_interleave(_FLOOR_PROBES)])
-    base = _read_out(model, kind, x[None], mask, pos, pair)[0]
+    base = _read_out(scope, x[None], mask, pos, targets)[0]
     x64 = x.to(torch.float64)
     outs, applied = [], []
     for start in range(0, flat.shape[0], batch_size):
@@ -600,12 +563,12 @@ def _measure(
         embeds[rows, columns] = (x64[columns] + chunk).to(x.dtype)
         # the move the model really sees, after rounding to the embedding dtype
         applied.append((embeds[rows, columns].to(torch.float64) - x64[columns]).cpu())
-        outs.append(_read_out(model, kind, embeds, mask, pos, pair))
+        outs.append(_read_out(scope, embeds, mask, pos, targets))
     out = torch.cat(outs)
     moved = torch.cat(applied)
     sampling = torch.full((K, E), float("nan"), dtype=torch.float64)
     floor = sampling.clone()
-    if kind == "fisher":
+    if isotropic:
         out = out.view(K, E, draws, -1)
         kl = (base.exp() * (base - out)).sum(-1)  # KL(P_orig || P_perturbed), (K, E, D)
         observed = kl.mean(-1)
@@ -642,99 +605,3 @@ def _swap_distance(model: nn.Module, ids: Tensor, x: Tensor, norms: Tensor, chun
         best = torch.minimum(best, distance.min(dim=1).values)
     best = best.cpu()
     return torch.where(norms > 0, best / norms, torch.full_like(best, float("nan")))
-
-
-def _labels(tokenizer: Any, ids: Tensor) -> tuple[str, ...]:
-    """Readable text per token (spans.readable_groups: byte pieces merged into the
-    characters they spell, ' 🍣 (2/3)' for the pieces of one character); the ids
-    when the tokenizer cannot name them."""
-    if tokenizer is not None:
-        try:
-            groups = readable_groups(ids.tolist(), tokenizer)
-            return tuple(display_labels(token_display(groups, len(ids)), numbered=True))
-        except Exception:  # a tokenizer that cannot name these ids: fall back to the ids
-            pass
-    return tuple(str(i) for i in ids.tolist())
-
-
-# ============================================================ figure
-def plot_linearity(
-    result: LinearityResult,
-    tokens: Optional[Union[Sequence[int], Tensor]] = None,
-    labels: Optional[Sequence[str]] = None,
-    ax: Any = None,
-):
-    """Relative error against eps (log-log), one line per token, with the ``tol``
-    line, each token's radius (a large dot on its curve; a cross at the smallest
-    eps when the radius is 0) and its swap distance (a triangle of the same colour
-    on the top edge).
-
-    Args:
-        result: a :class:`LinearityResult`.
-        tokens: positions to draw (a subset of ``result.tokens``); default all checked.
-        labels: one label per prompt token (seq,) or per drawn token; default the
-            result's token labels.
-        ax: a matplotlib Axes to draw on; default a new
-            :class:`matplotlib.figure.Figure` (no pyplot state).
-    Returns:
-        the matplotlib Figure.
-    """
-    from matplotlib.figure import Figure
-    from matplotlib.transforms import blended_transform_factory
-
-    if not isinstance(result, LinearityResult):
-        raise TypeError(f"result must be a LinearityResult, got {type(result).__name__}")
-    n = result.radius.shape[0]
-    checked = set(result.tokens.tolist())
-    drawn = result.tokens.tolist() if tokens is None else _check_tokens(tokens, n)
-    missing = [t for t in drawn if t not in checked]
-    if missing:
-        raise ValueError(f"tokens {missing} were not checked; checked: {sorted(checked)}")
-    if labels is None:
-        names = [f"{t}: {result.token_labels[t]}" for t in drawn]
-    else:
-        labels = [str(label) for label in labels]
-        if len(labels) == n:
-            names = [labels[t] for t in drawn]
-        elif len(labels) == len(drawn):
-            names = labels
-        else:
-            raise ValueError(
-                f"labels must have one entry per prompt token ({n}) or per drawn token ({len(drawn)}), "
-                f"got {len(labels)}"
-            )
-    if ax is None:
-        figure = Figure(figsize=(6.4, 4.4), layout="constrained")
-        ax = figure.add_subplot()
-    else:
-        figure = ax.get_figure()
-    eps = result.epsilons.numpy()
-    finite = result.relative_error[drawn].flatten()
-    finite = finite[torch.isfinite(finite) & (finite > 0)]
-    floor = float(finite.min()) / 3 if finite.numel() else result.tol * 1e-3
-    floor = min(floor, result.tol / 10)
-    top_edge = blended_transform_factory(ax.transData, ax.transAxes)
-    for t, name in zip(drawn, names):
-        error = result.relative_error[t].clamp(min=floor).nan_to_num(posinf=1e300).numpy()
-        (line,) = ax.plot(eps, error, marker="o", markersize=3, label=name, gid="relative_error")
-        color = line.get_color()
-        radius = float(result.radius[t])
-        if radius > 0:
-            k = int((result.epsilons == radius).nonzero()[0, 0])
-            ax.plot([radius], [error[k]], marker="o", markersize=9, color=color, gid="radius")
-        else:
-            ax.plot([eps[0]], [error[0]], marker="x", markersize=9, color=color, gid="radius")
-        swap = float(result.swap_distance[t])
-        if math.isfinite(swap) and swap > 0:
-            ax.plot([swap], [0.97], marker="v", markersize=8, color=color, transform=top_edge,
-                    clip_on=False, gid="swap_distance")
-    ax.axhline(result.tol, color="0.3", linestyle="--", linewidth=1, label=f"tol = {result.tol:g}", gid="tol")
-    ax.axvline(1.0, color="0.6", linestyle=":", linewidth=1, gid="zero_distance")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(r"perturbation size $\varepsilon$ (units of $\|x_t\|$; dotted: zero ablation; triangles: token swap)")
-    ax.set_ylabel("relative error of the scope's prediction")
-    reference = f", {result.fisher_reference} reference" if result.fisher_reference else ""
-    ax.set_title(f"{result.scope} scope: linearity check (position {result.position}{reference})")
-    ax.legend(fontsize="small", loc="best")
-    return figure

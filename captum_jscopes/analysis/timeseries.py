@@ -155,10 +155,10 @@ def token_offsets(text: str, tokenizer: Any, *, add_special_tokens: bool = True)
             for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"])
         ]
     ids = tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
-    return _offsets_by_decoding(text, ids, tokenizer)
+    return offsets_by_decoding(text, ids, tokenizer)
 
 
-def _offsets_by_decoding(text: str, ids: Sequence[int], tokenizer: Any) -> list[tuple[int, int]]:
+def offsets_by_decoding(text: str, ids: Sequence[int], tokenizer: Any) -> list[tuple[int, int]]:
     """Token spans for tokenizers without offset mapping: token i covers what
     decoding ids[:i+1] adds to decoding ids[:i] (special tokens skipped)."""
     decoded = [""] + [tokenizer.decode(ids[: i + 1], skip_special_tokens=True) for i in range(len(ids))]

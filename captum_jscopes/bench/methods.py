@@ -18,6 +18,7 @@ with the L2 norm over the embedding dimension, like the scopes.
 from __future__ import annotations
 
 import zlib
+from collections import abc
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Optional
@@ -25,17 +26,12 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from captum_jscopes.fisher.estimators import DEFAULT_BUDGET
 from captum_jscopes.core.forward import accepts
 from captum_jscopes.metrics import replacement_token_id
 from captum_jscopes.core.model_state import preserved_state
 from captum_jscopes.scopes.registry import SCOPES
 
 __all__ = ["BenchMethod", "METHODS", "DEFAULT_METHODS", "method", "parse_methods", "random_scores"]
-
-
-#: Fisher estimators that draw probes: their records depend on the seed
-RANDOMISED_FISHER = ("hutchinson", "deflated")
 
 
 @dataclass(frozen=True)
@@ -45,7 +41,8 @@ class BenchMethod:
     Attributes:
         name: key in reports, records and ``--methods``.
         label: one line for the reports.
-        kind: ``"scope"`` (a Jacobian Scope), ``"captum"`` (a Captum baseline) or ``"random"``.
+        kind: ``"scope"`` (a Jacobian Scope), ``"captum"`` (a Captum baseline), ``"lrp"``
+            (AttnLRP, LXT's efficient mode: :mod:`captum_jscopes.bench.attnlrp`; needs LXT) or ``"random"``.
         scope: the scope's registry name (kind "scope").
         options: keyword arguments of the scope's ``attribute`` (kind "scope") or of
             the baseline (kind "captum": ``algorithm``, and for Integrated Gradients
@@ -55,6 +52,9 @@ class BenchMethod:
         in_default: part of ``--methods all`` of the faithfulness benchmark (the
             paper's six methods and three more); the others are asked for by name.
         slow: the speed benchmark times it once, on its ``--n-slow`` prompts.
+        same_as: the method this one equals by construction (saliency, the gradient
+            norm of the y* logit, IS the Semantic Scope with target y*): not a rival
+            in the verdict, and the report states how close their curves are.
     """
 
     name: str
@@ -64,6 +64,7 @@ class BenchMethod:
     options: Mapping[str, Any] = field(default_factory=dict)
     in_default: bool = False
     slow: bool = False
+    same_as: Optional[str] = None
 
     def __post_init__(self) -> None:
         # frozen and hashable-looking entries must not share a mutable dict
@@ -73,20 +74,23 @@ class BenchMethod:
     def is_scope(self) -> bool:
         return self.kind == "scope"
 
+    @property
+    def randomised(self) -> bool:
+        """Whether the scores depend on the seed (a scope whose estimator draws probes)."""
+        if self.kind != "scope":
+            return False
+        scope = SCOPES[self.scope]
+        return scope.randomised(scope.make_options(**self.options))
+
     def backward_passes(self, hidden_size: int) -> Optional[int]:
         """Backward passes per explained token (scopes and gradient baselines); None for the others."""
         if self.kind == "scope":
-            if self.scope != "fisher":
-                return 1
-            fisher = self.options["method"]
-            if fisher == "exact":
-                return hidden_size
-            if fisher == "hutchinson":
-                return self.options.get("budget", DEFAULT_BUDGET)
-            k = self.options.get("k", 1 if fisher == "eig" else 16)
-            return k if fisher == "eig" else k + self.options.get("n_probes", 24)
+            scope = SCOPES[self.scope]
+            return scope.backward_passes(scope.make_options(**self.options), hidden_size)
         if self.options.get("algorithm") == "integrated_gradients":
             return self.options["n_steps"]
+        if self.kind == "lrp":
+            return 1  # one forward and one backward pass of the LRP-patched model
         return 1 if self.kind == "captum" and self.options.get("algorithm") != "feature_ablation" else None
 
     def scores(
@@ -111,11 +115,16 @@ class BenchMethod:
             return random_scores(input_ids.shape[-1], seed, prompt_id)
         if self.kind == "scope":
             options = dict(self.options)
-            if self.scope == "fisher" and options["method"] in RANDOMISED_FISHER:
+            if self.randomised:
                 options.setdefault("seed", seed)
             scope = SCOPES[self.scope](model, tokenizer)
-            target_arg = {"target": target} if self.scope == "semantic" else {}
+            target_arg = {"target": target} if scope.takes_target else {}
             return scope.attribute(input_ids, **target_arg, **options)[0].detach().float().cpu()
+        if self.kind == "lrp":
+            # imported here: the table (and every benchmark) must load without LXT installed
+            from captum_jscopes.bench.attnlrp import attnlrp_scores
+
+            return attnlrp_scores(model, tokenizer, input_ids, target, **self.options)
         return _captum_scores(model, tokenizer, input_ids, target, dict(self.options), batch_size)
 
 
@@ -123,8 +132,9 @@ def _scope(name: str, label: str, scope: str, *, default: bool = False, slow: bo
     return BenchMethod(name, label, "scope", scope=scope, options=options, in_default=default, slow=slow)
 
 
-def _captum(name: str, label: str, *, default: bool = False, slow: bool = False, **options) -> BenchMethod:
-    return BenchMethod(name, label, "captum", options=options, in_default=default, slow=slow)
+def _captum(name: str, label: str, *, default: bool = False, slow: bool = False, same_as: Optional[str] = None,
+            **options) -> BenchMethod:
+    return BenchMethod(name, label, "captum", options=options, in_default=default, slow=slow, same_as=same_as)
 
 
 _TABLE = (
@@ -133,22 +143,22 @@ _TABLE = (
     # "fisher" is the estimator of the committed runs (the library's default of 0.1.0), pinned so
     # that resumed and combined runs stay one method; the library's default is fisher_hutchinson
     _scope("fisher", "Fisher Scope (deflated: top-16 exact + 24 eigen-directions sampled)", "fisher",
-           default=True, method="deflated"),
+           default=True, estimator="deflated"),
     _scope("fisher_hutchinson", "Fisher Scope (hutchinson, the default: top-k exact + random-sign probes, 40 passes)",
-           "fisher", method="hutchinson"),
-    _scope("fisher_exact", "Fisher Scope (exact, d backward passes)", "fisher", slow=True, method="exact"),
-    _scope("fisher_eig1", "Fisher Scope (eig, k=1)", "fisher", default=True, method="eig", k=1),
-    _scope("fisher_eig4", "Fisher Scope (eig, k=4)", "fisher", method="eig", k=4),
-    _scope("fisher_eig16", "Fisher Scope (eig, k=16)", "fisher", method="eig", k=16),
-    _scope("fisher_eig64", "Fisher Scope (eig, k=64)", "fisher", method="eig", k=64),
+           "fisher", estimator="hutchinson"),
+    _scope("fisher_exact", "Fisher Scope (exact, d backward passes)", "fisher", slow=True, estimator="exact"),
+    _scope("fisher_eig1", "Fisher Scope (eig, k=1)", "fisher", default=True, estimator="eig", k=1),
+    _scope("fisher_eig4", "Fisher Scope (eig, k=4)", "fisher", estimator="eig", k=4),
+    _scope("fisher_eig16", "Fisher Scope (eig, k=16)", "fisher", estimator="eig", k=16),
+    _scope("fisher_eig64", "Fisher Scope (eig, k=64)", "fisher", estimator="eig", k=64),
     _scope("fisher_deflated_8_16", "Fisher Scope (deflated, k=8, 16 probes)", "fisher",
-           method="deflated", k=8, n_probes=16),
+           estimator="deflated", k=8, n_probes=16),
     _scope("fisher_deflated_16_16", "Fisher Scope (deflated, k=16, 16 probes)", "fisher",
-           method="deflated", k=16, n_probes=16),
+           estimator="deflated", k=16, n_probes=16),
     _scope("fisher_deflated_16_32", "Fisher Scope (deflated, k=16, 32 probes)", "fisher",
-           method="deflated", k=16, n_probes=32),
+           estimator="deflated", k=16, n_probes=32),
     _captum("grad_x_input", "gradient x input (Captum InputXGradient)", default=True, algorithm="input_x_gradient"),
-    _captum("saliency", "saliency (Captum Saliency)", default=True, algorithm="saliency"),
+    _captum("saliency", "saliency (Captum Saliency)", default=True, same_as="semantic", algorithm="saliency"),
     _captum("ig50", "Integrated Gradients, 50 steps, zero baseline (Captum)", default=True,
             slow=True, algorithm="integrated_gradients", n_steps=50, baseline="zero"),
     _captum("ig5", "Integrated Gradients, 5 steps, zero baseline (Captum)", default=True,
@@ -159,11 +169,37 @@ _TABLE = (
             algorithm="integrated_gradients", n_steps=50, baseline="mean"),
     _captum("feature_ablation", "leave-one-out on log p(y*) (Captum FeatureAblation, zero embedding)",
             slow=True, algorithm="feature_ablation"),
+    # the same budget as a gradient (one forward + one backward); needs LXT's main branch
+    BenchMethod("attnlrp", "AttnLRP (LXT efficient mode, |sum over embedding| per token, logit of y*)", "lrp",
+                options={"reduction": "abs"}),
     BenchMethod("random", "random", "random", in_default=True),
 )
 
-#: name -> method, in the order of the reports' tables.
-METHODS: dict[str, BenchMethod] = {m.name: m for m in _TABLE}
+class _MethodTable(abc.Mapping):
+    """name -> method, in the order of the reports' tables: the entries above,
+    then every scope registered outside the package
+    (:func:`captum_jscopes.scopes.registry.register_scope`) under its own name
+    with its default options."""
+
+    def _entries(self) -> dict[str, BenchMethod]:
+        table = {m.name: m for m in _TABLE}
+        for name, cls in SCOPES.items():
+            if name not in table:
+                table[name] = _scope(name, f"{cls.__name__} (registered)", name)
+        return table
+
+    def __getitem__(self, name: str) -> BenchMethod:
+        return self._entries()[name]
+
+    def __iter__(self):
+        return iter(self._entries())
+
+    def __len__(self) -> int:
+        return len(self._entries())
+
+
+#: name -> method, in the order of the reports' tables (registered scopes included).
+METHODS: Mapping[str, BenchMethod] = _MethodTable()
 #: What ``--methods all`` runs in the faithfulness benchmark.
 DEFAULT_METHODS: tuple[str, ...] = tuple(m.name for m in _TABLE if m.in_default)
 

@@ -262,10 +262,10 @@ def _findings(summary: dict) -> list[str]:
             if not worse
             else f"Not better than random here (unlike the paper): {', '.join(worse)}."
         )
-    if "semantic" in methods and "saliency" in methods:
-        gap = max(abs(a - b) for a, b in zip(methods["semantic"]["curve_mean"], methods["saliency"]["curve_mean"]))
+    for name, same in ((m, METHODS[m].same_as) for m in methods if METHODS[m].same_as in methods):
+        gap = max(abs(a - b) for a, b in zip(methods[same]["curve_mean"], methods[name]["curve_mean"]))
         out.append(
-            "Saliency (gradient norm of the y* logit) is mathematically the Semantic Scope with target y*; "
+            f"{METHODS[name].label} is mathematically the method `{same}` ({METHODS[same].label}); "
             f"their mean deletion curves differ by at most {gap:.1e} (float rounding and ties)."
         )
     out.extend(_loo_findings(summary))

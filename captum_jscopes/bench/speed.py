@@ -40,7 +40,7 @@ from captum_jscopes.integrations.captum import LLMScopeAttribution
 from captum_jscopes.core.model_state import preserved_state
 from captum_jscopes.models import describe_model, load_model
 from captum_jscopes.scopes.semantic import SemanticScope
-from captum_jscopes.bench.methods import METHODS, RANDOMISED_FISHER, method
+from captum_jscopes.bench.methods import METHODS, method
 from captum_jscopes.runs.prompts import load_prompts, prepare_prompt
 from captum_jscopes.runs.runner import read_records, run_sharded
 
@@ -333,7 +333,7 @@ def _fisher_record(scope, ids: torch.Tensor, methods: list[str], seeds: int = 1,
 
     if cached is None:
         start = time.perf_counter()
-        exact = scope.attribute(ids, method="exact")[0]
+        exact = scope.attribute(ids, estimator="exact")[0]
         exact_time = time.perf_counter() - start
     else:
         exact, exact_time = torch.tensor(cached["exact"], dtype=torch.float32), cached["seconds"]
@@ -346,7 +346,7 @@ def _fisher_record(scope, ids: torch.Tensor, methods: list[str], seeds: int = 1,
     for name in methods:
         options = dict(METHODS[name].options)
         runs = []
-        for seed in range(seeds if options["method"] in RANDOMISED_FISHER else 1):
+        for seed in range(seeds if METHODS[name].randomised else 1):
             start = time.perf_counter()
             estimate = scope.attribute(ids, **options, seed=seed)[0].cpu().float()
             runs.append({
@@ -572,8 +572,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         if name != "floor" and name not in METHODS:
             parser.error(f"unknown method {name!r}; choose from floor, {', '.join(METHODS)}")
     for name in args.fisher_methods:
-        if name not in METHODS or METHODS[name].scope != "fisher":
-            fisher = [n for n, m in METHODS.items() if m.scope == "fisher"]
+        # the study compares Fisher estimators: the methods that name one
+        if name not in METHODS or "estimator" not in METHODS[name].options:
+            fisher = [n for n, m in METHODS.items() if "estimator" in m.options]
             parser.error(f"unknown Fisher method {name!r}; choose from {', '.join(fisher)}")
     if args.report_only and not args.out:
         parser.error("--report-only needs --out (the folder holding speed.json)")

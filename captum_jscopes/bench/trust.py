@@ -39,12 +39,10 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from captum_jscopes.scopes.fisher import FisherScope
 from captum_jscopes.analysis.linearity import DEFAULT_EPSILONS, linearity_check
 from captum_jscopes.metrics import sink_report
 from captum_jscopes.models import ModelNotAvailableError, load_model
-from captum_jscopes.scopes.semantic import SemanticScope
-from captum_jscopes.scopes.temperature import TemperatureScope
+from captum_jscopes.scopes.registry import SCOPES
 from captum_jscopes.core.tokens import special_tokens_mask
 from captum_jscopes.bench.common import add_model_arguments, add_output_arguments, add_prompt_arguments, data_id, model_id, results_dir
 from captum_jscopes.runs.prompts import Prompt, load_prompts, prepare_prompt
@@ -53,7 +51,9 @@ from captum_jscopes.runs.runner import read_records, run_sharded
 __all__ = ["TrustSettings", "evaluate_prompt", "flip_bos", "shuffled_copy", "build_parser", "main", "default_out_dir"]
 
 RECORD_FORMAT = 1
-SCOPE_CLASSES = {"semantic": SemanticScope, "temperature": TemperatureScope, "fisher": FisherScope}
+#: the study's scopes: the three built-in ones (the committed runs hold their maps)
+_STUDIED = ("semantic", "temperature", "fisher")
+SCOPE_CLASSES = {name: SCOPES[name] for name in _STUDIED}
 #: the two versions of each prompt: as tokenised, and with the BOS flipped
 VARIANTS = ("as_tokenised", "bos_flipped")
 
@@ -114,7 +114,9 @@ def _prompt_seed(seed: int, prompt_id: str) -> int:
 def _maps(scopes: dict[str, Any], ids: Tensor, target: int, seed: int) -> dict[str, list[float]]:
     out = {}
     for name, scope in scopes.items():
-        options = {"target": target} if name == "semantic" else {"seed": seed} if name == "fisher" else {}
+        options = {"target": target} if scope.takes_target else {}
+        if scope.randomised(scope.make_options()):
+            options["seed"] = seed
         out[name] = scope.attribute(ids, exclude_special_tokens=False, **options)[0].double().cpu().tolist()
     return out
 
@@ -176,17 +178,19 @@ def _evaluate_variant(model: nn.Module, tokenizer: Any, scopes: dict, ids: Tenso
 
 def _variant_radii(scopes: dict, report_ids: Tensor, target: int, maps: dict, special: Tensor, seed: int,
                    settings: TrustSettings, fisher_radius: bool) -> dict:
-    """Validity radii of the Semantic and Temperature Scopes (and the Fisher Scope if asked) on a few tokens."""
+    """Validity radii of each scope on a few tokens of its own map: the gradient
+    checks always, the isotropic (Fisher) check only with ``fisher_radius`` (d
+    backward passes for its paired reference)."""
     radii = {}
-    tokens = _radius_tokens(torch.tensor(maps["semantic"]), special[0], settings.radius_tokens, seed)
-    if not tokens:
-        return radii
-    radii["semantic"] = _radii(scopes["semantic"], report_ids, target, tokens, settings)
-    tokens_t = _radius_tokens(torch.tensor(maps["temperature"]), special[0], settings.radius_tokens, seed)
-    radii["temperature"] = _radii(scopes["temperature"], report_ids, None, tokens_t, settings)
-    if fisher_radius:
-        tokens_f = _radius_tokens(torch.tensor(maps["fisher"]), special[0], settings.radius_tokens, seed)
-        radii["fisher"] = _radii(scopes["fisher"], report_ids, None, tokens_f, settings, fisher_reference="paired")
+    for name, scope in scopes.items():
+        isotropic = scope.perturbation == "isotropic"
+        if isotropic and not fisher_radius:
+            continue
+        tokens = _radius_tokens(torch.tensor(maps[name]), special[0], settings.radius_tokens, seed)
+        if not tokens:
+            return radii  # the same tokens are usable for every map: none for one, none for all
+        check = {"fisher_reference": "paired"} if isotropic else {}
+        radii[name] = _radii(scope, report_ids, target if scope.takes_target else None, tokens, settings, **check)
     return radii
 
 

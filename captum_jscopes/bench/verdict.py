@@ -45,9 +45,9 @@ __all__ = ["paired_stats", "method_costs", "strongest_baseline", "verdict", "bud
 SAME_BUDGET = 1.5
 #: Significance level of the warnings.
 ALPHA = 0.05
-#: Baselines that ARE a scope (not rivals): saliency, the gradient norm of the y* logit,
-#: is the Semantic Scope with target y* (equal deletion curves in every run).
-SAME_AS_SCOPE = {"saliency": "semantic"}
+#: Baselines that ARE a scope (not rivals), from the method table: saliency, the gradient
+#: norm of the y* logit, is the Semantic Scope with target y* (equal deletion curves in every run).
+SAME_AS_SCOPE = {name: m.same_as for name, m in METHODS.items() if m.same_as}
 
 
 # ====================================================================== statistics
@@ -269,7 +269,7 @@ def win_analysis(records: list[dict], method: str = "ig50_token", rival: str = "
         d = np.array([p["difference"] for p in pts])
         rho, p_value = stats.spearmanr(x, d) if np.ptp(x) > 0 else (float("nan"), float("nan"))
         bins = []
-        for lo, hi in _tie_aware_bins(x, n_bins):
+        for lo, hi in tie_aware_bins(x, n_bins):
             inside = (x >= lo) & (x <= hi)
             bins.append({"low": float(lo), "high": float(hi), "n": int(inside.sum()),
                          "win_share": float(np.mean(d[inside] < 0)), "mean_difference": float(d[inside].mean())})
@@ -279,7 +279,7 @@ def win_analysis(records: list[dict], method: str = "ig50_token", rival: str = "
             "points": points, "features": features}
 
 
-def _tie_aware_bins(x: np.ndarray, n_bins: int) -> list[tuple[float, float]]:
+def tie_aware_bins(x: np.ndarray, n_bins: int) -> list[tuple[float, float]]:
     """Inclusive (low, high) ranges of about ``len(x) / n_bins`` values each, in ascending order,
     never splitting equal values: quantile edges collapse when most values tie (e.g. the
     decisive token is the last one on most prompts), which would leave a single bin."""

@@ -143,6 +143,10 @@ class ScopeForward:
         weight: (V, d) unembedding matrix, detached.
         positions: (B, P) absolute index of each explained token.
         attention_mask: (B, n).
+        layer_states: the residual stream after each decoder layer, (B, n, d)
+            each, when the forward was run with ``layers=True`` (see
+            :func:`decoder_layers`); then :meth:`squared_norms` also scores every
+            token at every layer. None otherwise.
     """
 
     embeddings: Tensor
@@ -152,6 +156,7 @@ class ScopeForward:
     weight: Tensor
     positions: Tensor
     attention_mask: Tensor
+    layer_states: Optional[list[Tensor]] = None
     #: largest batch of backward passes that fit in memory (None: not limited yet)
     _batch_limit: Optional[int] = field(default=None, repr=False)
 
@@ -196,17 +201,47 @@ class ScopeForward:
         Args:
             directions: (m, B, P, d).
         Returns:
-            (m, B, P, n) in the compute dtype.
+            (m, B, P, n) in the compute dtype; with :attr:`layer_states`,
+            (m, B, P, L + 1, n): row 0 the input embeddings, row l the residual
+            stream after decoder layer l, all from the same backward passes.
         """
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         n_pos = directions.shape[2]
         per_chunk = max(1, chunk_size // n_pos)
-        out = [
-            self.vjp(chunk).to(self.compute_dtype).pow(2).sum(-1)
-            for chunk in directions.split(per_chunk, dim=0)
-        ]
+        if self.layer_states is None:
+            out = [
+                self.vjp(chunk).to(self.compute_dtype).pow(2).sum(-1)
+                for chunk in directions.split(per_chunk, dim=0)
+            ]
+        else:
+            out = [
+                torch.stack([g.to(self.compute_dtype).pow(2).sum(-1) for g in self._vjp_all(chunk)], dim=3)
+                for chunk in directions.split(per_chunk, dim=0)
+            ]
         return torch.cat(out, dim=0)
+
+    def _vjp_all(self, directions: Tensor) -> list[Tensor]:
+        """:meth:`vjp` w.r.t. the embeddings and every layer state: a list of L + 1
+        (m, B, P, n, width) gradients from the same backward passes."""
+        m, batch, n_pos, _ = directions.shape
+        directions = directions.to(self.hidden.device, self.hidden.dtype)
+        eye = torch.eye(n_pos, dtype=directions.dtype, device=directions.device)
+        grad_outputs = torch.einsum("mbpd,pq->mpbqd", directions, eye).reshape(m * n_pos, batch, n_pos, -1)
+        inputs = [self.embeddings, *self.layer_states]
+        if m * n_pos > 1 and _BATCHED_VJP_WORKS.get(type(self.hidden.grad_fn), True):
+            grads = torch.autograd.grad(self.hidden, inputs, grad_outputs, retain_graph=True, is_grads_batched=True,
+                                        allow_unused=True)
+        else:
+            per_pass = [torch.autograd.grad(self.hidden, inputs, g, retain_graph=True, allow_unused=True)
+                        for g in grad_outputs]
+            grads = [torch.stack(parts) for parts in zip(*per_pass)] if per_pass else []
+        out = []
+        for g, x in zip(grads, inputs):
+            # a layer the explained positions do not depend on (none in a causal LM) gets zeros
+            g = torch.zeros(m * n_pos, *x.shape, dtype=x.dtype, device=x.device) if g is None else g
+            out.append(g.view(m, n_pos, batch, *g.shape[-2:]).transpose(1, 2))
+        return out
 
     def _batched_grad(self, grad_outputs: Tensor) -> Tensor:
         """Backward of several output gradients at once (vmap over autograd), with a
@@ -292,12 +327,39 @@ def gradient_checkpointing(model: nn.Module) -> Iterator[None]:
             m.training = training
 
 
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's decoder layers, in order: the ``nn.ModuleList`` of
+    ``config.num_hidden_layers`` modules (``model.model.layers`` for Llama and
+    Gemma, ``transformer.h`` for GPT-2, ...).
+
+    Raises:
+        ValueError: no such list, naming what was looked for.
+    """
+    config = getattr(model, "config", None)
+    count = None
+    for name in ("num_hidden_layers", "n_layer", "num_layers"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            count = value
+            break
+    if count is not None:
+        for module in model.modules():
+            if isinstance(module, nn.ModuleList) and len(module) == count:
+                return list(module)
+    raise ValueError(
+        f"found no decoder layers in {type(model).__name__}: looked for an nn.ModuleList of "
+        f"config.num_hidden_layers (= {count}) modules, such as model.model.layers or transformer.h"
+    )
+
+
 def run_forward(
     model: nn.Module,
     input_ids: Tensor,
     attention_mask: Tensor,
     positions: Tensor,
     embedding_scale: float = 1.0,
+    *,
+    layers: bool = False,
 ) -> ScopeForward:
     """Run the model once from its own embedding lookup, recording the final
     hidden state where the output-embedding module consumes it.
@@ -308,6 +370,8 @@ def run_forward(
         positions: (B, P) absolute indices of the explained tokens.
         embedding_scale: multiplies the token embeddings (the path of the
             path-integrated Semantic Scope); 1 for the scopes themselves.
+        layers: also keep the residual stream after every decoder layer
+            (:attr:`ScopeForward.layer_states`), for maps at every layer.
     """
     head = model.get_output_embeddings()
     with torch.no_grad():
@@ -337,6 +401,13 @@ def run_forward(
         head.register_forward_pre_hook(record_input, with_kwargs=True),
         head.register_forward_hook(record_output),
     ]
+    states: list[Tensor] = []
+    if layers:
+        def record_layer(_module, _args, output):
+            # transformers' decoder layers return the hidden states, alone or first of a tuple
+            states.append(output[0] if isinstance(output, (tuple, list)) else output)
+
+        handles += [layer.register_forward_hook(record_layer) for layer in decoder_layers(model)]
     try:
         output = model(**kwargs)
     finally:
@@ -371,6 +442,7 @@ def run_forward(
         weight=head_weight(head),
         positions=positions,
         attention_mask=attention_mask,
+        layer_states=states if layers else None,
     )
 
 

@@ -29,8 +29,7 @@ from typing import Any, Optional, Union
 import torch
 from captum.attr import LLMAttributionResult
 
-from captum_jscopes.results.spans import token_labels
-from captum_jscopes.display.visualize import NEWLINE_MARK, display_token
+from captum_jscopes.display.text import NEWLINE_MARK, display_token, token_labels
 
 __all__ = ["render_interactive_html", "save_interactive_html", "page_data"]
 
@@ -236,7 +235,7 @@ def page_data(result: Any, title: Optional[str] = None) -> dict:
 def _readable(result: Any) -> tuple[list[str], list[str], list[str], list[str]]:
     """Per input token its readable text, its label on the map, its label in the
     tooltip, and per output token its text. A ScopeResult knows its readable
-    text (:mod:`captum_jscopes.results.spans`: the pieces of one character are grouped,
+    text (:mod:`captum_jscopes.display.text`: the pieces of one character are grouped,
     the text on the first and a continuation mark on the others, whose tooltip
     says "' 🍣 (2/3)'"); any other Captum result is shown piece by piece."""
     display = getattr(result, "input_display", None)

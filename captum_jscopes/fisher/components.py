@@ -19,14 +19,27 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
-from captum_jscopes.fisher.estimators import fisher_matrix, fisher_mean, fisher_trace, eigen, top_eigenpairs, choose_path
 from captum_jscopes.core.forward import resolve_positions, run_forward
 from captum_jscopes.core.model_state import preserved_state
+from captum_jscopes.fisher.algebra import (
+    choose_path,
+    eigen,
+    fisher_matrix,
+    fisher_mean,
+    fisher_trace,
+    top_eigenpairs,
+    vocabulary_chunks,
+)
+
+__all__ = ["FisherComponents", "components", "describe"]
 
 
 @dataclass
 class FisherComponents:
     """Top eigen-directions of F at one explained position per prompt.
+
+    ``repr`` gives a short summary, :meth:`describe` one line per direction and
+    :meth:`plot` one heat strip per direction.
 
     Attributes:
         values: (B, k) eigenvalues, descending.
@@ -37,6 +50,7 @@ class FisherComponents:
         raised, lowered: (B, k, top) vocabulary ids each direction raises / lowers most.
         raised_weight, lowered_weight: (B, k, top) their ``sqrt(p_c) (g_c - mu)^T u_i``.
         path: ``"formed"`` or ``"matrix_free"``.
+        position: (B,) the explained token's column in each prompt (None if unknown).
     """
 
     values: Tensor
@@ -49,6 +63,32 @@ class FisherComponents:
     raised_weight: Tensor
     lowered_weight: Tensor
     path: str
+    position: Optional[Tensor] = None
+
+    def __repr__(self) -> str:
+        batch, k = self.values.shape
+        lines = [f"FisherComponents({batch} prompt{'s' if batch != 1 else ''}, top {k} direction{'s' if k != 1 else ''} "
+                 f"of F, path={self.path!r}, {self.token_scores.shape[-1]} tokens)"]
+        for row in range(min(batch, 3)):
+            parts = ", ".join(f"{float(v):.3g} ({100 * float(s):.0f}%)" for v, s in zip(self.values[row], self.share[row]))
+            at = "" if self.position is None else f" at position {int(self.position[row])}"
+            lines.append(f"  prompt {row}{at}: tr F = {float(self.trace[row]):.3g}; eigenvalues (share of tr F): {parts}")
+        if batch > 3:
+            lines.append(f"  ... {batch - 3} more")
+        return "\n".join(lines)
+
+    def describe(self, tokenizer: Any, input_ids: Tensor, row: int = 0, n_tokens: int = 3,
+                 n_drivers: int = 3) -> list[str]:
+        """One line per direction (see :func:`describe`)."""
+        return describe(self, tokenizer, input_ids, row, n_tokens, n_drivers)
+
+    def plot(self, tokenizer: Any, input_ids: Tensor, path=None, row: int = 0, n_tokens: int = 3):
+        """One heat strip per direction, saved to ``path`` when given; returns the
+        figure (see :func:`captum_jscopes.display.fisher_components.plot_components`)."""
+        # imported here: the display module imports this one, and loads matplotlib
+        from captum_jscopes.display.fisher_components import plot_components
+
+        return plot_components(self, tokenizer, input_ids, path=path, row=row, n_tokens=n_tokens)
 
 
 def components(
@@ -108,20 +148,19 @@ def components(
         raised_weight=raised_weight[first].transpose(-1, -2),
         lowered_weight=(-lowered_weight)[first].transpose(-1, -2),
         path=chosen,
+        position=positions[:, 0].cpu(),
     )
 
 
 def _output_weights(forward, vectors: Tensor, mean: Tensor, vocab_chunk: int) -> Tensor:
     """(B, P, V, k) ``sqrt(p_c) (g_c - mu)^T u_i``."""
-    probs = forward.probs()
     parts = []
     centre = torch.einsum("bpd,bpdk->bpk", mean, vectors)
-    for start in range(0, probs.shape[-1], vocab_chunk):
-        rows = forward.weight[start : start + vocab_chunk].to(probs.device, probs.dtype)
+    for _, rows, p, scale in vocabulary_chunks(forward, vocab_chunk):
         change = torch.einsum("cd,bpdk->bpck", rows, vectors)
-        if forward.head_slope is not None:
-            change = change * forward.head_slope[..., start : start + vocab_chunk, None]
-        parts.append(probs[..., start : start + vocab_chunk, None].sqrt() * (change - centre[..., None, :]))
+        if scale is not None:
+            change = change * scale[..., None]
+        parts.append(p[..., None].sqrt() * (change - centre[..., None, :]))
     return torch.cat(parts, dim=-2)
 
 
@@ -145,33 +184,3 @@ def describe(found: FisherComponents, tokenizer: Any, input_ids: Tensor, row: in
         lines.append(f"direction {i + 1}, {100 * float(found.share[row, i]):.0f}% of the uncertainty: "
                      f"{up} up, {down} down; driven by: {drivers}")
     return lines
-
-
-def plot_components(found: FisherComponents, tokenizer: Any, input_ids: Tensor, path=None, row: int = 0,
-                    n_tokens: int = 3):
-    """A picture with one row per direction: its heat strip over the input tokens
-    (its share of each token's Fisher score) and, as the row title, the line of
-    :func:`describe`. Saved to ``path`` when given; returns the figure."""
-    import matplotlib
-
-    if path is not None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    ids = input_ids if input_ids.dim() == 2 else input_ids[None]
-    labels = [tokenizer.decode([int(t)]) if tokenizer is not None else str(int(t)) for t in ids[row]]
-    lines = describe(found, tokenizer, ids, row, n_tokens)
-    k = found.values.shape[1]
-    width = max(6.0, 0.32 * len(labels))
-    fig, axes = plt.subplots(k, 1, figsize=(width, 1.3 * k + 0.6), squeeze=False)
-    for i, ax in enumerate(axes[:, 0]):
-        scores = found.token_scores[row, i].float().cpu()
-        ax.imshow(scores[None].numpy(), aspect="auto", cmap="Reds", vmin=0)
-        ax.set_yticks([])
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, rotation=90, fontsize=7)
-        ax.set_title(lines[i], fontsize=8, loc="left")
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig

@@ -13,19 +13,17 @@ scopes are compared on identical inputs.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Optional, Union
 
 import torch
 from captum.attr import InterpretableInput, LLMGradientAttribution, TextTokenInput
 from torch import Tensor
 
-from captum_jscopes.core._captum_compat import pretty_tokens, prompt_token_ids, target_token_ids
-from captum_jscopes.core.forward import module_device
+from captum_jscopes.core.captum_compat import pretty_tokens, prompt_token_ids, target_token_ids
+from captum_jscopes.core.forward import ScopeForward, module_device
 from captum_jscopes.core.provenance import model_name, versions
 from captum_jscopes.results.result import ScopeResult
 from captum_jscopes.scopes.base import JacobianScope
-from captum_jscopes.scopes.semantic import SemanticScope
 
 
 class LLMScopeAttribution(LLMGradientAttribution):
@@ -47,6 +45,7 @@ class LLMScopeAttribution(LLMGradientAttribution):
         gen_args: Optional[dict[str, Any]] = None,
         *,
         progress: bool = False,
+        forward: Optional[ScopeForward] = None,
         **kwargs: Any,
     ) -> ScopeResult:
         """
@@ -61,6 +60,10 @@ class LLMScopeAttribution(LLMGradientAttribution):
                 through the target tokens (one tick per token, all from the same
                 forward pass) or the ``n_steps`` of a path-integrated scope.
                 Default False. Ignored by Captum's own methods.
+            forward: a :class:`~captum_jscopes.core.forward.ScopeForward` over
+                :meth:`model_inputs`' ids and positions, shared by several scopes
+                (one forward for all; see :func:`captum_jscopes.runs.explain.explain_scopes`).
+                Default None: the scope runs its own.
             **kwargs: for a scope, its options (e.g. ``method="exact"`` for Fisher,
                 ``exclude_special_tokens=False``); for a Captum method, the
                 arguments of its ``attribute`` (e.g. ``n_steps``).
@@ -81,16 +84,10 @@ class LLMScopeAttribution(LLMGradientAttribution):
             metadata = {"method": type(self.attr_method).__name__, "model": model_name(self.model), "versions": versions()}
             return ScopeResult.from_captum(result, metadata)
         target_tokens = target_token_ids(self, inp, target, gen_args)
-        if target_tokens.numel() == 0:
-            raise ValueError("the target is empty: it encodes to no tokens")
-        prompt = prompt_token_ids(self, inp).to(self.device)
-        n_prompt, n_target = prompt.shape[1], target_tokens.numel()
-        target_tokens = target_tokens.to(prompt.device)
-        # teacher forcing: position n_prompt - 1 + k predicts target token k
-        ids = torch.cat([prompt, target_tokens[None, :-1]], dim=1)
-        positions = (n_prompt - 1 + torch.arange(n_target, device=prompt.device))[None]
-        targets = target_tokens[None] if isinstance(self.attr_method, SemanticScope) else None
-        output = self.attr_method.scope_output(ids, positions, targets, progress=progress, **kwargs)
+        prompt, target_tokens, ids, positions = self.model_inputs(inp, target_tokens)
+        n_prompt = prompt.shape[1]
+        targets = target_tokens[None] if self.attr_method.takes_target else None
+        output = self.attr_method.scope_output(ids, positions, targets, progress=progress, forward=forward, **kwargs)
         token_attr = output.scores[0, :, :n_prompt]
         itp_mask = getattr(inp, "itp_mask", None)
         if itp_mask is not None:
@@ -115,6 +112,19 @@ class LLMScopeAttribution(LLMGradientAttribution):
             },
         )
 
+    def model_inputs(self, inp: InterpretableInput, target_tokens: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """What a scope call runs on: the prompt's ids (1, n), the target ids (m,),
+        and the teacher-forced input ``ids`` (1, n + m - 1) with the explained
+        ``positions`` (1, m): position n - 1 + k predicts target token k."""
+        target_tokens = torch.as_tensor(target_tokens).flatten().long()
+        if target_tokens.numel() == 0:
+            raise ValueError("the target is empty: it encodes to no tokens")
+        prompt = prompt_token_ids(self, inp).to(self.device)
+        target_tokens = target_tokens.to(prompt.device)
+        ids = torch.cat([prompt, target_tokens[None, :-1]], dim=1)
+        positions = (prompt.shape[1] - 1 + torch.arange(target_tokens.numel(), device=prompt.device))[None]
+        return prompt, target_tokens, ids, positions
+
     def _settings(self, inp: InterpretableInput, options: dict) -> dict:
         """The settings of a scope call, with the same keys as ``jscopes attribute``
         writes (chat, keep_special, fisher_method, dtype, device) plus any other
@@ -130,12 +140,10 @@ class LLMScopeAttribution(LLMGradientAttribution):
             # keep_special as the CLI means it: special tokens scored and, in a chat, the template shown
             "keep_special": not excluded and (not chat or inp.keep_template),
         }
-        if scope.name == "fisher":
-            # the scope's own default when none is given, read off its signature so it cannot drift
-            default = inspect.signature(type(scope)._scores).parameters["method"].default
-            settings["fisher_method"] = options.pop("method", default)
-        # JSON-able options only (a token_mask tensor is not a setting one can write down)
-        settings.update({k: v for k, v in options.items() if isinstance(v, (int, float, str, bool))})
+        options.pop("token_mask", None)  # a tensor, not a setting one can write down
+        # the rest are the scope's own options, written down as the scope does (defaults
+        # included, so they cannot drift)
+        settings.update(scope.settings(scope.make_options(**options)))
         settings["dtype"] = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         settings["device"] = str(module_device(self.model.get_input_embeddings()))
         return settings

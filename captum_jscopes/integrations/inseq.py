@@ -75,7 +75,6 @@ and truncation side to "left".
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Optional
 
 try:
@@ -87,10 +86,8 @@ except ImportError as err:  # inseq, or one of its dependencies, is missing
         f"captum_jscopes.integrations.inseq needs Inseq 0.7.1: pip install captum_jscopes[inseq] ({err})"
     ) from err
 
-from captum_jscopes.scopes.fisher import FisherScope
 from captum_jscopes.scopes.base import JacobianScope
-from captum_jscopes.scopes.semantic import SemanticScope
-from captum_jscopes.scopes.temperature import TemperatureScope
+from captum_jscopes.scopes.registry import SCOPES, on_register
 
 #: The Inseq release this module was checked against (pinned in pyproject.toml):
 #: it reads the step's ids, target ids and mask from the argument layout of
@@ -135,16 +132,10 @@ class JacobianScopeRegistry(GradientAttributionRegistry, Registry):
 
     @classmethod
     def options(cls) -> tuple[str, ...]:
-        """Names of the options a call may pass: the scope's own (the keyword
-        parameters of its ``_scores``, where they are declared) and
-        ``exclude_special_tokens``."""
-        skip = {"self", "run", "targets"}
-        own = [
-            name
-            for name, p in inspect.signature(cls.scope_class._scores).parameters.items()
-            if name not in skip and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
-        ]
-        return (*own, *_COMMON_OPTIONS)
+        """Names of the options a call may pass: the scope's own (its
+        ``Options``) and ``exclude_special_tokens``."""
+        scope = cls.scope_class
+        return (*scope.option_names(), *scope.deprecated_options, *_COMMON_OPTIONS)
 
     def get_attribution_args(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """Split ``m.attribute``'s extra keyword arguments into this method's
@@ -190,36 +181,40 @@ class JacobianScopeRegistry(GradientAttributionRegistry, Registry):
             raise ValueError(
                 f"{self.method_name} does not take attributed_fn (got {name!r}): it always explains {self.explains}"
             )
-        target = target_ids.flatten().tolist() if isinstance(self.method, SemanticScope) else None
+        target = target_ids.flatten().tolist() if self.method.takes_target else None
         scores = self.method.attribute(ids, target=target, attention_mask=attention_mask, **attribution_args)
         return CoarseFeatureAttributionStepOutput(target_attributions=scores.detach())
 
 
-class SemanticScopeAttribution(JacobianScopeRegistry):
-    """``semantic_scope``: ``||d z_target / d x_t||_2`` for the step's target token
-    (:class:`~captum_jscopes.SemanticScope`). Option: ``n_steps`` (path-integrated)."""
+def inseq_method(scope_class: type[JacobianScope]) -> type[JacobianScopeRegistry]:
+    """The Inseq method of a scope class, ``<name>_scope`` (e.g. ``semantic_scope``),
+    made once per class; Inseq finds it by walking its registry's subclasses.
+    Every registered scope gets one when this module is imported, and a scope
+    registered later gets one at registration."""
+    if scope_class in _METHODS:
+        return _METHODS[scope_class]
+    method = type(
+        f"{scope_class.__name__}Attribution",
+        (JacobianScopeRegistry,),
+        {
+            "__doc__": f"``{scope_class.name}_scope``: {scope_class.__name__} as an Inseq method "
+                       f"(explains {scope_class.explains}). Options: {', '.join(scope_class.option_names()) or 'none'}.",
+            "__module__": __name__,
+            "method_name": f"{scope_class.name}_scope",
+            "scope_class": scope_class,
+            "explains": scope_class.explains,
+        },
+    )
+    _METHODS[scope_class] = method
+    return method
 
-    method_name = "semantic_scope"
-    scope_class = SemanticScope
-    explains = "the logit of the step's target token"
 
+_METHODS: dict[type, type[JacobianScopeRegistry]] = {}
+for _cls in SCOPES.values():
+    inseq_method(_cls)
+on_register(inseq_method)
 
-class TemperatureScopeAttribution(JacobianScopeRegistry):
-    """``temperature_scope``: ``||d ||y|| / d x_t||_2``, the drive of the model's
-    confidence (:class:`~captum_jscopes.TemperatureScope`); no options."""
-
-    method_name = "temperature_scope"
-    scope_class = TemperatureScope
-    explains = "the norm of the final hidden state (the model's confidence)"
-
-
-class FisherScopeAttribution(JacobianScopeRegistry):
-    """``fisher_scope``: ``tr(J_t^T F J_t)``, the drive of the whole next-token
-    distribution (:class:`~captum_jscopes.FisherScope`). Options: ``method``
-    (only through ``attribution_args``), ``k``, ``n_probes``, ``seed``,
-    ``vocab_chunk``."""
-
-    method_name = "fisher_scope"
-    scope_class = FisherScope
-    explains = "the whole next-token distribution"
-
+# the built-in scopes' methods under the names of earlier versions
+SemanticScopeAttribution = inseq_method(SCOPES["semantic"])
+TemperatureScopeAttribution = inseq_method(SCOPES["temperature"])
+FisherScopeAttribution = inseq_method(SCOPES["fisher"])

@@ -4,7 +4,7 @@ inline display in Jupyter, and small helpers (top tokens, attention-sink share).
 
 A ``ScopeResult`` IS an ``LLMAttributionResult``, so Captum's own
 ``plot_token_attr`` / ``plot_seq_attr`` keep working on it (they show the
-readable text, see :mod:`captum_jscopes.results.spans`).
+readable text, see :mod:`captum_jscopes.display.text`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import torch
 from captum.attr import LLMAttributionResult
 from torch import Tensor
 
-from captum_jscopes.results import spans as _spans
+from captum_jscopes.display.text import Span, groups_from_display, input_texts, output_texts, token_labels
+from captum_jscopes.results.spans import aggregate, aggregation_rule, char_spans, position_spans, word_spans
 
 PathLike = Union[str, Path]
 
@@ -46,7 +47,7 @@ class ScopeResult(LLMAttributionResult):
             "scope", "model", "settings", "versions", "prediction" ({"token", "prob"}),
             "position", "target". Default: empty dict.
         input_display: optional list[str] (n,): readable text per input token.
-            Default: computed on first use by :func:`captum_jscopes.results.spans.readable_groups`
+            Default: computed on first use by :func:`captum_jscopes.display.text.input_texts`
             (a group's text on its first token, "" on the others, so that
             ``"".join(input_display)`` is the decoded prompt).
         output_display: optional list[str] (m,): the same for the output tokens.
@@ -85,13 +86,9 @@ class ScopeResult(LLMAttributionResult):
         if metadata is not None and not isinstance(metadata, dict):
             raise TypeError(f"metadata must be a dict or None, not {type(metadata).__name__}")
         super().__init__(
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            seq_attr=seq_attr,
-            token_attr=token_attr,
-            output_probs=output_probs,
-            inp=inp,
-        )
+            input_tokens=input_tokens, output_tokens=output_tokens, seq_attr=seq_attr,
+            token_attr=token_attr, output_probs=output_probs, inp=inp,
+        )  # fmt: skip
         # A copy, so later edits of the caller's dict do not change the result.
         self.metadata: dict = dict(metadata or {})
         # Computed lazily: grouping a 3000-token prompt costs decode calls that
@@ -108,30 +105,20 @@ class ScopeResult(LLMAttributionResult):
         for ``I``, ``Ġlove``, ``ĠðŁ``, ``į``, ``£``: a group of tokens that only
         together decode cleanly has its text on its first token and "" on the rest."""
         if self._input_display is None:
-            tokenizer = getattr(self.inp, "tokenizer", None)
-            groups = _spans.readable_groups(self._input_ids(tokenizer) or self.input_tokens, tokenizer)
-            self._input_display = _spans.token_display(groups, len(self.input_tokens))
+            self._input_display = input_texts(self.input_tokens, self.inp)
         return self._input_display
 
     @property
     def output_display(self) -> list[str]:
         """Readable text per output token (m,), leading spaces kept (``[" New", " York"]``)."""
         if self._output_display is None:
-            self._output_display = _output_display(list(self.output_tokens), self.metadata.get("target"))
+            self._output_display = output_texts(self.output_tokens, self.metadata.get("target"))
         return self._output_display
 
-    def groups(self) -> list["_spans.Span"]:
+    def groups(self) -> list[Span]:
         """The readable groups of the input tokens: smallest runs that decode
-        cleanly, as :class:`~captum_jscopes.results.spans.Span` (text, positions)."""
-        return _spans.groups_from_display(self.input_display)
-
-    def _input_ids(self, tokenizer: Any) -> Optional[list[int]]:
-        """The input token ids from ``inp`` when they match the input tokens."""
-        itp = getattr(self.inp, "itp_tensor", None)
-        if tokenizer is None or not isinstance(itp, Tensor) or itp.numel() != len(self.input_tokens):
-            return None
-        ids = itp.flatten().tolist()
-        return ids if tokenizer.convert_ids_to_tokens(ids) == list(self.input_tokens) else None
+        cleanly, as :class:`~captum_jscopes.display.text.Span` (text, positions)."""
+        return groups_from_display(self.input_display)
 
     # ------------------------------------------------------------ words and spans
     def words(self, rule: Optional[str] = None) -> "ScopeResult":
@@ -151,7 +138,7 @@ class ScopeResult(LLMAttributionResult):
             and probabilities unchanged, ``metadata["view"] = {"unit": "words",
             "rule", "positions"}`` and ``.source`` the token-level result.
         """
-        return self._view(_spans.word_spans(self.groups()), "words", rule)
+        return self._view(word_spans(self.groups()), "words", rule)
 
     def spans(
         self,
@@ -174,23 +161,22 @@ class ScopeResult(LLMAttributionResult):
         if (positions is None) == (chars is None):
             raise ValueError("give exactly one of positions= and chars=")
         groups = self.groups()
-        chosen = _spans.position_spans(groups, positions) if chars is None else _spans.char_spans(groups, chars)
+        chosen = position_spans(groups, positions) if chars is None else char_spans(groups, chars)
         return self._view(chosen, "spans", rule)
 
-    def _view(self, chosen: list["_spans.Span"], unit: str, rule: Optional[str]) -> "ScopeResult":
-        rule = _spans.aggregation_rule(self.metadata.get("scope")) if rule is None else rule
-        token_attr = None if self.token_attr is None else _spans.aggregate(self.token_attr, chosen, rule)
+    def _view(self, chosen: list[Span], unit: str, rule: Optional[str]) -> "ScopeResult":
+        rule = aggregation_rule(self.metadata.get("scope")) if rule is None else rule
+        token_attr = None if self.token_attr is None else aggregate(self.token_attr, chosen, rule)
         if token_attr is not None:
             seq_attr = token_attr.sum(0)
         else:
-            seq_attr = _spans.aggregate(self.seq_attr, chosen, rule)
+            seq_attr = aggregate(self.seq_attr, chosen, rule)
         raw = list(self.input_tokens)
         view = ScopeResult(
-            input_tokens=["".join(raw[p] for p in s.positions) for s in chosen],
-            output_tokens=list(self.output_tokens),
-            seq_attr=seq_attr,
-            token_attr=token_attr,
-            output_probs=self.output_probs,
+            **_captum_fields(
+                self, input_tokens=["".join(raw[p] for p in s.positions) for s in chosen], seq_attr=seq_attr,
+                token_attr=token_attr,
+            ),
             metadata={
                 **self.metadata,
                 "view": {"unit": unit, "rule": rule, "positions": [list(s.positions) for s in chosen]},
@@ -204,7 +190,7 @@ class ScopeResult(LLMAttributionResult):
     # ------------------------------------------------------------ Captum's plots
     def plot_token_attr(self, show: bool = False):  # type: ignore[override]
         """Captum's ``plot_token_attr``, labelled with the readable text and
-        drawn with the CJK/emoji font fallback of :mod:`captum_jscopes.display.visualize`."""
+        drawn with the CJK/emoji font fallback of :mod:`captum_jscopes.display.fonts`."""
         return self._captum_plot("plot_token_attr", show)
 
     def plot_seq_attr(self, show: bool = False):  # type: ignore[override]
@@ -212,18 +198,11 @@ class ScopeResult(LLMAttributionResult):
         return self._captum_plot("plot_seq_attr", show)
 
     def _captum_plot(self, method: str, show: bool):
-        from captum_jscopes.display.visualize import drawable_labels, use_fonts
+        # Imported here: the fonts pull in matplotlib, not needed to hold results.
+        from captum_jscopes.display.fonts import drawable_labels, use_fonts
 
-        inputs, outputs = drawable_labels(
-            [_spans.token_labels(self.input_display), self.output_display]
-        )
-        readable = LLMAttributionResult(
-            input_tokens=inputs,
-            output_tokens=outputs,
-            seq_attr=self.seq_attr,
-            token_attr=self.token_attr,
-            output_probs=self.output_probs,
-        )
+        inputs, outputs = drawable_labels([token_labels(self.input_display), self.output_display])
+        readable = LLMAttributionResult(**_captum_fields(self, input_tokens=inputs, output_tokens=outputs))
         with use_fonts():
             return getattr(LLMAttributionResult, method)(readable, show)
 
@@ -244,11 +223,7 @@ class ScopeResult(LLMAttributionResult):
         merged = dict(getattr(result, "metadata", None) or {})
         merged.update(metadata or {})
         return cls(
-            input_tokens=list(result.input_tokens),
-            output_tokens=list(result.output_tokens),
-            seq_attr=result.seq_attr,
-            token_attr=result.token_attr,
-            output_probs=result.output_probs,
+            **_captum_fields(result),
             inp=result.inp,
             metadata=merged,
             input_display=getattr(result, "_input_display", None),
@@ -344,7 +319,7 @@ class ScopeResult(LLMAttributionResult):
             raise ValueError(f"k must be a positive int, got {k!r}")
         scores = self.scores(row).detach().to("cpu", torch.float64)
         order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
-        names = list(self.input_tokens) if raw else _spans.token_labels(self.input_display, numbered=True)
+        names = list(self.input_tokens) if raw else token_labels(self.input_display, numbered=True)
         return [(i, names[i], float(scores[i])) for i in order[:k]]
 
     def scores(self, row: Optional[int] = None) -> Tensor:
@@ -359,8 +334,8 @@ class ScopeResult(LLMAttributionResult):
         return self.token_attr[row]
 
     def _repr_html_(self) -> str:
-        # Imported here: visualize pulls in matplotlib, not needed to hold results.
-        from captum_jscopes.display.visualize import render_html
+        # Imported here: the page's colours pull in matplotlib, not needed to hold results.
+        from captum_jscopes.display.html import render_html
 
         return render_html(self)
 
@@ -416,6 +391,16 @@ def sink_share(scores: Any, k: int = 1) -> Tensor:
 
 
 # ---------------------------------------------------------------- internals
+#: the fields of Captum's LLMAttributionResult that a ScopeResult holds as they are
+_CAPTUM_FIELDS = ("input_tokens", "output_tokens", "seq_attr", "token_attr", "output_probs")
+
+
+def _captum_fields(result: LLMAttributionResult, **changed: Any) -> dict:
+    """The Captum fields of ``result`` by name (the tensors shared, not copied),
+    those named in ``changed`` replaced: what a copy or a view of it is built from."""
+    return {**{name: getattr(result, name) for name in _CAPTUM_FIELDS}, **changed}
+
+
 def _check_tokens(tokens: Any, name: str) -> list[str]:
     if isinstance(tokens, str) or not isinstance(tokens, Sequence):
         raise TypeError(f"{name} must be a list of str, not {type(tokens).__name__}")
@@ -432,41 +417,6 @@ def _check_display(display: Any, n: int, name: str) -> Optional[list[str]]:
     if len(display) != n:
         raise ValueError(f"{name} has {len(display)} texts for {n} tokens")
     return display
-
-
-def _output_display(tokens: list[str], target: Any) -> list[str]:
-    """Readable output tokens: the target text cut along them, else decoded pieces."""
-    if isinstance(target, str):
-        cut = _cut_along(target, tokens)
-        if cut is not None:
-            return cut
-    return _spans.token_display(_spans.readable_groups(tokens), len(tokens))
-
-
-def _cut_along(target: str, tokens: list[str]) -> Optional[list[str]]:
-    """Cut ``target`` into one piece per token, or None if the tokens do not spell it.
-
-    The tokens may be raw pieces or Captum's display tokens, which are stripped
-    ('New', 'York'), write a newline as '\\n' and mark the 2nd part of a split
-    character ' [OVERLAP]' (that token gets "", as in ``input_display``).
-    Whitespace between the tokens goes to the later one: [' New', ' York'].
-    """
-    out, cursor = [], 0
-    for token in tokens:
-        if token.endswith(" [OVERLAP]"):
-            out.append("")
-            continue
-        core = _spans.display_piece(token).replace("\\n", "\n").strip(" ")
-        found = target.find(core, cursor) if core else cursor
-        if found < 0 or target[cursor:found].strip():
-            return None
-        end = found + len(core) if core else min(cursor + 1, len(target))
-        out.append(target[cursor:end])
-        cursor = end
-    if target[cursor:].strip() or not out:
-        return None
-    out[-1] += target[cursor:]
-    return out
 
 
 def _check_shape(values: Any, name: str, shape: tuple[int, ...]) -> Optional[Tensor]:

@@ -40,24 +40,42 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 from urllib.parse import quote
 
 from captum_jscopes.runs.prompts import Prompt, load_prompts
-from captum_jscopes.runs.runner import RUN_FILE, read_records, read_shard_records, run_sharded, write_json_atomic, write_text_atomic
-from captum_jscopes.runs.explain import explain, model_name
-from captum_jscopes.scopes.registry import DEFAULT_FISHER_METHOD, FISHER_METHODS, SCOPES, scope_class
+from captum_jscopes.runs.runner import (
+    RUN_FILE,
+    PreviousRunError,
+    read_records,
+    read_shard_records,
+    run_sharded,
+    write_json_atomic,
+    write_text_atomic,
+)
+from captum_jscopes.runs.explain import (
+    DEFAULT_FISHER_ESTIMATOR,
+    FISHER_ESTIMATORS,
+    explain,
+    fisher_estimator_argument,
+    model_name,
+)
+from captum_jscopes.scopes.registry import SCOPES, scope_class
 from captum_jscopes.results.result import ScopeResult
-from captum_jscopes.display.visualize import display_token, render_html
+from captum_jscopes.display.html import render_html
+from captum_jscopes.display.text import display_token
 
 __all__ = [
     "DatasetSettings",
+    "ALL_SCOPES",
+    "PreviousRunError",
     "RECORD_FORMAT",
     "attribute_dataset",
     "attribute_prompt",
     "select_prompts",
+    "upgrade_run_meta",
     "read_results",
     "write_reports",
     "page_name",
@@ -74,6 +92,9 @@ SUMMARY_MD = "summary.md"
 INDEX_HTML = "index.html"
 PAGES_DIR = "pages"
 
+#: the ``scopes`` value (and ``--scope`` choice) that stands for every scope
+ALL_SCOPES = "all"
+
 #: Where prompts come from: a file, a shipped set or hub name, or the prompts themselves.
 Source = Union[str, os.PathLike, Sequence[Prompt]]
 
@@ -86,10 +107,15 @@ class DatasetSettings:
     """What is computed for every prompt; stored in ``run.json``, so a rerun into
     the same folder with other settings is refused.
 
+    Each field's ``metadata`` holds its command-line flag and help text:
+    ``jscopes attribute-dataset`` makes its options from them
+    (:func:`captum_jscopes.cli.flags.add_dataclass_flags`), so a new setting is
+    one field here.
+
     Attributes:
         scopes: scope names of :data:`captum_jscopes.scopes.registry.SCOPES` (a single name
-            is accepted); kept in the registry's order, duplicates dropped.
-            Default: all of them.
+            is accepted, and "all" means every scope); kept in the registry's order,
+            duplicates dropped. Default: all of them.
         text_field: field (column) of the source holding the prompt. Default "text".
         target_field: field holding the continuation to explain (e.g. " Paris").
             Default None: the model's top-1 next token is explained.
@@ -97,21 +123,67 @@ class DatasetSettings:
             scored. Default False.
         keep_special: also show and score special tokens (BOS, chat markers).
             Default False.
-        fisher_method: Fisher Scope estimator ("hutchinson", "deflated", "exact", "eig");
-            only used, and only stored, when "fisher" is among the scopes. Default "hutchinson".
+        fisher_estimator: Fisher Scope estimator, one of
+            :data:`~captum_jscopes.runs.explain.FISHER_ESTIMATORS` ("hutchinson",
+            "deflated", "exact", "eig"); only used, and only stored, when "fisher"
+            is among the scopes. Default "hutchinson".
+        fisher_method: the former name of ``fisher_estimator`` (init only); still
+            accepted, with a DeprecationWarning.
     """
 
-    scopes: tuple[str, ...] = tuple(SCOPES)
-    text_field: str = "text"
-    target_field: Optional[str] = None
-    chat: bool = False
-    keep_special: bool = False
-    fisher_method: str = DEFAULT_FISHER_METHOD
+    scopes: tuple[str, ...] = field(
+        default=tuple(SCOPES),
+        metadata={
+            "flag": "--scope",
+            "choices": (*SCOPES, ALL_SCOPES),
+            "help": "a scope to run; repeat for several (default: all)",
+        },
+    )
+    text_field: str = field(
+        default="text", metadata={"flag": "--text-field", "metavar": "NAME", "help": "field holding the prompt (default: text)"}
+    )
+    target_field: Optional[str] = field(
+        default=None,
+        metadata={
+            "flag": "--target-field",
+            "metavar": "NAME",
+            "help": "field holding the continuation to explain, with its leading space (e.g. ' Paris'); "
+            "default: the model's top-1 prediction",
+        },
+    )
+    chat: bool = field(
+        default=False,
+        metadata={"flag": "--chat", "help": "wrap each prompt in the chat template; only the user's tokens are scored"},
+    )
+    keep_special: bool = field(
+        default=False,
+        metadata={
+            "flag": "--keep-special",
+            "help": "also show and score special tokens (BOS, chat markers); by default they are left out, "
+            "as attention sinks they would dominate the map",
+        },
+    )
+    fisher_estimator: str = field(
+        default=DEFAULT_FISHER_ESTIMATOR,
+        metadata={
+            "flag": "--fisher-estimator",
+            "deprecated_flags": ("--fisher-method",),
+            "choices": FISHER_ESTIMATORS,
+            "help": f"Fisher Scope estimator (default: {DEFAULT_FISHER_ESTIMATOR}, 40 backward passes; eig: 1, "
+            "a quick look; exact: one per hidden dimension)",
+        },
+    )
+    fisher_method: InitVar[Optional[str]] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, fisher_method: Optional[str]) -> None:
+        # stacklevel 4: the warning points at the caller of DatasetSettings(...)
+        estimator = fisher_estimator_argument(self.fisher_estimator, fisher_method, stacklevel=4)
+        object.__setattr__(self, "fisher_estimator", estimator)
         chosen = (self.scopes,) if isinstance(self.scopes, str) else tuple(self.scopes)
         if not chosen:
             raise ValueError("scopes is empty: choose at least one of " + ", ".join(SCOPES))
+        if ALL_SCOPES in chosen:
+            chosen = tuple(SCOPES)
         for name in chosen:
             scope_class(name)  # ValueError naming the known scopes
         # Registry order, so that the same choice in another order is the same run.json.
@@ -123,8 +195,6 @@ class DatasetSettings:
         for name in ("chat", "keep_special"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
-        if self.fisher_method not in FISHER_METHODS:
-            raise ValueError(f"fisher_method must be one of {FISHER_METHODS}, got {self.fisher_method!r}")
 
     @classmethod
     def of(cls, settings: Optional["DatasetSettings"] = None, **overrides: Any) -> "DatasetSettings":
@@ -134,18 +204,34 @@ class DatasetSettings:
             settings = cls()
         elif not isinstance(settings, cls):
             raise TypeError(f"settings must be a {cls.__name__} or None, got {type(settings).__name__}")
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+        # fisher_method: the init-only former name of fisher_estimator
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)} - {"fisher_method"})
         if unknown:
             raise TypeError(f"unknown setting(s) {unknown}; {cls.__name__} has {[f.name for f in dataclasses.fields(cls)]}")
+        if overrides.get("fisher_method") is not None:
+            # an override of the estimator, whatever ``settings`` chose before
+            overrides["fisher_estimator"] = fisher_estimator_argument(
+                overrides.get("fisher_estimator", DEFAULT_FISHER_ESTIMATOR), overrides.pop("fisher_method"), stacklevel=4
+            )
         return dataclasses.replace(settings, **overrides) if overrides else settings
 
     def to_dict(self) -> dict:
-        """The settings as stored in ``run.json`` (JSON types; ``fisher_method``
+        """The settings as stored in ``run.json`` (JSON types; ``fisher_estimator``
         only with the Fisher Scope, so that it does not block other reruns)."""
         data = dataclasses.asdict(self)
         data["scopes"] = list(self.scopes)
         if "fisher" not in self.scopes:
-            del data["fisher_method"]
+            del data["fisher_estimator"]
+        return data
+
+    @staticmethod
+    def upgrade_dict(data: dict) -> dict:
+        """Settings as an earlier version stored them (``to_dict``) in today's
+        form: the estimator was stored as ``fisher_method``. ``data`` is not changed."""
+        if "fisher_method" not in data or "fisher_estimator" in data:
+            return data
+        data = dict(data)
+        data["fisher_estimator"] = data.pop("fisher_method")
         return data
 
 
@@ -203,10 +289,12 @@ def attribute_prompt(
     Returns:
         ``{"text", "target", "seconds": {scope: wall seconds of explain()},
         "results": {scope: ScopeResult.to_dict()}}``, or ``{"text", "target",
-        "error": "ValueError: ..."}`` when the prompt cannot be explained (a
-        ValueError: too long for the model, a target outside the vocabulary, only
-        special tokens...). Other exceptions propagate and stop the run (a rerun
-        resumes after the last finished prompt).
+        "error": "ValueError: ..."}`` when the prompt cannot be explained (too
+        long for the model, a target outside the vocabulary, only special
+        tokens, or any other exception raised while it was worked on): one
+        prompt that fails does not stop the run. Only an interruption
+        (KeyboardInterrupt, SystemExit) does; a rerun resumes after the last
+        finished prompt.
     """
     record: dict = {"text": prompt.text, "target": prompt.target}
     seconds, results = {}, {}
@@ -221,12 +309,12 @@ def attribute_prompt(
                 prompt.target,
                 chat=settings.chat,
                 keep_special=settings.keep_special,
-                fisher_method=settings.fisher_method,
+                fisher_estimator=settings.fisher_estimator,
                 progress=progress,
             )
             seconds[scope] = time.perf_counter() - began
             results[scope] = result.to_dict()  # a NaN score is a ValueError here, recorded like the others
-    except ValueError as err:
+    except Exception as err:  # noqa: BLE001 -- any failure is this prompt's record, not the end of the run
         return {**record, "error": f"{type(err).__name__}: {err}"}
     return {**record, "seconds": seconds, "results": results}
 
@@ -276,9 +364,12 @@ def attribute_dataset(
         "seconds_per_scope", "top_tokens" {scope: [[index, token text, score],
         ...]} (top 5), or "error"]}``; None on the other processes.
     Raises:
-        ValueError: bad settings or input, other settings than the run already in
-            ``out_dir``, or prompts whose text or target differ from the ones that
-            run attributed under the same ids (the source changed).
+        ValueError: bad settings or input.
+        PreviousRunError (a ValueError): other settings than the run already in
+            ``out_dir`` (a ``run.json`` of an earlier version, with its
+            ``fisher_method`` key, is read as today's), or prompts whose text or
+            target differ from the ones that run attributed under the same ids
+            (the source changed).
     """
     settings = DatasetSettings.of(settings, **options)
     prompts = select_prompts(source, settings, start=start, stop=stop)
@@ -300,10 +391,23 @@ def attribute_dataset(
         meta=meta,
         overwrite=overwrite,
         progress=progress,
+        upgrade_meta=upgrade_run_meta,
     )
     if not is_main_process(state):
         return None  # one process writes the reports
     return write_reports(out_dir, read_records(records_path), meta, resumed=resumed)
+
+
+def upgrade_run_meta(meta: dict) -> dict:
+    """A ``run.json`` of an attribute-dataset run in today's form (its settings
+    through :meth:`DatasetSettings.upgrade_dict`), so that a run started by an
+    earlier version resumes; anything else is returned unchanged."""
+    if not isinstance(meta, dict) or meta.get("command") != "attribute-dataset":
+        return meta
+    settings = meta.get("settings")
+    if not isinstance(settings, dict):
+        return meta
+    return {**meta, "settings": DatasetSettings.upgrade_dict(settings)}
 
 
 def _check_resumed_prompts(out_dir: Path, prompts: list[Prompt], meta: dict) -> int:
@@ -319,16 +423,15 @@ def _check_resumed_prompts(out_dir: Path, prompts: list[Prompt], meta: dict) -> 
     except (OSError, ValueError):
         return 0  # run_sharded reports the unreadable run.json
     # The JSON round trip makes meta comparable with what run.json reads back.
-    if previous is not None and previous != json.loads(json.dumps(meta)):
+    if previous is not None and upgrade_run_meta(previous) != json.loads(json.dumps(meta)):
         return 0  # run_sharded refuses the other settings, with its own message
     done = read_shard_records(out_dir) if out_dir.is_dir() else {}
     for prompt in prompts:
         record = done.get(prompt.id)
         if record is not None and (record.get("text"), record.get("target")) != (prompt.text, prompt.target):
-            raise ValueError(
+            raise PreviousRunError(
                 f"{out_dir} holds a result for prompt {prompt.id!r} with another text or target than the "
-                "source gives now (the source changed since that run); use another output folder, or "
-                "overwrite to discard the previous results"
+                "source gives now (the source changed since that run)"
             )
     return sum(prompt.id in done for prompt in prompts)
 

@@ -1,19 +1,23 @@
 """The library functions behind the ``jscopes`` command: explain one prompt with
-one scope and write its files.
+one or several scopes and write their files.
 
-Every scope goes through one code path, :func:`explain`: Captum's LLM wrapper
+Every prompt goes through one code path, :func:`explain_scopes`: the prompt is
+tokenised once, ONE forward pass (with its autograd graph) serves every
+requested scope and gives the model's prediction, and each scope takes its
+vector-Jacobian products from that graph through Captum's LLM wrapper
 (:class:`~captum_jscopes.LLMScopeAttribution`) with the target's token ids, so a
-one-token target, a multi-token target (teacher-forced, one row per token) and
-a chat prompt are handled alike. The command line (:mod:`captum_jscopes.cli.main`)
-only parses its arguments and calls these.
+one-token target, a multi-token target (teacher-forced, one row per token) and a
+chat prompt are handled alike. :func:`explain` is the one-scope case. The
+command line (:mod:`captum_jscopes.cli`) only parses its arguments and calls these.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
 from captum.attr import TextTokenInput
@@ -21,15 +25,19 @@ from captum.attr import TextTokenInput
 from captum_jscopes.core.forward import prepare_inputs, run_forward
 from captum_jscopes.display.interactive import save_interactive_html
 from captum_jscopes.core.model_state import preserved_state
-from captum_jscopes.core.provenance import model_name, package_version, versions
+from captum_jscopes.core.provenance import model_name, versions
 from captum_jscopes.integrations.captum import LLMScopeAttribution, chat_input
-from captum_jscopes.scopes.registry import DEFAULT_FISHER_METHOD, FISHER_METHODS, scope_class
+from captum_jscopes.fisher.estimators import DEFAULT_ESTIMATOR, ESTIMATORS
+from captum_jscopes.scopes.registry import scope_class
 from captum_jscopes.results.result import ScopeResult
 from captum_jscopes.core.tokens import encode_target, special_token_ids
-from captum_jscopes.display.visualize import save_heatmap, save_html
+from captum_jscopes.display.heatmap import save_heatmap
+from captum_jscopes.display.html import save_html
 
 __all__ = [
     "explain",
+    "explain_scopes",
+    "scope_options",
     "prompt_input",
     "predict_next",
     "target_hint",
@@ -40,7 +48,16 @@ __all__ = [
     "PassTiming",
     "measure_pass",
     "backward_passes",
+    "FISHER_ESTIMATORS",
+    "DEFAULT_FISHER_ESTIMATOR",
+    "fisher_estimator_argument",
+    "no_target_given",
 ]
+
+#: The Fisher Scope's estimator names and the default, as the runs and the
+#: command line offer them (:data:`captum_jscopes.fisher.estimators.ESTIMATORS`).
+FISHER_ESTIMATORS: tuple[str, ...] = tuple(ESTIMATORS)
+DEFAULT_FISHER_ESTIMATOR: str = DEFAULT_ESTIMATOR
 
 
 #: file name ending of the interactive page of a multi-token result
@@ -56,8 +73,9 @@ def explain(
     *,
     chat: bool = False,
     keep_special: bool = False,
-    fisher_method: str = DEFAULT_FISHER_METHOD,
+    fisher_estimator: str = DEFAULT_FISHER_ESTIMATOR,
     progress: bool = False,
+    fisher_method: Optional[str] = None,
 ) -> "ScopeResult":
     """Explain the continuation of ``prompt`` with one scope.
 
@@ -73,38 +91,149 @@ def explain(
         keep_special: show and score special tokens (BOS, chat markers); with
             ``chat``, every token of the template too. Default False: they are
             left out of the result.
-        fisher_method: Fisher Scope estimator: "hutchinson" (default), "deflated",
-            "exact" or "eig".
+        fisher_estimator: Fisher Scope estimator, one of :data:`FISHER_ESTIMATORS`
+            ("hutchinson" (default), "deflated", "exact", "eig").
         progress: tqdm progress bars on stderr for the long parts (the tokens of a
             multi-token target; the Fisher probes where fisher.py shows them).
             Default False; ``jscopes attribute`` turns them on.
+        fisher_method: the former name of ``fisher_estimator``; still accepted,
+            with a DeprecationWarning.
     Returns:
         ScopeResult with ``input_tokens`` (n,), ``output_tokens`` (m target tokens),
         ``token_attr`` (m, n), ``seq_attr`` (n,) = sum of the rows, ``output_probs``
         (m,) = p(target token k | prompt + earlier target tokens), and metadata:
-        model, scope, prompt, target, prediction {token, id, prob}, target_hint
+        model, scope, prompt, target, no_target_given (True when ``target`` is
+        None, so the prediction is explained; :func:`no_target_given` also
+        reads files of earlier versions), prediction {token, id, prob}, target_hint
         (:func:`target_hint`), settings, versions.
     """
-    scope_cls = scope_class(scope)
-    if fisher_method not in FISHER_METHODS:
-        raise ValueError(f"fisher_method must be one of {FISHER_METHODS}, got {fisher_method!r}")
+    fisher_estimator = fisher_estimator_argument(fisher_estimator, fisher_method)
+    results = explain_scopes(model, tokenizer, prompt, (scope,), target, chat=chat, keep_special=keep_special,
+                             settings={"fisher_estimator": fisher_estimator}, progress=progress)
+    return next(results)
+
+
+def scope_options(scope: str, settings: Mapping[str, Any]) -> dict:
+    """The options of the scope named ``scope`` that ``settings`` holds, by the
+    rule of the settings objects (:class:`~captum_jscopes.runs.dataset.DatasetSettings`,
+    the CLI's flags): the setting ``<scope>_<option>`` is the scope's option
+    ``<option>`` (``fisher_estimator`` -> the Fisher Scope's ``estimator``)."""
+    cls = scope_class(scope)
+    return {name: settings[f"{cls.name}_{name}"] for name in cls.option_names() if f"{cls.name}_{name}" in settings}
+
+
+def explain_scopes(
+    model: Any,
+    tokenizer: Any,
+    prompt: str,
+    scopes: Sequence[str],
+    target: Optional[str] = None,
+    *,
+    chat: bool = False,
+    keep_special: bool = False,
+    settings: Optional[Mapping[str, Any]] = None,
+    progress: bool = False,
+    on_estimate: Optional[Callable[[str, "PassTiming", int], None]] = None,
+) -> Iterator["ScopeResult"]:
+    """Explain the continuation of ``prompt`` with several scopes from ONE forward
+    pass: the prompt is tokenised once, the forward over prompt + target (teacher
+    forcing) gives the model's prediction and keeps its graph, and each scope takes
+    its vector-Jacobian products from it. The scores equal one :func:`explain`
+    call per scope.
+
+    Args:
+        model, tokenizer, prompt, target, chat, keep_special, progress: as in :func:`explain`.
+        scopes: registered scope names, run in this order.
+        settings: the scopes' options as settings, ``<scope>_<option>`` (e.g.
+            ``{"fisher_estimator": "eig"}``; see :func:`scope_options`). Default: none.
+        on_estimate: called as ``on_estimate(scope, timing, passes)`` before a
+            scope that costs more than one backward pass per explained token
+            starts, with the measured :class:`PassTiming` of this call (the shared
+            forward, and one backward pass: the previous one-pass scope's, or one
+            measured on the shared graph) and the scope's pass count. Default None.
+    Yields:
+        one :class:`ScopeResult` per scope as it is done (see :func:`explain`);
+        ``metadata["seconds"]`` is the scope's own time, the shared forward not included.
+    """
+    classes = [scope_class(name) for name in scopes]
+    if not classes:
+        raise ValueError("no scope given")
+    settings = dict(settings or {})
     inp = prompt_input(model, tokenizer, check_prompt(prompt), chat=chat, keep_special=keep_special)
-    prediction = predict_next(model, tokenizer, inp.to_model_input())
-    target_ids = [prediction["id"]] if target is None else encode_target(tokenizer, target)
-    options = {"method": fisher_method} if scope == "fisher" else {}
-    attribution = LLMScopeAttribution(scope_cls(model, tokenizer, exclude_special_tokens=not keep_special), tokenizer)
-    result = attribution.attribute(inp, target=torch.tensor(target_ids), progress=progress, **options)
-    # The wrapper already records the model, the settings (chat, keep_special,
-    # fisher_method, dtype, device) and the versions; the prompt is replaced by
-    # the text as given (the wrapper can only decode it back from the ids).
-    result.metadata.update(
-        target_hint=target_hint(tokenizer, target, target_ids, prediction),
-        scope=scope,
-        prompt=prompt,
-        target_is_prediction=target is None,
-        prediction=prediction,
-    )
-    return result
+    wrappers = [LLMScopeAttribution(cls(model, tokenizer, exclude_special_tokens=not keep_special), tokenizer)
+                for cls in classes]
+    target_ids = None if target is None else encode_target(tokenizer, target)
+    with preserved_state(model):
+        began = time.perf_counter()
+        if target_ids is None:  # the prediction is the target: the forward over the prompt alone gives it
+            _, _, ids, positions = wrappers[0].model_inputs(inp, torch.zeros(1, dtype=torch.long))
+        else:
+            _, _, ids, positions = wrappers[0].model_inputs(inp, torch.tensor(target_ids))
+        ids, mask = prepare_inputs(model, ids, None)  # checks vocabulary and context length
+        forward = run_forward(model, ids, mask, positions.to(ids.device))
+        forward_seconds = time.perf_counter() - began
+        probs = torch.softmax(forward.logits[0, 0].float(), dim=-1)
+        top = int(probs.argmax())
+        prediction = {"token": tokenizer.decode([top]), "id": top, "prob": float(probs[top])}
+        target_ids = [top] if target_ids is None else target_ids
+        backward_seconds: Optional[float] = None
+        for name, cls, wrapper in zip(scopes, classes, wrappers):
+            options = scope_options(name, settings)
+            passes = cls.backward_passes(cls.make_options(**options), int(forward.hidden.shape[-1]))
+            if on_estimate is not None and passes > 1:
+                if backward_seconds is None:  # no one-pass scope ran yet: time one pass on the shared graph
+                    start = time.perf_counter()
+                    forward.vjp(forward.hidden.detach()[None])  # one pass per explained token
+                    backward_seconds = (time.perf_counter() - start) / len(target_ids)
+                on_estimate(name, PassTiming(int(ids.shape[1]), len(target_ids), int(forward.hidden.shape[-1]),
+                                             forward_seconds, backward_seconds), passes)
+            start = time.perf_counter()
+            result = wrapper.attribute(inp, target=torch.tensor(target_ids), forward=forward, progress=progress,
+                                       **options)
+            seconds = time.perf_counter() - start
+            if passes == 1 and backward_seconds is None:
+                backward_seconds = seconds / len(target_ids)
+            # The wrapper already records the model, the settings (chat, keep_special,
+            # the scope's options, dtype, device) and the versions; the prompt is replaced by
+            # the text as given (the wrapper can only decode it back from the ids).
+            result.metadata.update(
+                target_hint=target_hint(tokenizer, target, target_ids, prediction),
+                scope=name,
+                prompt=prompt,
+                no_target_given=target is None,
+                prediction=prediction,
+            )
+            yield result
+
+
+def fisher_estimator_argument(
+    fisher_estimator: str = DEFAULT_FISHER_ESTIMATOR, fisher_method: Optional[str] = None, *, stacklevel: int = 3
+) -> str:
+    """The Fisher estimator of a call that takes ``fisher_estimator`` and the
+    deprecated ``fisher_method`` keyword (a DeprecationWarning when the latter is
+    given; a TypeError when both are, with different values); a ValueError names
+    the known estimators."""
+    if fisher_method is not None:
+        if fisher_estimator not in (DEFAULT_FISHER_ESTIMATOR, fisher_method):
+            raise TypeError(f"give fisher_estimator ({fisher_estimator!r}) or fisher_method ({fisher_method!r}), not both")
+        warnings.warn(
+            "fisher_method= is deprecated; use fisher_estimator=", DeprecationWarning, stacklevel=stacklevel
+        )
+        fisher_estimator = fisher_method
+    if fisher_estimator not in FISHER_ESTIMATORS:
+        raise ValueError(f"fisher_estimator must be one of {', '.join(FISHER_ESTIMATORS)}, got {fisher_estimator!r}")
+    return fisher_estimator
+
+
+def no_target_given(metadata: dict) -> Optional[bool]:
+    """Whether a result explains the model's own prediction (no target was
+    given): ``metadata["no_target_given"]``, or in files written by earlier
+    versions the same flag under its old name ``target_is_prediction``; None
+    when neither is there."""
+    for key in ("no_target_given", "target_is_prediction"):
+        if key in metadata:
+            return bool(metadata[key])
+    return None
 
 
 def prompt_input(model: Any, tokenizer: Any, prompt: str, *, chat: bool = False, keep_special: bool = False) -> Any:
@@ -177,14 +306,6 @@ def check_prompt(prompt: Any) -> str:
 
 # ----------------------------------------------------------------------------- cost estimate
 
-#: Backward passes per explained token of the Fisher estimators that do not
-#: depend on the hidden width: the default estimators spend 40 (16 exact
-#: eigen-directions + 24 samples, or a budget of 40), "eig" keeps 1; "exact"
-#: spends one per hidden dimension (see :func:`backward_passes`).
-FISHER_PASSES = {"eig": 1}
-DEFAULT_FISHER_PASSES = 40
-
-
 @dataclass(frozen=True)
 class PassTiming:
     """One measured forward and backward pass over a prompt (and target), the
@@ -249,13 +370,9 @@ def measure_pass(
     )
 
 
-def backward_passes(scope: str, fisher_method: str, hidden_size: int) -> int:
-    """Backward passes per explained token of a scope: 1 for the Semantic and
-    Temperature Scopes; for the Fisher Scope 40 by default, 1 for "eig", and the
-    hidden width for "exact" (and for any estimator on a model narrower than its budget)."""
-    if scope != "fisher":
-        return 1
-    if fisher_method == "exact":
-        return hidden_size
-    # a budget at or above the width is spent as the exact estimator: d passes
-    return min(hidden_size, FISHER_PASSES.get(fisher_method, DEFAULT_FISHER_PASSES))
+def backward_passes(scope: str, hidden_size: int, **options: Any) -> int:
+    """Backward passes per explained token of the scope named ``scope`` with
+    these options (the scope says: 1 for Semantic and Temperature; the Fisher
+    Scope's estimator's count, 40 by default)."""
+    cls = scope_class(scope)
+    return cls.backward_passes(cls.make_options(**options), hidden_size)

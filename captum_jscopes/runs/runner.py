@@ -17,12 +17,21 @@ Layout of ``out_dir``:
 - ``shard-{index:03d}-of-{num:03d}.jsonl``: the records written by process ``index`` of ``num``, one JSON
   object per line with the prompt ``"id"``; appended and fsync'd after every prompt.
 - ``records.jsonl``: all records merged, deduplicated by id, in prompt order (written at the end).
+
+Long runs say how long they will take: after the first prompt the main process prints a one-line estimate of
+the whole run on stderr ("1000 prompts, about 20 h 50 min on this machine at 75 s per prompt; --n 20 for a
+look"). On a terminal a progress bar follows; when stderr is a file (a batch job's log) each process prints a
+line with done/total, the time per prompt and the time left every ``max(1, total // 100)`` prompts or every
+60 s, whichever comes later (``JSCOPES_PROGRESS_SECONDS`` changes the 60 s), and a last line when it is done.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -33,6 +42,28 @@ from captum_jscopes.runs.prompts import Prompt
 RUN_FILE = "run.json"
 RECORDS_FILE = "records.jsonl"
 _SHARD_GLOB = "shard-*-of-*.jsonl"
+#: environment variable: seconds between two progress lines in a log (default 60)
+PROGRESS_SECONDS_ENV = "JSCOPES_PROGRESS_SECONDS"
+#: a run estimated at more than this suggests a smaller one "for a look" of about LOOK_SECONDS
+LONG_RUN_SECONDS = 3600.0
+LOOK_SECONDS = 1500.0
+
+
+class PreviousRunError(ValueError):
+    """``out_dir`` holds a run that this one must not resume (other settings, an
+    unreadable ``run.json``, prompts that changed). ``str(err)`` names the Python
+    way out (``overwrite=True``); a command line names its own flags with
+    :meth:`describe`."""
+
+    def __init__(self, problem: str) -> None:
+        #: what is wrong, without the way out
+        self.problem = problem
+        super().__init__(self.describe())
+
+    def describe(self, *, elsewhere: str = "another out_dir", overwrite: str = "overwrite=True") -> str:
+        """The message, naming ``elsewhere`` (another folder) and ``overwrite``
+        (discarding the previous run) the way the caller spells them."""
+        return f"{self.problem}; use {elsewhere}, or pass {overwrite} to discard the previous results"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -50,6 +81,8 @@ def run_sharded(
     meta: dict | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
+    upgrade_meta: Callable[[dict], dict] | None = None,
+    size_flag: str | None = None,
 ) -> Path:
     """Run ``fn`` over ``prompts``, sharing them between processes, and merge the results.
 
@@ -73,11 +106,18 @@ def run_sharded(
             process without a launcher). For runs whose processes may wait on each other longer than the
             default 30 minutes, pass ``PartialState(timeout=datetime.timedelta(hours=...))``.
         meta: settings of the run (JSON-serialisable dict, default ``None`` = ``{}``), stored in
-            ``run.json``; a rerun into the same folder with different settings raises ``ValueError``.
+            ``run.json``; a rerun into the same folder with different settings raises
+            :class:`PreviousRunError` (a ``ValueError``).
         overwrite: delete the shards, ``records.jsonl`` and ``run.json`` of a previous run first
             (default ``False``: resume it).
-        progress: the bar over the prompts: ``True`` on, ``False`` off, ``None`` (default) on when stderr
-            is a terminal, so that the logs of batch jobs stay readable.
+        progress: the progress report on stderr: ``False`` none; ``True`` the estimate of the whole run after
+            the first prompt, then a bar on a terminal or, when stderr is a file, a line every
+            ``max(1, total // 100)`` prompts or 60 s, whichever comes later, and one at the end; ``None``
+            (default) the same as ``True`` for a long run (an estimate over a minute, or stderr not a terminal
+            and not ``pytest``'s capture), i.e. ``True`` except that a run of a few seconds in a notebook or
+            a test stays quiet... see :func:`_progress_mode`.
+        upgrade_meta: turns a ``run.json`` written by an earlier version into today's form before it is
+            compared with ``meta`` (e.g. a renamed key), so that such a run resumes. Default: compared as is.
 
     Returns:
         path of ``out_dir/records.jsonl``: one record per prompt, in prompt order, on every process
@@ -89,7 +129,7 @@ def run_sharded(
     meta = _normalise_meta(meta)
     state = _default_state() if state is None else state
     out_dir = Path(out_dir)
-    _start_run(out_dir, meta, overwrite, state)
+    _start_run(out_dir, meta, overwrite, state, upgrade_meta)
 
     done_ids = set(read_shard_records(out_dir))
     # Nobody appends before every process has listed what is done, so all see the same pending list and
@@ -110,13 +150,15 @@ def run_sharded(
     return records_path
 
 
-def _start_run(out_dir: Path, meta: dict, overwrite: bool, state: Any) -> None:
+def _start_run(
+    out_dir: Path, meta: dict, overwrite: bool, state: Any, upgrade_meta: Callable[[dict], dict] | None = None
+) -> None:
     """Check or reset the previous run in ``out_dir``, record ``meta`` and repair the shards (all processes)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     # Every process checks run.json itself so that all of them raise together instead of some of them
     # waiting forever at the barrier below.
     if not overwrite:
-        _check_run_settings(out_dir, meta)
+        _check_run_settings(out_dir, meta, upgrade_meta)
     if state.is_main_process:
         if overwrite:
             _clear_previous_run(out_dir)
@@ -175,19 +217,18 @@ def _normalise_meta(meta: dict | None) -> dict:
         raise TypeError(f"meta must be JSON-serialisable: {e}") from e
 
 
-def _check_run_settings(out_dir: Path, meta: dict) -> None:
+def _check_run_settings(out_dir: Path, meta: dict, upgrade_meta: Callable[[dict], dict] | None = None) -> None:
     run_file = out_dir / RUN_FILE
     if not run_file.exists():
         return
     try:
         previous = json.loads(run_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{run_file} is unreadable ({e}); pass overwrite=True to start afresh") from e
+        raise PreviousRunError(f"{run_file} is unreadable ({e})") from e
+    if upgrade_meta is not None:
+        previous = _normalise_meta(upgrade_meta(previous))
     if previous != meta:
-        raise ValueError(
-            f"{run_file} holds other settings than this run: {previous} != {meta}; use another out_dir, "
-            "or pass overwrite=True to discard the previous results"
-        )
+        raise PreviousRunError(f"{run_file} holds other settings than this run: {previous} != {meta}")
 
 
 def _clear_previous_run(out_dir: Path) -> None:

@@ -9,9 +9,8 @@ hidden space it projects on (:meth:`JacobianScope._scores`).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, ClassVar, Optional, Union
 
 import torch
 from captum.attr import GradientAttribution
@@ -35,9 +34,25 @@ class ScopeOutput:
     logits: Tensor
 
 
+@dataclass(frozen=True)
+class ScopeOptions:
+    """Base of a scope's own options of :meth:`JacobianScope.attribute`: a
+    frozen dataclass per scope (``SemanticScope.Options``, ``FisherScope.Options``),
+    whose fields carry their default and ``metadata={"help": ...}``, from which
+    the command line builds its flags. This base has no option."""
+
+
 class JacobianScope(GradientAttribution):
     """Scores each input token t by a vector-Jacobian product ``v^T J_t`` of the
     final hidden state w.r.t. the token's input embedding (arXiv 2601.16407).
+
+    A scope carries its own behaviour: everything the CLI, the datasets, the
+    benchmarks, the Inseq methods, :func:`~captum_jscopes.linearity_check` and the
+    span views need to know about it is a class attribute or a classmethod below,
+    so that code asks the scope and never checks its name. A new scope subclasses
+    this, sets them, defines :meth:`_scores` (and :meth:`readout`) and is
+    registered with :func:`captum_jscopes.scopes.registry.register_scope`; see
+    ``docs/extending.md``.
 
     Args:
         model: a Hugging Face causal LM (``AutoModelForCausalLM``), on any device,
@@ -52,8 +67,29 @@ class JacobianScope(GradientAttribution):
             that use many directions (Fisher). Default: 32.
     """
 
-    #: short name used in reports and file names
-    name = "scope"
+    #: short name used in the registry, reports, file names and ``--scope``
+    name: ClassVar[str] = "scope"
+    #: what the map explains, in a few words (error messages, Inseq)
+    explains: ClassVar[str] = "a direction of the final hidden state"
+    #: whether :meth:`attribute` takes a ``target`` (else a target is refused)
+    takes_target: ClassVar[bool] = False
+    #: how the scores of several tokens combine into one span's score (words,
+    #: spans): ``"l2"`` (root of the sum of squares: the norm of the joint
+    #: perturbation, for scores that are norms of one VJP) or ``"sum"`` (additive
+    #: scores, such as a trace)
+    span_rule: ClassVar[str] = "l2"
+    #: what :func:`~captum_jscopes.linearity_check` moves: ``"gradient"`` (each
+    #: token along the unit gradient of :meth:`readout`, a scalar, comparing the
+    #: change with ``eps ||x_t|| score``) or ``"isotropic"`` (Gaussian noise,
+    #: comparing the KL of :meth:`readout`'s log-probabilities with ``sigma^2 score / 2``)
+    perturbation: ClassVar[str] = "gradient"
+    #: the scope's options of :meth:`attribute` (a :class:`ScopeOptions` dataclass)
+    Options: ClassVar[type] = ScopeOptions
+    #: options of a cheaper map to suggest when a call will take long (the cost
+    #: estimate of ``jscopes attribute``); empty: none
+    quick_look: ClassVar[dict] = {}
+    #: deprecated spellings :meth:`make_options` still accepts (with a DeprecationWarning)
+    deprecated_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -71,6 +107,78 @@ class JacobianScope(GradientAttribution):
         self.exclude_special_tokens = exclude_special_tokens
         self.chunk_size = chunk_size
 
+    # -- what code that uses a scope asks it ------------------------------------
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """Names of the scope's own options (the fields of :attr:`Options`)."""
+        return tuple(f.name for f in dataclasses.fields(cls.Options))
+
+    @classmethod
+    def make_options(cls, **options: Any) -> ScopeOptions:
+        """The scope's :attr:`Options` from keyword options; a one-line
+        TypeError names an option the scope does not take. Values are checked
+        where they are used (one error message per value, in the scope)."""
+        unknown = sorted(set(options) - set(cls.option_names()))
+        if unknown:
+            known = ", ".join(cls.option_names()) or "none"
+            raise TypeError(f"unexpected option(s) for the {cls.name} scope: {', '.join(unknown)} (its options: {known})")
+        return cls.Options(**options)
+
+    @classmethod
+    def backward_passes(cls, options: ScopeOptions, hidden_size: int) -> int:
+        """Backward passes per explained token with these options (the unit of the
+        cost estimate and of the benchmarks' budget column). Default: 1."""
+        return 1
+
+    @classmethod
+    def randomised(cls, options: ScopeOptions) -> bool:
+        """Whether the scores depend on a seed (probes drawn). Default: False."""
+        return False
+
+    @classmethod
+    def local_options(cls, options: ScopeOptions) -> ScopeOptions:
+        """The options :func:`~captum_jscopes.linearity_check` runs the scope with:
+        a local, exact map (a ValueError where the options make it non-local;
+        Fisher picks the exact estimator unless one was chosen). Default: the
+        options as given."""
+        return options
+
+    @classmethod
+    def settings(cls, options: ScopeOptions) -> dict:
+        """The options as JSON settings of a result (``metadata["settings"]``):
+        by default every option with a JSON-able value, under its own name."""
+        return {k: v for k, v in dataclasses.asdict(options).items() if isinstance(v, (int, float, str, bool))}
+
+    def shows_own_progress(self, options: ScopeOptions) -> bool:
+        """Whether :meth:`_scores` draws its own progress bar for these options
+        (then the positions are not split for a per-token bar). Default: False."""
+        return False
+
+    def readout(self, hidden: Tensor, logits: Tensor, targets: Optional[Tensor]) -> Tensor:
+        """What the scope's map predicts the change of, for
+        :func:`~captum_jscopes.linearity_check`: from the final hidden state
+        ``hidden`` (B, d) and the logits (B, V) at the explained position (float64),
+        a (B,) scalar whose gradient the map is (``perturbation="gradient"``) or
+        (B, V) log-probabilities whose KL it predicts (``"isotropic"``).
+        ``targets`` is :meth:`explained_targets`' (1, 1[, 2]) tensor or None."""
+        raise NotImplementedError(f"{type(self).__name__} defines no readout; linearity_check cannot test it")
+
+    def explained_targets(self, target: Any, logits: Tensor) -> Optional[Tensor]:
+        """The (1, 1[, 2]) target ids :meth:`attribute` explains for ``target``
+        on one prompt whose logits (1, 1, V) at the explained position are given:
+        the model's prediction where the scope takes a target and none is given;
+        None for a scope without target."""
+        if not self.takes_target:
+            return None
+        targets = self._targets(target, 1)
+        return logits.argmax(-1).cpu()[..., None] if targets is None else targets
+
+    def directions(self, forward: ScopeForward, targets: Optional[Tensor]) -> Tensor:
+        """(m, B, P, d) directions ``v`` whose VJP norms are the scores, for a
+        scope defined by directions alone (Semantic, Temperature: m = 1)."""
+        raise NotImplementedError
+
+    # -- attribution ---------------------------------------------------------------
     @property
     def multiplies_by_inputs(self) -> bool:
         return False
@@ -88,8 +196,8 @@ class JacobianScope(GradientAttribution):
         Args:
             input_ids: (seq,) or (batch, seq) token ids; pad rows of different
                 lengths and pass ``attention_mask``.
-            target: what is explained; only the Semantic Scope takes one (see its
-                docstring). Default: None.
+            target: what is explained; only a scope with ``takes_target`` takes one
+                (the Semantic Scope: see its docstring). Default: None.
             position: index of the token whose next-token prediction is explained,
                 counted over each row's real (unpadded) tokens; -1 (default) is the
                 last. An int for all rows or a (batch,) tensor.
@@ -98,11 +206,13 @@ class JacobianScope(GradientAttribution):
                 scored (e.g. the user's message of a chat prompt);
                 ``exclude_special_tokens`` overrides the constructor's choice;
                 ``progress`` (bool, default False) shows a progress bar (see
-                :meth:`scope_output`); and the scope's own options.
+                :meth:`scope_output`); ``return_error`` (bool, default False) also
+                returns the standard error of each score; and the scope's own
+                options (the fields of its :attr:`Options`).
         Returns:
             (batch, seq) float tensor (float32; float64 for a float64 model). The
             token at ``position`` itself is scored; tokens after it, padding and
-            excluded special tokens get 0.
+            excluded special tokens get 0. With ``return_error``, ``(scores, error)``.
         """
         ids, mask = self._inputs(input_ids, attention_mask)
         positions = resolve_positions(position, mask)[:, None]
@@ -123,7 +233,7 @@ class JacobianScope(GradientAttribution):
             input_ids: (batch, seq).
             positions: (batch, P) absolute column indices of the explained tokens.
             targets: (batch, P) target ids, or (batch, P, 2) (target, foil) pairs, for
-                the Semantic Scope; None otherwise.
+                a scope that takes a target; None otherwise.
             return_error: also return the estimated standard error of each score
                 (zeros for exact scopes, NaN where an estimator gives none).
             **options: ``token_mask``, ``exclude_special_tokens`` and the scope's
@@ -144,6 +254,8 @@ class JacobianScope(GradientAttribution):
         token_mask: Optional[Tensor] = None,
         exclude_special_tokens: Optional[bool] = None,
         progress: bool = False,
+        forward: Optional[ScopeForward] = None,
+        layers: bool = False,
         **options: Any,
     ) -> "ScopeOutput":
         """Like :meth:`attribute_positions`, returning a :class:`ScopeOutput`:
@@ -151,13 +263,22 @@ class JacobianScope(GradientAttribution):
         positions, all from the same single forward pass (the Captum wrapper
         reads the target probabilities off these logits).
 
-        ``progress=True`` shows a tqdm bar on stderr: with ``n_steps`` (the
-        path-integrated Semantic Scope) one tick per step of the path; else, with
-        several explained positions (a multi-token target), one tick per
-        position, each position's backward passes run on the same forward pass
-        and give the same scores as without the bar. A scope whose ``_scores``
-        takes ``progress`` itself (the Fisher Scope) shows its own bar instead.
-        Default False."""
+        ``progress=True`` shows a tqdm bar on stderr: a scope that draws its own
+        (Fisher: over its backward passes; the path-integrated Semantic Scope: over
+        its steps) shows it; else, with several explained positions (a multi-token
+        target), one tick per position, each position's backward passes run on the
+        same forward pass and give the same scores as without the bar. Default False.
+
+        ``forward``: a :class:`~captum_jscopes.core.forward.ScopeForward` of
+        ``run_forward`` on the same ids, mask and positions, shared by several
+        scopes (one forward for all of them); default None: this call runs its own.
+
+        ``layers=True``: the scores (and errors) are (B, P, L + 1, seq): row 0 over
+        the input embeddings (the usual map), row l at the residual stream after
+        decoder layer l, from the same backward passes (see
+        :func:`captum_jscopes.analysis.layers.layer_map`). Default False.
+        """
+        opts = self.make_options(**options)
         ids, mask = self._inputs(input_ids, attention_mask)
         positions = positions.to(ids.device).long()
         if positions.dim() != 2 or positions.shape[0] != ids.shape[0]:
@@ -168,24 +289,36 @@ class JacobianScope(GradientAttribution):
         logits: list[Tensor] = []
 
         def run(scale: float = 1.0) -> ScopeForward:
-            forward = run_forward(self.model, ids, mask, positions, embedding_scale=scale)
+            if forward is not None:
+                if scale != 1.0:
+                    raise ValueError("a shared forward pass serves scale 1 only; run a path-integrated scope alone")
+                result = forward
+            else:
+                result = run_forward(self.model, ids, mask, positions, embedding_scale=scale, layers=layers)
             if scale == 1.0 and not logits:
-                logits.append(forward.logits)
-            return forward
+                logits.append(result.logits)
+            return result
 
         with preserved_state(self.model):
-            scores, error = self._scores_with_progress(run, targets, positions.shape[1], progress, options)
+            if progress and not self.shows_own_progress(opts) and positions.shape[1] > 1:
+                scores, error = self._positions_with_progress(run, targets, positions.shape[1], opts)
+            else:
+                scores, error = self._scores(run, targets, opts, progress=progress)
         scored = scored.to(scores)
+        if scores.dim() == 4:  # a layer view: the same tokens are scored at every layer
+            scored = scored[:, :, None]
         error = torch.zeros_like(scores) if error is None else error * scored
         return ScopeOutput(scores=scores * scored, error=error, logits=logits[0])
 
     # -- what a scope defines -------------------------------------------------
     def _scores(
-        self, run: RunForward, targets: Optional[Tensor], **options: Any
+        self, run: RunForward, targets: Optional[Tensor], options: ScopeOptions, *, progress: bool = False
     ) -> tuple[Tensor, Optional[Tensor]]:
         """(batch, P, seq) raw scores and their standard error (None when exact);
-        ``run(scale)`` performs the forward pass."""
-        raise NotImplementedError
+        ``run(scale)`` performs the forward pass (scale multiplies the embeddings).
+        The default projects on :meth:`directions`: the L2 norm of ``v^T J_t``."""
+        forward = run(1.0)
+        return forward.squared_norms(self.directions(forward, targets), self.chunk_size)[0].sqrt(), None
 
     def _targets(self, target: Any, batch: int) -> Optional[Tensor]:
         """Turn the user's ``target`` into a (batch, 1[, 2]) tensor of ids."""
@@ -194,53 +327,16 @@ class JacobianScope(GradientAttribution):
         return None
 
     # -- progress ---------------------------------------------------------------
-    def _scores_with_progress(
-        self, run: RunForward, targets: Optional[Tensor], n_positions: int, progress: bool, options: dict
-    ) -> tuple[Tensor, Optional[Tensor]]:
-        """:meth:`_scores`, with a progress bar when ``progress`` is set."""
-        if "progress" in inspect.signature(self._scores).parameters:
-            # A scope with its own bar (Fisher: over all its backward passes, every
-            # position's included) shows it. Its positions are not split here: its
-            # estimator draws probes and chooses its split for all positions at once,
-            # so one position at a time would give other (equally valid) numbers.
-            return self._scores(run, targets, **options, progress=progress)
-        if not progress:
-            return self._scores(run, targets, **options)
-        n_steps = options.get("n_steps")
-        if n_steps is not None:
-            return self._path_with_progress(run, targets, n_steps, options)
-        per_position = targets is None or targets.shape[1] == n_positions
-        if n_positions == 1 or not per_position:
-            return self._scores(run, targets, **options)  # one step: nothing to count
-        return self._positions_with_progress(run, targets, n_positions, options)
-
-    def _path_with_progress(
-        self, run: RunForward, targets: Optional[Tensor], n_steps: Any, options: dict
-    ) -> tuple[Tensor, Optional[Tensor]]:
-        """One tick per forward pass of a path-integrated scope (``n_steps`` of them)."""
-        total = n_steps if isinstance(n_steps, int) and n_steps > 0 else None  # a bad value is _scores' error
-        with tqdm(total=total, desc=f"{self.name}: path steps", unit="step", leave=False) as bar:
-            calls = []
-
-            def counted(scale: float = 1.0) -> ScopeForward:
-                # a step is done when the next one starts (its backward passes come after the forward)
-                if calls:
-                    bar.update(1)
-                calls.append(scale)
-                return run(scale)
-
-            result = self._scores(counted, targets, **options)
-            bar.update(1)
-        return result
-
     def _positions_with_progress(
-        self, run: RunForward, targets: Optional[Tensor], n_positions: int, options: dict
+        self, run: RunForward, targets: Optional[Tensor], n_positions: int, options: ScopeOptions
     ) -> tuple[Tensor, Optional[Tensor]]:
         """:meth:`_scores` one explained position at a time, all on ONE forward pass,
         so that a bar can tick per target token. Each position's backward passes
         are independent of the others' (the direction sits at that position only),
         so the scores are those of a single call; what is lost is only the
         batching of the positions' backward passes into one vmap call."""
+        if targets is not None and targets.shape[1] != n_positions:
+            return self._scores(run, targets, options)  # one target for every position: one step
         forward = run(1.0)
         scores, errors = [], []
         with tqdm(total=n_positions, desc=f"{self.name}: target tokens", unit="token", leave=False) as bar:
@@ -249,11 +345,11 @@ class JacobianScope(GradientAttribution):
 
                 def at_position(scale: float = 1.0, view: ScopeForward = view) -> ScopeForward:
                     if scale != 1.0:
-                        raise RuntimeError("a scope that rescales the embeddings needs n_steps to show progress")
+                        raise RuntimeError("a scope that rescales the embeddings must show its own progress")
                     return view
 
                 row_targets = None if targets is None else targets[:, p : p + 1]
-                score, error = self._scores(at_position, row_targets, **options)
+                score, error = self._scores(at_position, row_targets, options)
                 scores.append(score)
                 errors.append(error)
                 bar.update(1)
@@ -289,10 +385,6 @@ class JacobianScope(GradientAttribution):
             scored &= token_mask[:, None, :]
         return scored
 
-    @staticmethod
-    def _reject_options(options: dict) -> None:
-        if options:
-            raise TypeError(f"unexpected option(s): {', '.join(sorted(options))}")
 
 
 def _position_view(forward: ScopeForward, p: int) -> ScopeForward:

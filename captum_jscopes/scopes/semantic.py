@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
-from captum_jscopes.scopes.base import JacobianScope, RunForward
+from captum_jscopes.core.forward import ScopeForward
+from captum_jscopes.scopes.base import JacobianScope, RunForward, ScopeOptions
 from captum_jscopes.core.tokens import resolve_target
+
+
+@dataclass(frozen=True)
+class SemanticOptions(ScopeOptions):
+    """Options of :meth:`SemanticScope.attribute`."""
+
+    n_steps: Optional[int] = field(
+        default=None,
+        metadata={"help": "path-integrated Semantic Scope with this many steps (the paper's comparison; "
+                          "n_steps forward and backward passes). Default: the local map"},
+    )
 
 
 class SemanticScope(JacobianScope):
@@ -33,6 +47,31 @@ class SemanticScope(JacobianScope):
     """
 
     name = "semantic"
+    takes_target = True
+    explains = "the logit of the target token (minus the foil's)"
+    Options = SemanticOptions
+
+    @classmethod
+    def backward_passes(cls, options: SemanticOptions, hidden_size: int) -> int:
+        return options.n_steps or 1
+
+    @classmethod
+    def local_options(cls, options: SemanticOptions) -> SemanticOptions:
+        if options.n_steps is not None:
+            raise ValueError("the path-integrated Semantic Scope (n_steps) is not a local map; drop n_steps")
+        return options
+
+    def shows_own_progress(self, options: SemanticOptions) -> bool:
+        return options.n_steps is not None  # a bar over the path's steps
+
+    def directions(self, forward: ScopeForward, targets: Optional[Tensor]) -> Tensor:
+        return self._direction(forward, targets)[None]
+
+    def readout(self, hidden: Tensor, logits: Tensor, targets: Optional[Tensor]) -> Tensor:
+        """(B,) the target's logit, minus the foil's for a (target, foil) pair."""
+        pair = targets.reshape(-1).tolist()
+        value = logits[:, pair[0]]
+        return value - logits[:, pair[1]] if len(pair) == 2 else value
 
     def _targets(self, target: Any, batch: int) -> Optional[Tensor]:
         if target is None:
@@ -59,24 +98,26 @@ class SemanticScope(JacobianScope):
         return [resolve_target(target, self.tokenizer, vocab)]
 
     def _scores(
-        self, run: RunForward, targets: Optional[Tensor], n_steps: Optional[int] = None, **options: Any
+        self, run: RunForward, targets: Optional[Tensor], options: SemanticOptions, *, progress: bool = False
     ) -> tuple[Tensor, Optional[Tensor]]:
-        self._reject_options(options)
+        n_steps = options.n_steps
         if n_steps is None:
-            forward = run(1.0)
-            direction = self._direction(forward, targets)
-            return forward.squared_norms(direction[None], self.chunk_size)[0].sqrt(), None
-        if not isinstance(n_steps, int) or n_steps < 1:
+            return super()._scores(run, targets, options)
+        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
             raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
         total, embeddings = None, None
-        for step in range(n_steps, 0, -1):  # alpha = 1 first: it fixes the explained target
-            forward = run(step / n_steps)
-            if targets is None:
-                targets = forward.logits.argmax(-1).cpu()
-            if embeddings is None:
-                embeddings = forward.embeddings.detach()
-            grads = forward.vjp(self._direction(forward, targets)[None])[0]  # (B, P, n, e)
-            total = grads if total is None else total + grads
+        with tqdm(total=n_steps, desc=f"{self.name}: path steps", unit="step", leave=False, disable=not progress) as bar:
+            for step in range(n_steps, 0, -1):  # alpha = 1 first: it fixes the explained target
+                forward = run(step / n_steps)
+                if forward.layer_states is not None:
+                    raise ValueError("the path-integrated Semantic Scope (n_steps) has no layer view; drop n_steps")
+                if targets is None:
+                    targets = forward.logits.argmax(-1).cpu()
+                if embeddings is None:
+                    embeddings = forward.embeddings.detach()
+                grads = forward.vjp(self._direction(forward, targets)[None])[0]  # (B, P, n, e)
+                total = grads if total is None else total + grads
+                bar.update(1)
         path = (total / n_steps) * embeddings[:, None]
         return path.to(forward.compute_dtype).norm(dim=-1), None
 

@@ -128,7 +128,7 @@ def test_fisher_accuracy_study_reads_cached_exact_scores_and_runs_every_seed(tin
 
     model, tokenizer = load_model(str(tiny_model_dir), progress=False)
     ids = bench_speed.encode(tokenizer, json.loads(prompts_file.read_text())[1]["text"], 0, "cpu")
-    exact = FisherScope(model, tokenizer).attribute(ids[None], method="exact")[0]
+    exact = FisherScope(model, tokenizer).attribute(ids[None], estimator="exact")[0]
     cache = tmp_path / "exact.jsonl"
     # prompt "1" only, with its exact scores doubled: an estimator equal to exact is then 50% off
     cache.write_text(json.dumps({"id": "1", "seconds": 2.0, "exact": (2 * exact).tolist()}) + "\n")

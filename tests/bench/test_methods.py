@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import pytest
 import torch
 from helpers import assert_unchanged, make_model, make_tokenizer, snapshot
@@ -37,8 +38,8 @@ def test_every_scope_entry_names_a_registered_scope_and_its_options():
             assert entry.scope in SCOPES
         else:
             assert entry.scope is None
-    assert dict(METHODS["fisher_eig4"].options) == {"method": "eig", "k": 4}
-    assert dict(METHODS["fisher_deflated_8_16"].options) == {"method": "deflated", "k": 8, "n_probes": 16}
+    assert dict(METHODS["fisher_eig4"].options) == {"estimator": "eig", "k": 4}
+    assert dict(METHODS["fisher_deflated_8_16"].options) == {"estimator": "deflated", "k": 8, "n_probes": 16}
     with pytest.raises(TypeError):  # entries are read-only: nobody changes a method for everyone
         METHODS["fisher_eig4"].options["k"] = 5
 
@@ -55,6 +56,10 @@ def test_backward_passes():
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_is_finite_deterministic_and_leaves_the_model_alone(name, tiny):
+    if METHODS[name].kind == "lrp" and importlib.util.find_spec("lxt") is None:
+        from captum_jscopes.bench.attnlrp import INSTALL
+
+        pytest.skip(f"AttnLRP needs LXT: {INSTALL}")
     model, tokenizer, ids = make_model("llama"), *tiny[1:]
     model.train()  # a caller's state that must come back
     before = snapshot(model)

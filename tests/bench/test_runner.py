@@ -13,7 +13,7 @@ import pytest
 
 from captum_jscopes.runs import prompts as prompt_sets
 from captum_jscopes.runs.prompts import Prompt, load_prompts
-from captum_jscopes.runs.runner import read_records, run_sharded
+from captum_jscopes.runs.runner import PreviousRunError, read_records, run_sharded
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).resolve().parent / "runner_worker.py"
@@ -262,8 +262,14 @@ def test_interrupted_rerun_leaves_no_stale_merged_file(tmp_path):
 def test_settings_mismatch_raises_and_overwrite_starts_afresh(tmp_path):
     prompts = make_prompts(3)
     run_sharded(prompts, CountingFn(), tmp_path, meta={"model": "a"})
-    with pytest.raises(ValueError, match="run.json"):
+    with pytest.raises(PreviousRunError, match="run.json") as info:
         run_sharded(prompts, CountingFn(), tmp_path, meta={"model": "b"})
+    assert isinstance(info.value, ValueError)
+    assert str(info.value).endswith("use another out_dir, or pass overwrite=True to discard the previous results")
+    # a command line names its own flags
+    assert info.value.describe(elsewhere="another --out", overwrite="--overwrite").endswith(
+        "use another --out, or pass --overwrite to discard the previous results"
+    )
     with pytest.raises(ValueError, match="run.json"):
         run_sharded(prompts, CountingFn(), tmp_path)  # no meta is {} and differs too
 
@@ -271,6 +277,21 @@ def test_settings_mismatch_raises_and_overwrite_starts_afresh(tmp_path):
     run_sharded(prompts, fn, tmp_path, meta={"model": "b"}, overwrite=True)
     assert fn.seen == ["p0", "p1", "p2"]
     assert json.loads((tmp_path / "run.json").read_text()) == {"model": "b"}
+
+
+def test_a_run_json_of_an_earlier_version_resumes_once_upgraded(tmp_path):
+    prompts = make_prompts(2)
+    run_sharded(prompts, CountingFn(), tmp_path, meta={"old_name": 1})
+
+    def upgrade(meta):
+        return {"new_name": meta["old_name"]} if "old_name" in meta else meta
+
+    fn = CountingFn()
+    run_sharded(prompts, fn, tmp_path, meta={"new_name": 1}, upgrade_meta=upgrade)
+    assert fn.seen == []
+    assert json.loads((tmp_path / "run.json").read_text()) == {"new_name": 1}  # rewritten in today's form
+    with pytest.raises(PreviousRunError, match="other settings"):
+        run_sharded(prompts, fn, tmp_path, meta={"new_name": 2}, upgrade_meta=upgrade)
 
 
 def test_same_settings_in_another_python_type_resume(tmp_path):

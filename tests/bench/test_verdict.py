@@ -131,11 +131,11 @@ def test_command_line(tmp_path, capsys):
 def test_bins_keep_ties_together_and_still_split_the_rest():
     import numpy as np
 
-    from captum_jscopes.bench.verdict import _tie_aware_bins
+    from captum_jscopes.bench.verdict import tie_aware_bins
 
     x = np.array([0.0] * 54 + list(range(1, 18)))  # most decisive tokens are the last one
-    ranges = _tie_aware_bins(x, 3)
+    ranges = tie_aware_bins(x, 3)
     assert ranges[0] == (0.0, 0.0) and len(ranges) >= 2
     assert sum(((x >= lo) & (x <= hi)).sum() for lo, hi in ranges) == len(x)  # every value in one bin
-    even = _tie_aware_bins(np.arange(9.0), 3)
+    even = tie_aware_bins(np.arange(9.0), 3)
     assert even == [(0.0, 2.0), (3.0, 5.0), (6.0, 8.0)]

@@ -1,0 +1,284 @@
+"""The algebra of the Fisher matrix F of the next-token distribution w.r.t. the
+final hidden state: forming it, its eigenpairs, and the pieces of the split path.
+No estimator logic lives here (that is :mod:`captum_jscopes.fisher.estimators`).
+
+``F = G^T (diag(p) - p p^T) G = sum_c p_c (g_c - mu)(g_c - mu)^T`` with ``G = dz/dy``
+(the unembedding ``W`` for a linear head; ``diag(slope) W`` for a soft-capped or
+scaled one, which makes this the logit-space Fisher of the paper) and
+``mu = G^T p``. For any factorisation ``F = sum_i v_i v_i^T`` the Fisher score of
+token t is ``sum_i ||v_i^T J_t||^2``: each ``v_i`` is one backward pass.
+
+Three ways to get at ``F`` (see docs/fisher.md), named by :data:`PATHS`:
+
+- ``"formed"``: the (d, d) matrix over the whole vocabulary (:func:`fisher_matrix`)
+  and its full eigendecomposition (:func:`eigen`; cost ``V d^2 + d^3`` per
+  explained position);
+- ``"split"``: the vocabulary is split into a *head* (the tokens holding most of
+  ``tr F``, at most ``d`` of them: :func:`head_tokens`, :func:`head_rows`) and a
+  *tail*. ``F = F_head + F_tail`` exactly, both PSD. ``F_head`` is eigendecomposed
+  through its small (N, N) Gram matrix; ``F_tail`` is never formed: its probes are
+  random-sign combinations of the tail rows, ``sum_c sqrt(p_c) e_c (g_c - mu)``,
+  built from ``W`` and ``p`` in vocabulary chunks (:func:`tail_probes`, cost
+  ``V d`` per probe). Nothing of size ``d x d`` is formed;
+- ``"matrix_free"``: products ``F X = G^T (p * (G X)) - mu (mu^T X)``
+  (:func:`fisher_matvec`) give the top eigenpairs of the full ``F`` by block
+  subspace iteration (:func:`top_eigenpairs`).
+
+:func:`choose_path` picks the cheaper by operation count. Everything is computed
+in the forward's compute dtype (float32 at least, float64 for a float64 model).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor
+
+from captum_jscopes.core.forward import ScopeForward
+
+__all__ = [
+    "PATHS",
+    "HEAD_MASS",
+    "vocabulary_chunks",
+    "fisher_mean",
+    "fisher_matrix",
+    "fisher_matvec",
+    "fisher_trace",
+    "eigen",
+    "top_eigenpairs",
+    "signs",
+    "head_tokens",
+    "head_rows",
+    "tail_probes",
+    "choose_path",
+]
+
+#: the ways to F (see the module docstring); "auto" lets :func:`choose_path` pick
+PATHS = ("auto", "formed", "split", "matrix_free")
+#: share of tr F the head of the split path aims to hold (the tail is sampled)
+HEAD_MASS = 0.999
+
+
+# -- the pieces of F, in vocabulary chunks ------------------------------------------
+def vocabulary_chunks(forward: ScopeForward, vocab_chunk: int = 8192) -> Iterator[tuple[int, Tensor, Tensor, Optional[Tensor]]]:
+    """``(start, rows, p, slope)`` over the vocabulary in steps of ``vocab_chunk``:
+    ``rows`` (C, d) of the head weight, ``p`` (B, P, C) the probabilities and
+    ``slope`` (B, P, C) the head's slope (None for a linear head), in the compute
+    dtype, so that no (V, d)-sized product materialises at once."""
+    probs = forward.probs()
+    dtype, device = probs.dtype, probs.device
+    for start in range(0, probs.shape[-1], vocab_chunk):
+        rows = forward.weight[start : start + vocab_chunk].to(device, dtype)
+        scale = None if forward.head_slope is None else forward.head_slope[..., start : start + vocab_chunk]
+        yield start, rows, probs[..., start : start + vocab_chunk], scale
+
+
+def fisher_mean(forward: ScopeForward, vocab_chunk: int = 8192) -> Tensor:
+    """(B, P, d) ``mu = G^T p``."""
+    total = 0
+    for _, rows, p, scale in vocabulary_chunks(forward, vocab_chunk):
+        total = total + (p if scale is None else p * scale) @ rows
+    return total
+
+
+def fisher_matrix(forward: ScopeForward, vocab_chunk: int = 8192) -> Tensor:
+    """(B, P, d, d) Fisher matrix at every explained position, in the compute
+    dtype (float32 at least, whatever the model's dtype), built in chunks of the
+    vocabulary so the (V, d) products never materialise at once."""
+    probs = forward.probs()
+    d = forward.weight.shape[1]
+    second = probs.new_zeros(*probs.shape[:2], d, d)
+    mean = probs.new_zeros(*probs.shape[:2], d)
+    for _, rows, p, scale in vocabulary_chunks(forward, vocab_chunk):
+        mean += (p if scale is None else p * scale) @ rows
+        weight_second = p if scale is None else p * scale * scale
+        second += torch.einsum("bpc,cd,ce->bpde", weight_second, rows, rows)
+    return second - mean[..., :, None] * mean[..., None, :]
+
+
+def fisher_matvec(forward: ScopeForward, vectors: Tensor, mean: Optional[Tensor] = None,
+                  vocab_chunk: int = 8192) -> Tensor:
+    """Matrix-free ``F X`` for X (B, P, d, b): ``G^T (p * (G X)) - mu (mu^T X)``,
+    2 V d b multiply-adds, never forming F. ``mean``: :func:`fisher_mean` if known."""
+    if mean is None:
+        mean = fisher_mean(forward, vocab_chunk)
+    out = torch.zeros_like(vectors)
+    for _, rows, p, scale in vocabulary_chunks(forward, vocab_chunk):
+        logits = torch.einsum("cd,bpdj->bpcj", rows, vectors)  # (B, P, C, b)
+        weight = p if scale is None else p * scale * scale
+        out += torch.einsum("cd,bpcj->bpdj", rows, logits * weight[..., None])
+    return out - mean[..., :, None] * torch.einsum("bpd,bpdj->bpj", mean, vectors)[..., None, :]
+
+
+def fisher_trace(forward: ScopeForward, mean: Optional[Tensor] = None, vocab_chunk: int = 8192) -> Tensor:
+    """(B, P) ``tr F = sum_c p_c ||g_c||^2 - ||mu||^2``."""
+    if mean is None:
+        mean = fisher_mean(forward, vocab_chunk)
+    total = 0
+    for _, rows, p, scale in vocabulary_chunks(forward, vocab_chunk):
+        weight = p if scale is None else p * scale * scale
+        total = total + weight @ rows.pow(2).sum(-1)
+    return total - mean.pow(2).sum(-1)
+
+
+# -- eigenpairs ----------------------------------------------------------------------
+def eigen(fisher: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenvalues (B, P, d), descending and clamped at 0 (F is PSD; tiny negative
+    values are rounding), and eigenvectors (B, P, d, d) as columns, of a formed
+    (B, P, d, d) F."""
+    values, vectors = torch.linalg.eigh(fisher)
+    return values.flip(-1).clamp(min=0), vectors.flip(-1)
+
+
+def top_eigenpairs(
+    forward: ScopeForward,
+    k: int,
+    *,
+    start: Optional[Tensor] = None,
+    oversample: int = 8,
+    max_iters: int = 50,
+    tol: float = 1e-4,
+    seed: int = 0,
+    vocab_chunk: int = 8192,
+) -> tuple[Tensor, Tensor, dict]:
+    """Top ``k`` eigenpairs of F at every position, matrix-free: block subspace
+    iteration with Rayleigh-Ritz on ``k + oversample`` vectors (default 8 extra),
+    one block of :func:`fisher_matvec` (2 V d (k + oversample)) per iteration.
+
+    Args:
+        start: (B, P, d, b) starting block (e.g. the head's eigenvectors); default
+            a seeded Gaussian block (``seed``, default 0), topped up the same way
+            when ``b`` is short.
+        max_iters: at most this many iterations. Default 50.
+        tol: stop when every top-k Ritz residual ``||F x - theta x||`` is below
+            ``tol * theta_1``. Default 1e-4.
+    Returns:
+        values (B, P, min(k, d)) descending, vectors (B, P, d, min(k, d)), and an
+        info dict (``iterations``, ``residual``: the largest relative residual).
+    """
+    mean = fisher_mean(forward, vocab_chunk)
+    batch, n_pos, d = mean.shape
+    block = min(d, k + oversample)
+    k = min(k, d)
+    if start is None:
+        generator = torch.Generator().manual_seed(seed)
+        start = torch.randn(batch, n_pos, d, block, generator=generator, dtype=torch.float64)
+    elif start.shape[-1] < block:
+        generator = torch.Generator().manual_seed(seed)
+        extra = torch.randn(*start.shape[:-1], block - start.shape[-1], generator=generator, dtype=torch.float64)
+        start = torch.cat([start, extra.to(start)], dim=-1)
+    basis = torch.linalg.qr(start[..., :block].to(mean))[0]
+    residual, iterations = float("inf"), 0
+    for iterations in range(1, max_iters + 1):
+        image = fisher_matvec(forward, basis, mean, vocab_chunk)
+        small = basis.transpose(-1, -2) @ image
+        theta, rotation = torch.linalg.eigh((small + small.transpose(-1, -2)) / 2)
+        theta, rotation = theta.flip(-1), rotation.flip(-1)
+        ritz, ritz_image = basis @ rotation, image @ rotation
+        gaps = (ritz_image - ritz * theta[..., None, :])[..., :k].norm(dim=-2)
+        residual = float((gaps / theta[..., :1].clamp_min(torch.finfo(theta.dtype).tiny)).max())
+        if residual <= tol:
+            break
+        basis = torch.linalg.qr(ritz_image)[0]
+    return theta[..., :k].clamp(min=0), ritz[..., :k], {"iterations": iterations, "residual": residual}
+
+
+def signs(shape: tuple[int, ...], seed: int) -> Tensor:
+    """Seeded Rademacher (+-1) draws of ``shape``, float64, the same on every
+    device (drawn on the CPU generator)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2, shape, generator=generator, dtype=torch.int8).double().mul_(2).sub_(1)
+
+
+# -- the split path --------------------------------------------------------------------
+def head_tokens(forward: ScopeForward, mean: Tensor, head_mass: float, max_tokens: int,
+                vocab_chunk: int = 8192) -> tuple[Tensor, Tensor]:
+    """Per position, the vocabulary ids of the head: the fewest tokens holding
+    ``head_mass`` of ``tr F`` by their contribution ``p_c ||g_c - mu||^2``, at most
+    ``max_tokens`` (the same count at every position, so they stack).
+
+    Args:
+        mean: (B, P, d) :func:`fisher_mean`.
+    Returns:
+        ids (B, P, N) and the contributions (B, P, V) (their sum is ``tr F``).
+    """
+    parts = []
+    for _, rows, p, scale in vocabulary_chunks(forward, vocab_chunk):
+        if scale is None:
+            centred = rows.pow(2).sum(-1) - 2 * torch.einsum("cd,bpd->bpc", rows, mean)
+        else:
+            centred = scale.pow(2) * rows.pow(2).sum(-1) - 2 * scale * torch.einsum("cd,bpd->bpc", rows, mean)
+        parts.append(p * (centred + mean.pow(2).sum(-1, keepdim=True)))
+    contribution = torch.cat(parts, -1).clamp(min=0)
+    ordered, order = contribution.sort(-1, descending=True)
+    share = ordered.cumsum(-1) / ordered.sum(-1, keepdim=True).clamp_min(torch.finfo(ordered.dtype).tiny)
+    needed = int((share < head_mass).sum(-1).max()) + 1
+    count = max(1, min(needed, max_tokens, contribution.shape[-1]))
+    return order[..., :count], contribution
+
+
+def head_rows(forward: ScopeForward, ids: Tensor, mean: Tensor) -> Tensor:
+    """(B, P, N, d) rows ``sqrt(p_c) (g_c - mu)`` of the head tokens ``ids`` (B, P, N):
+    ``F_head = rows^T rows``."""
+    probs = forward.probs()
+    rows = forward.weight[ids.to(forward.weight.device)].to(probs.device, probs.dtype)  # (B, P, N, d)
+    if forward.head_slope is not None:
+        rows = rows * forward.head_slope.gather(-1, ids)[..., None]
+    p = probs.gather(-1, ids)
+    return p.sqrt()[..., None] * (rows - mean[..., None, :])
+
+
+def tail_probes(forward: ScopeForward, mean: Tensor, head_ids: Tensor, draws: Tensor,
+                vocab_chunk: int = 8192) -> Tensor:
+    """(m, B, P, d) ``sum_{c in tail} sqrt(p_c) e_c (g_c - mu)`` for the sign draws
+    ``draws`` (m, V) (:func:`signs`), the tail being every token not in
+    ``head_ids`` (B, P, N); built in vocabulary chunks from W and p. Each is an
+    unbiased sample of ``F_tail``: ``E[z z^T] = F_tail``."""
+    probs = forward.probs()
+    weights_all = probs.sqrt()
+    tail = torch.ones_like(weights_all).scatter_(-1, head_ids, 0.0)
+    weights_all = weights_all * tail
+    out = 0
+    coefficient = 0
+    draws = draws.to(probs)
+    for start, rows, _, scale in vocabulary_chunks(forward, vocab_chunk):
+        stop = start + rows.shape[0]
+        weight = weights_all[..., start:stop][None] * draws[:, None, None, start:stop]  # (m, B, P, C)
+        coefficient = coefficient + weight.sum(-1)
+        if scale is not None:
+            weight = weight * scale[None]
+        out = out + weight @ rows
+    return out - coefficient[..., None] * mean[None]
+
+
+# -- which path ----------------------------------------------------------------------
+def choose_path(forward: ScopeForward, path: str = "auto", method: str = "hutchinson",
+                n_probes: Optional[int] = None, max_head: Optional[int] = None) -> str:
+    """The way to F for estimator ``method`` on this head (V, d).
+
+    A ``path`` other than ``"auto"`` is checked and returned: ``"split"`` applies
+    to ``"hutchinson"`` only, ``"matrix_free"`` to ``"eig"`` only (ValueError
+    otherwise). ``"auto"`` compares multiply-add counts: formed ``V d^2 + 10 d^3``
+    against split ``V d (m + 3) + N d min(N, d) + 10 min(N, d)^3`` (``m =
+    n_probes`` probes, which the hutchinson estimator must give: its budget; a
+    head of at most ``N = max_head or d`` tokens) or, for ``eig``, matrix-free
+    subspace iteration ``2 V d b x 4`` (b = 16). Other estimators: formed.
+    ``forward`` needs only ``weight`` (V, d)."""
+    if path not in PATHS:
+        raise ValueError(f"unknown Fisher path {path!r}; choose one of {', '.join(PATHS)}")
+    if path != "auto":
+        if path == "split" and method != "hutchinson" or path == "matrix_free" and method != "eig":
+            raise ValueError(f"path {path!r} does not apply to method {method!r}")
+        return path
+    vocab, d = forward.weight.shape
+    formed = vocab * d * d + 10 * d**3
+    if method == "hutchinson":
+        if n_probes is None:
+            raise ValueError("choose_path needs the hutchinson estimator's n_probes (its budget) to cost the split path")
+        head = min(max_head or d, vocab, d)
+        split = vocab * d * (n_probes + 3) + head * d * head + 10 * head**3
+        return "split" if 2 * split < formed else "formed"
+    if method == "eig":
+        return "matrix_free" if 2 * (2 * vocab * d * 16 * 4) < formed else "formed"
+    return "formed"
