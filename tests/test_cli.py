@@ -20,7 +20,7 @@ import torch
 from helpers import assert_unchanged, make_model, make_tokenizer, snapshot
 from matplotlib.image import imread
 
-from captum_jscopes import FisherScope, ScopeResult, SemanticScope, TemperatureScope, chat_prompt, load_model
+from captum_jscopes import FisherScope, ScopeResult, SemanticScope, TemperatureScope, chat_prompt, layer_map, load_model
 from captum_jscopes.cli import attribute as attribute_command
 from captum_jscopes.cli import bench as bench_command
 from captum_jscopes.cli.main import main
@@ -182,6 +182,87 @@ def test_one_token_target_writes_no_interactive_page(model_dir, tmp_path, capsys
     assert "interactive" not in stdout
 
 
+def test_layers_writes_the_layer_heatmap_of_each_scope(model_dir, tiny, tmp_path, capsys):
+    code, stdout, stderr = run(
+        ["attribute", PROMPT, "--model", model_dir, "--out", tmp_path, "--scope", "all", "--layers",
+         "--fisher-estimator", "eig"], capsys,
+    )  # fmt: skip
+    assert code == 0, stderr
+    for scope in SCOPES:
+        assert_valid_png(tmp_path / f"{scope}_layers.png")
+        assert str(tmp_path / f"{scope}_layers.png") in stdout
+    assert not list(tmp_path.glob("*_interactive.html"))  # one target token: no interactive page
+    # the layer maps the command draws: row 0 is the result's map, the columns its input tokens
+    model, tokenizer = tiny
+    saved = ScopeResult.load_json(tmp_path / "semantic.json")
+    target = saved.metadata["prediction"]["id"]
+    grid = attribute_command.result_layer_maps(
+        model, tokenizer, explain(model, tokenizer, PROMPT, "semantic"), "semantic", [target], {})
+    assert grid.shape == (1, model.config.num_hidden_layers + 1, len(WORDS))  # BOS left out, as in the result
+    torch.testing.assert_close(grid[0, 0], saved.token_attr[0], rtol=1e-5, atol=1e-7)
+    alone = layer_map(SemanticScope(model, tokenizer), prompt_ids(tokenizer), target=target)
+    torch.testing.assert_close(grid[0], alone.scores[0, :, 1:], rtol=1e-5, atol=1e-7)
+
+
+def test_without_layers_no_layer_files_are_written(model_dir, tmp_path, capsys):
+    code, _, stderr = run(["attribute", PROMPT, "--model", model_dir, "--out", tmp_path, "--scope", "semantic",
+                           "--target", "big red house"], capsys)
+    assert code == 0, stderr
+    assert not list(tmp_path.glob("*_layers.png"))
+    text = (tmp_path / "semantic_interactive.html").read_text(encoding="utf-8")
+    block = text.split(f'<script type="application/json" id="{DATA_ID}">')[1].split("</script>")[0]
+    assert "layers" not in json.loads(block)
+
+
+def test_layers_gives_a_multi_token_targets_interactive_page_its_layer_view(model_dir, tiny, tmp_path, capsys):
+    target = "big red house"
+    code, stdout, stderr = run(
+        ["attribute", PROMPT, "--model", model_dir, "--out", tmp_path, "--scope", "semantic", "--target", target,
+         "--layers"], capsys,
+    )  # fmt: skip
+    assert code == 0, stderr
+    model, tokenizer = tiny
+    assert_valid_png(tmp_path / "semantic_layers.png")
+    saved = ScopeResult.load_json(tmp_path / "semantic.json")
+    text = (tmp_path / "semantic_interactive.html").read_text(encoding="utf-8")
+    block = text.split(f'<script type="application/json" id="{DATA_ID}">')[1].split("</script>")[0]
+    data = json.loads(block)
+    layers = data["layers"]
+    n_layers = model.config.num_hidden_layers
+    assert layers["n_layers"] == n_layers and len(layers["views"]) == 3
+    # per target token k, row 0 is the result's row k, each row divided by its maximum;
+    # row l matches the layer map of the same teacher-forced prompt
+    target_ids = tokenizer.encode(target, add_special_tokens=False)
+    for k, view in enumerate(layers["views"]):
+        rows = torch.tensor(view["rows"], dtype=torch.float64)
+        assert rows.shape == (n_layers + 1, len(WORDS))
+        row0 = saved.token_attr[k].double()
+        torch.testing.assert_close(rows[0], row0 / row0.max(), rtol=0, atol=1e-4)
+        ids = torch.cat([prompt_ids(tokenizer), torch.tensor([target_ids[:k]], dtype=torch.long)], dim=1)
+        alone = layer_map(SemanticScope(model, tokenizer), ids, target=target_ids[k]).scores[0, :, 1: 1 + len(WORDS)]
+        peak = alone.amax(-1, keepdim=True).clamp_min(1e-30)  # the last row is 0 on the prompt for k > 0
+        torch.testing.assert_close(rows, (alone / peak).double(), rtol=0, atol=1e-4)
+        peaks = torch.tensor(view["peaks"], dtype=torch.float64)
+        torch.testing.assert_close(peaks, alone.amax(-1).double(), rtol=1e-5, atol=1e-9)
+    # the rest of the page's data is as without --layers
+    del data["layers"]
+    assert data == json.loads(json.dumps(page_data(saved, data["title"])))
+
+
+def test_layers_with_chat_keeps_the_users_tokens_only(model_dir, tiny, tmp_path, capsys):
+    code, _, stderr = run(["attribute", PROMPT, "--model", model_dir, "--out", tmp_path, "--scope", "temperature",
+                           "--chat", "--layers"], capsys)
+    assert code == 0, stderr
+    assert_valid_png(tmp_path / "temperature_layers.png")
+    model, tokenizer = tiny
+    saved = ScopeResult.load_json(tmp_path / "temperature.json")
+    result = explain(model, tokenizer, PROMPT, "temperature", chat=True)
+    grid = attribute_command.result_layer_maps(model, tokenizer, result, "temperature",
+                                               [saved.metadata["prediction"]["id"]], {})
+    assert grid.shape[-1] == len(WORDS)  # the template's markers are left out, as in the result
+    torch.testing.assert_close(grid[0, 0], saved.token_attr[0], rtol=1e-5, atol=1e-7)
+
+
 def test_fisher_prints_its_cost_estimate_before_it_runs(model_dir, tmp_path, capsys):
     code, stdout, stderr = run(
         ["attribute", PROMPT, "--model", model_dir, "--out", tmp_path, "--scope", "fisher", "--target", "big red"],
@@ -201,7 +282,7 @@ def test_fisher_prints_its_cost_estimate_before_it_runs(model_dir, tmp_path, cap
     "timing, method, expected",
     [
         (PassTiming(3400, 1, 576, 10.0, 18.0), "hutchinson",
-         "Fisher: 40 backward passes over 3,400 tokens, about 12 min; --fisher-estimator eig for a quick look"),
+         "Fisher: 40 backward passes over 3,400 tokens, about 29 min; --fisher-estimator eig for a quick look"),
         (PassTiming(3400, 1, 576, 10.0, 18.0), "eig", "Fisher: 1 backward pass over 3,400 tokens, about 28 s"),
         (PassTiming(300, 5, 576, 1.0, 2.0), "exact",
          "Fisher: 576 backward passes x 5 target tokens over 300 tokens, about 1.6 h; --fisher-estimator eig for a quick look"),

@@ -244,3 +244,106 @@ def test_page_data_rejects_what_it_cannot_show():
     bad = ScopeResult(input_tokens=["a"], output_tokens=["b"], seq_attr=[float("nan")])
     with pytest.raises(ValueError, match="NaN"):
         page_data(bad)
+
+
+# ----------------------------------------------------------------------------- the layer view
+
+
+@pytest.fixture(scope="module")
+def layered():
+    """A three-token Semantic Scope result of a tiny Llama and its (3, L + 1, n)
+    layer maps, from the same teacher-forced input (columns = the result's tokens)."""
+    from helpers import make_tokenizer
+
+    tokenizer = make_tokenizer()
+    model = make_model("llama")
+    scope = SemanticScope(model, tokenizer)
+    wrapper = LLMScopeAttribution(scope, tokenizer)
+    inp = TextTokenInput(PROMPT, tokenizer)
+    found = wrapper.attribute(inp, target=TARGET)
+    target_ids = torch.tensor(tokenizer.encode(TARGET, add_special_tokens=False))
+    prompt, targets, ids, positions = wrapper.model_inputs(inp, target_ids)
+    layers = scope.scope_output(ids, positions, targets[None], layers=True).scores[0, :, :, : prompt.shape[1]]
+    torch.testing.assert_close(layers[:, 0], found.token_attr)  # row 0 is the result's map
+    return found, layers
+
+
+def grid_values(browser) -> torch.Tensor:
+    """(L + 1, n) values of the layer grid, row 0 = the embeddings (the bottom row)."""
+    rows = browser.find_elements("css selector", "#layer-grid tr[data-layer]")
+    by_layer = {int(r.get_attribute("data-layer")): [float(td.get_attribute("data-value"))
+                                                      for td in r.find_elements("css selector", "td.cell")]
+                for r in rows}
+    return torch.tensor([by_layer[l] for l in sorted(by_layer)], dtype=torch.float64)
+
+
+def handoff_cells(browser) -> list[tuple[int, int]]:
+    return sorted((int(td.find_element("xpath", "..").get_attribute("data-layer")), int(td.get_attribute("data-index")))
+                  for td in browser.find_elements("css selector", "#layer-grid td.handoff"))
+
+
+def test_the_layer_view_shows_the_chosen_output_tokens_grid(browser, layered, tmp_path):
+    from captum_jscopes.analysis.layers import LayerMap
+    from captum_jscopes.display.layers import HANDOFF_MIN
+
+    found, layers = layered
+    n_layers = layers.shape[1] - 1
+    page = open_page(browser, save_interactive_html(found, tmp_path / "layers.html", layers=layers))
+    rows = page.find_elements("css selector", "#layer-grid tr[data-layer]")
+    # the deepest layer on top, the embeddings at the bottom, then the token labels
+    assert [r.get_attribute("data-layer") for r in rows] == [str(l) for l in range(n_layers, -1, -1)]
+    assert rows[-1].find_element("tag name", "th").text == "emb"
+    heads = page.find_elements("css selector", "#layer-grid th.col-token")
+    assert [h.get_attribute("textContent") for h in heads] == token_labels(found.input_display)
+    assert "divided by its own maximum" in page.find_element("id", "layers").text
+
+    def expected(grid):
+        return grid.double() / grid.double().amax(-1, keepdim=True).clamp_min(1e-300)
+
+    def expected_handoff(grid):
+        lm = LayerMap(scores=grid[None], error=torch.zeros_like(grid[None]), input_ids=torch.zeros(1, grid.shape[1]),
+                      attention_mask=torch.ones(1, grid.shape[1]), positions=torch.zeros(1, dtype=torch.long), scope="")
+        peaks = expected(grid).amax(0)
+        return sorted((int(h), t) for t, h in enumerate(lm.handoff()[0].tolist())
+                      if 0 < h <= n_layers and peaks[t] >= HANDOFF_MIN)
+
+    for k, button in enumerate(output_buttons(page)):
+        button.click()
+        torch.testing.assert_close(grid_values(page), expected(layers[k]), rtol=0, atol=1e-4)
+        assert handoff_cells(page) == expected_handoff(layers[k])
+        assert str(k + 1) in page.find_element("id", "layer-shown").text
+    page.find_element("id", "view-sum").click()
+    torch.testing.assert_close(grid_values(page), expected(layers.sum(0)), rtol=0, atol=1e-4)
+    assert "sum" in page.find_element("id", "layer-shown").text
+    # a cell's tooltip names the layer, the token and the raw score
+    cell = page.find_elements("css selector", '#layer-grid tr[data-layer="1"] td.cell')[2]
+    assert cell.get_attribute("title").startswith("after layer 1 · #2 ") and "score" in cell.get_attribute("title")
+    assert console_errors(page) == []
+    # without layers: no layer view, and the data are as before
+    plain = open_page(browser, save_interactive_html(found, tmp_path / "plain.html"))
+    assert plain.find_elements("id", "layer-grid") == [] and console_errors(plain) == []
+    assert "layers" not in page_data(found)
+
+
+def test_the_layer_view_keeps_hostile_tokens_text(browser, tmp_path):
+    hostile = hostile_result()
+    n = len(hostile.input_tokens)
+    layers = torch.rand(2, 3, n, generator=torch.Generator().manual_seed(0))
+    page = open_page(browser, save_interactive_html(hostile, tmp_path / "hostile_layers.html", layers=layers))
+    assert page.execute_script("return window.__pwned") is None
+    assert page.find_elements("tag name", "img") == [] and len(page.find_elements("tag name", "script")) == 2
+    heads = [h.get_attribute("textContent") for h in page.find_elements("css selector", "#layer-grid th.col-token")]
+    assert heads == token_labels(hostile.input_display) and all(token in heads for token in HOSTILE)
+    assert console_errors(page) == []
+
+
+def test_layer_data_rejects_what_it_cannot_show(result):
+    n = len(result.input_tokens)
+    with pytest.raises(ValueError, match=r"expected \(3, L \+ 1, "):
+        page_data(result, layers=torch.ones(2, 3, n))
+    with pytest.raises(ValueError, match="expected"):
+        page_data(result, layers=torch.ones(3, 3, n + 1))
+    with pytest.raises(ValueError, match="finite"):
+        page_data(result, layers=torch.full((3, 3, n), float("nan")))
+    data = page_data(result, layers=torch.ones(3, 4, n))
+    assert data["layers"]["n_layers"] == 3 and len(data["layers"]["views"]) == 3

@@ -230,7 +230,7 @@ def test_json_never_records_an_absolute_path_and_says_chat_and_options(tokenizer
     model.name_or_path = str(tmp_path / "cache" / "smollm2-135m-instruct")  # the embedded model's cache
     message = "the cat sat on the mat"
     result = LLMScopeAttribution(SemanticScope(model, tokenizer), tokenizer).attribute(
-        chat_input(tokenizer, message, keep_template=True), target="big", n_steps=2, exclude_special_tokens=False
+        chat_input(tokenizer, message, keep_special=True), target="big", n_steps=2, exclude_special_tokens=False
     )
     meta = result.metadata
     assert meta["model"] == "smollm2-135m-instruct" and str(tmp_path) not in json.dumps(meta)

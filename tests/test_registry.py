@@ -130,7 +130,7 @@ def test_semantic_costs_n_steps_and_refuses_them_locally():
 # isinstance / class test of a scope class
 _BRANCH = re.compile(
     r"""(==|!=|\bin)\s*\(?\s*["'](semantic|temperature|fisher)["']"""
-    r"""|["'](semantic|temperature|fisher)["']\s*(==|!=|in\b)"""
+    r"""|["'](semantic|temperature|fisher)["']\s*(==|!=|in\b|not\s+in\b)"""
     r"""|isinstance\([^)]*(Semantic|Temperature|Fisher)Scope"""
 )
 

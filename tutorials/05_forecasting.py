@@ -27,29 +27,12 @@
 # We reproduce the experiment on SmolLM2-135M-Instruct and quantify both claims over several random series.
 
 # %%
-import os
-import warnings
-from pathlib import Path
-
 import numpy as np
 import torch
-from IPython.display import Image, display
 
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm: no ipywidgets; bars are off anyway
+from captum_jscopes.display.notebook import tutorial
 
-# JSCOPES_TUTORIAL_FAST=1 (set by the test suite) runs a reduced size; the saved outputs are full runs.
-FAST = os.environ.get("JSCOPES_TUTORIAL_FAST") == "1"
-OUT = Path("outputs") / "05_forecasting"  # every figure this notebook draws is also written here
-OUT.mkdir(parents=True, exist_ok=True)
-torch.manual_seed(0)
-
-
-def show(fig, filename, dpi=80):
-    """Write a matplotlib figure to OUT/filename and display that PNG (a modest dpi keeps the notebook small)."""
-    path = OUT / filename
-    fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
-    display(Image(filename=str(path)))
-    return path
+FAST, OUT, show = tutorial("05_forecasting")  # JSCOPES_TUTORIAL_FAST=1 (the test suite) runs a reduced size
 
 
 # %%

@@ -36,7 +36,6 @@
 # %%
 import json
 import os
-import warnings
 from pathlib import Path
 
 import torch
@@ -48,21 +47,9 @@ from captum_jscopes.bench.trust import flip_bos
 from captum_jscopes.display.linearity import plot_linearity
 from captum_jscopes.metrics import sink_report
 
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm: no ipywidgets; bars are off anyway
+from captum_jscopes.display.notebook import tutorial
 
-# JSCOPES_TUTORIAL_FAST=1 (set by the test suite) runs a reduced size; the saved outputs are full runs.
-FAST = os.environ.get("JSCOPES_TUTORIAL_FAST") == "1"
-OUT = Path("outputs") / "07_trust"  # every figure this notebook draws is also written here
-OUT.mkdir(parents=True, exist_ok=True)
-torch.manual_seed(0)
-
-
-def show(fig, filename, dpi=80):
-    """Write a matplotlib figure to OUT/filename and display that PNG (a modest dpi keeps the notebook small)."""
-    path = OUT / filename
-    fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
-    display(Image(filename=str(path)))
-    return path
+FAST, OUT, show = tutorial("07_trust")  # JSCOPES_TUTORIAL_FAST=1 (the test suite) runs a reduced size
 
 
 model, tokenizer = load_model()  # the embedded SmolLM2-135M-Instruct

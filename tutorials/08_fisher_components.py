@@ -30,9 +30,6 @@
 # German-English translation prompt with the embedded SmolLM2-135M-Instruct.
 
 # %%
-import os
-from pathlib import Path
-
 import torch
 from IPython.display import Image, display
 from scipy.stats import spearmanr
@@ -41,10 +38,9 @@ from captum_jscopes import FisherScope, load_model
 from captum_jscopes.display.fisher_components import plot_components
 from captum_jscopes.fisher.components import describe
 
-# JSCOPES_TUTORIAL_FAST=1 (set by the test suite) runs a reduced size; the saved outputs are full runs.
-FAST = os.environ.get("JSCOPES_TUTORIAL_FAST") == "1"
-OUT = Path("outputs") / "08_fisher_components"  # every figure this notebook draws is also written here
-OUT.mkdir(parents=True, exist_ok=True)
+from captum_jscopes.display.notebook import tutorial
+
+FAST, OUT, show = tutorial("08_fisher_components")  # JSCOPES_TUTORIAL_FAST=1 (the test suite) runs a reduced size
 K = 2 if FAST else 4
 
 model, tokenizer = load_model()  # the embedded SmolLM2-135M-Instruct

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional, Sequence
 
-from captum_jscopes.models import DEFAULT_MODEL, EMBEDDED_MODELS
+from captum_jscopes.models import DEFAULT_MODEL, EMBEDDED_MODELS, ModelNotAvailableError, load_model
 from captum_jscopes.runs.prompts import DATASETS, DEFAULT_DATASET
 
 __all__ = ["model_short_name", "model_id", "data_id", "results_dir", "add_model_arguments", "add_prompt_arguments",
-           "add_output_arguments"]
+           "add_output_arguments", "cli_message", "DEFAULT_RESULTS_FOLDER", "RESULTS_ROOT"]
 
+#: the committed results of a source checkout (``benchmarks/results``); runs write there only with ``--out``
 RESULTS_ROOT = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+#: the folder, under the current one, of a run's default output: never a folder of committed results
+DEFAULT_RESULTS_FOLDER = "jscopes-bench"
 
 
 def model_short_name(name: Optional[str]) -> str:
@@ -48,8 +51,21 @@ def data_id(data: str) -> str:
 
 
 def results_dir(benchmark: str, model: Optional[str]) -> Path:
-    """``benchmarks/results/<benchmark>-<model short name>`` in the repository."""
-    return RESULTS_ROOT / f"{benchmark}-{model_short_name(model)}"
+    """Default output folder of a run: ``jscopes-bench/<benchmark>-<model short name>`` under the current
+    folder (relative), wherever the package is installed; the committed results in the repository's
+    ``benchmarks/results`` (:data:`RESULTS_ROOT`) are written only when ``--out`` names them."""
+    return Path(DEFAULT_RESULTS_FOLDER) / f"{benchmark}-{model_short_name(model)}"
+
+
+def cli_message(err: BaseException) -> str:
+    """An error's message as a command line says it: a refused previous run
+    (:class:`~captum_jscopes.runs.runner.PreviousRunError`) names ``--out`` and
+    ``--overwrite`` instead of the Python keywords."""
+    from captum_jscopes.runs.runner import PreviousRunError
+
+    if isinstance(err, PreviousRunError):
+        return err.describe(elsewhere="another --out", overwrite="--overwrite")
+    return str(err)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +96,43 @@ def add_prompt_arguments(parser: argparse.ArgumentParser, n_default: Optional[in
 
 def add_output_arguments(parser: argparse.ArgumentParser, benchmark: str) -> None:
     """--out, --overwrite, --report-only."""
-    parser.add_argument("--out", default=None, help=f"output folder (default benchmarks/results/{benchmark}-<model>)")
+    parser.add_argument("--out", default=None,
+                        help=f"output folder (default {DEFAULT_RESULTS_FOLDER}/{benchmark}-<model> under the current "
+                        "folder); a folder holding a run with other settings is refused")
     parser.add_argument("--overwrite", action="store_true", help="discard a previous run in --out instead of resuming")
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild the report from the records in --out (a partial one while a run is unfinished)")
+
+
+def load_benchmark_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The model and tokenizer of ``--model``, ``--dtype`` and ``--device``
+    (default: CUDA when there is one), after ``--threads`` is applied."""
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return load_model(args.model, dtype=args.dtype, device=device, progress=False)
+
+
+def benchmark_main(name: str, parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
+                   run: Callable[[argparse.Namespace, Path], dict], report_file: str) -> int:
+    """What every benchmark's ``main`` does around its work: parse ``argv``, run
+    ``run(args, out_dir)`` (``--out``, else :func:`results_dir`) and print where its
+    report is; 0 when done, 2 for bad arguments or input (a one-line error naming
+    the CLI flags)."""
+    import sys
+
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 2
+    try:
+        out_dir = Path(args.out) if args.out else results_dir(name, args.model)
+        summary = run(args, out_dir)
+    except (ValueError, ModelNotAvailableError) as err:
+        print(f"{name} benchmark: error: {cli_message(err)}", file=sys.stderr)
+        return 2
+    print(f"{summary['n_prompts']} prompts; report: {out_dir / report_file}")
+    return 0
+

@@ -78,6 +78,7 @@ from captum_jscopes.bench.common import (
     add_model_arguments,
     add_output_arguments,
     add_prompt_arguments,
+    cli_message,
     data_id,
     model_id,
     model_short_name,
@@ -228,7 +229,7 @@ def _evaluate_methods(model, tokenizer, ids, target, prompt_id, settings, ablati
 
 # ====================================================================== command line
 def default_out_dir(model: Optional[str]) -> Path:
-    """``benchmarks/results/faithfulness-<model short name>`` in the repository."""
+    """``jscopes-bench/faithfulness-<model short name>`` under the current folder."""
     return results_dir("faithfulness", model)
 
 
@@ -318,6 +319,7 @@ def _run(args: argparse.Namespace, methods: tuple[str, ...], out_dir: Path) -> d
         lambda prompt: evaluate_prompt(model, tokenizer, prompt, settings),
         out_dir,
         desc="faithfulness",
+        size_flag="--n",
         meta=meta,
         overwrite=args.overwrite,
     )
@@ -356,7 +358,7 @@ def main(argv: Optional[Sequence[str]] = None, *, prog: Optional[str] = None) ->
         else:
             summary = _run(args, methods, out_dir)
     except (ValueError, ModelNotAvailableError) as err:
-        print(f"faithfulness benchmark: error: {err}", file=sys.stderr)
+        print(f"faithfulness benchmark: error: {cli_message(err)}", file=sys.stderr)
         return 2
     if summary:
         _print_summary(summary, out_dir)

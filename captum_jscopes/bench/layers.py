@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -38,14 +37,13 @@ import torch
 from torch import Tensor, nn
 
 from captum_jscopes.analysis.layers import layer_map, spearman_by_layer
-from captum_jscopes.bench.common import add_model_arguments, add_output_arguments, add_prompt_arguments, data_id, \
-    model_id, results_dir
+from captum_jscopes.bench.common import (add_model_arguments, add_output_arguments, add_prompt_arguments, benchmark_main,
+                                         data_id, load_benchmark_model, model_id)
 from captum_jscopes.core.forward import accepts, decoder_layers
 from captum_jscopes.core.model_state import preserved_state
 from captum_jscopes.core.tokens import special_tokens_mask
-from captum_jscopes.models import ModelNotAvailableError, load_model
 from captum_jscopes.runs.prompts import Prompt, load_prompts, prepare_prompt
-from captum_jscopes.runs.runner import read_records, run_sharded, write_json_atomic, write_text_atomic
+from captum_jscopes.runs.runner import read_records, read_shard_records, run_sharded, write_json_atomic, write_text_atomic
 from captum_jscopes.scopes.registry import SCOPES
 
 __all__ = ["patching_effects", "evaluate_prompt", "write_layers_report", "main"]
@@ -214,8 +212,9 @@ def write_layers_report(out_dir: Path, records: Optional[list[dict]] = None) -> 
     """``summary.json`` and ``layers.md`` in ``out_dir`` from the records (read
     from the folder when not given)."""
     out_dir = Path(out_dir)
-    if records is None:
-        records = read_records(out_dir / "records.jsonl")
+    if records is None:  # a finished run's records, else what the shards hold so far (a partial report)
+        done = out_dir / "records.jsonl"
+        records = read_records(done) if done.exists() else list(read_shard_records(out_dir).values())
     meta = json.loads((out_dir / "run.json").read_text()) if (out_dir / "run.json").exists() else {}
     summary = summarise(records)
     write_json_atomic(out_dir / "summary.json", summary)
@@ -239,8 +238,8 @@ def write_layers_report(out_dir: Path, records: Optional[list[dict]] = None) -> 
                     cells.append(f"{row['mean']:+.3f} ± {row['sem']:.3f}" if row["n"] else "n/a")
                 lines.append(f"| {layer} | " + " | ".join(cells) + " |")
             lines.append("")
-        lines += ["Median hand-off layer (first layer from which a token's own position holds less than half "
-                  "its peak score): " + ", ".join(f"{name} {summary['scopes'][name]['median_handoff']}"
+        lines += ["Median hand-off layer (the first layer from which a token's own position holds less than "
+                  "half of its largest share of a row; LayerMap.handoff): " + ", ".join(f"{name} {summary['scopes'][name]['median_handoff']}"
                                                   for name in SCOPE_OPTIONS), ""]
     write_text_atomic(out_dir / "layers.md", "\n".join(lines))
     return summary
@@ -261,34 +260,22 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None, *, prog: Optional[str] = None) -> int:
     """Run the benchmark (or rebuild its report); 0 ok, 2 bad arguments or input."""
-    parser = build_parser(prog)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as stop:
-        return stop.code if isinstance(stop.code, int) else 2
-    try:
-        out_dir = Path(args.out) if args.out else results_dir("layers", args.model)
-        if args.report_only:
-            summary = write_layers_report(out_dir)
-        else:
-            if args.max_tokens < 4 or args.batch_size < 1 or args.stride < 1:
-                raise ValueError("--max-tokens must be >= 4, --batch-size and --stride >= 1")
-            prompts = load_prompts(args.data, args.n, offset=args.offset)
-            meta = {"benchmark": "layers", "format": RECORD_FORMAT, "model": model_id(args.model),
-                    "data": data_id(args.data), "dtype": args.dtype, "max_tokens": args.max_tokens,
-                    "stride": args.stride}
-            if args.threads is not None:
-                torch.set_num_threads(args.threads)
-            model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, progress=False)
-            path = run_sharded(prompts, lambda p: evaluate_prompt(model, tokenizer, p, args.max_tokens,
-                                                                  args.batch_size, args.stride),
-                               out_dir, desc="layers", meta=meta, overwrite=args.overwrite)
-            summary = write_layers_report(out_dir, read_records(path))
-    except (ValueError, ModelNotAvailableError) as err:
-        print(f"layers benchmark: error: {err}", file=sys.stderr)
-        return 2
-    print(f"{summary['n_prompts']} prompts; report: {out_dir / 'layers.md'}")
-    return 0
+    return benchmark_main("layers", build_parser(prog), argv, _run, "layers.md")
+
+
+def _run(args: argparse.Namespace, out_dir: Path) -> dict:
+    if args.report_only:
+        return write_layers_report(out_dir)
+    if args.max_tokens < 4 or args.batch_size < 1 or args.stride < 1:
+        raise ValueError("--max-tokens must be >= 4, --batch-size and --stride >= 1")
+    prompts = load_prompts(args.data, args.n, offset=args.offset)
+    meta = {"benchmark": "layers", "format": RECORD_FORMAT, "model": model_id(args.model),
+            "data": data_id(args.data), "dtype": args.dtype, "max_tokens": args.max_tokens, "stride": args.stride}
+    model, tokenizer = load_benchmark_model(args)
+    path = run_sharded(prompts, lambda p: evaluate_prompt(model, tokenizer, p, args.max_tokens, args.batch_size,
+                                                          args.stride),
+                       out_dir, desc="layers", meta=meta, overwrite=args.overwrite, size_flag="--n")
+    return write_layers_report(out_dir, read_records(path))
 
 
 if __name__ == "__main__":

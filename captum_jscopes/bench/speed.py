@@ -42,6 +42,7 @@ from captum_jscopes.models import describe_model, load_model
 from captum_jscopes.scopes.semantic import SemanticScope
 from captum_jscopes.bench.methods import METHODS, method
 from captum_jscopes.runs.prompts import load_prompts, prepare_prompt
+from captum_jscopes.bench.common import DEFAULT_RESULTS_FOLDER, cli_message
 from captum_jscopes.runs.runner import read_records, run_sharded
 
 #: The per-token table: the floor, then methods of the table (captum_jscopes.bench.methods).
@@ -302,7 +303,8 @@ def fisher_accuracy(args, model, tokenizer, out_dir: Path) -> dict:
         ids = encode(tokenizer, prompt.text, args.max_tokens, device)
         return _fisher_record(scope, ids, args.fisher_methods, seeds, cached.get(prompt.id))
 
-    path = run_sharded(prompts, one_prompt, out_dir, desc="Fisher accuracy", meta=settings, overwrite=args.overwrite)
+    path = run_sharded(prompts, one_prompt, out_dir, desc="Fisher accuracy", meta=settings, overwrite=args.overwrite,
+                       size_flag="--fisher-n")
     records = read_records(path)
 
     def values(name: str, key: str) -> list[float]:
@@ -560,7 +562,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--device", default=None)
-    parser.add_argument("--out", default=None, help="output folder (default benchmarks/results/speed-<model>-<device>)")
+    parser.add_argument("--out", default=None, help=f"output folder (default {DEFAULT_RESULTS_FOLDER}/speed-<model>-<device> under the current folder)")
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild speed.md and the plots from the speed.json in --out")
     args = parser.parse_args(argv)
@@ -604,13 +606,13 @@ def main(argv=None) -> int:
             if memory:
                 results["lengths_peak_extra_mib"] = memory
     default_name = f"speed-{describe_model(model)}-{device.type}" + ("-fisher" if args.skip_speed else "")
-    out = Path(args.out or Path("benchmarks") / "results" / default_name)
+    out = Path(args.out or Path(DEFAULT_RESULTS_FOLDER) / default_name)
     out.mkdir(parents=True, exist_ok=True)
     if args.fisher_n:
         try:
             results["fisher_accuracy"] = fisher_accuracy(args, model, tokenizer, out / FISHER_DIR)
         except ValueError as err:  # e.g. an earlier study with other settings in the same folder
-            print(f"speed benchmark: error: {err}", file=sys.stderr)
+            print(f"speed benchmark: error: {cli_message(err)}", file=sys.stderr)
             return 2
     (out / "speed.json").write_text(json.dumps(results, indent=1))
     (out / "speed.md").write_text(markdown(results))

@@ -30,7 +30,6 @@ the position-profile correction study from them without the model. Outputs in
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +40,10 @@ from torch import Tensor, nn
 
 from captum_jscopes.analysis.linearity import DEFAULT_EPSILONS, linearity_check
 from captum_jscopes.metrics import sink_report
-from captum_jscopes.models import ModelNotAvailableError, load_model
 from captum_jscopes.scopes.registry import SCOPES
 from captum_jscopes.core.tokens import special_tokens_mask
-from captum_jscopes.bench.common import add_model_arguments, add_output_arguments, add_prompt_arguments, data_id, model_id, results_dir
+from captum_jscopes.bench.common import (add_model_arguments, add_output_arguments, add_prompt_arguments, benchmark_main,
+                                         data_id, load_benchmark_model, model_id, results_dir)
 from captum_jscopes.runs.prompts import Prompt, load_prompts, prepare_prompt
 from captum_jscopes.runs.runner import read_records, run_sharded
 
@@ -223,7 +222,7 @@ def evaluate_prompt(model: nn.Module, tokenizer: Any, prompt: Prompt, settings: 
 
 # ====================================================================== command line
 def default_out_dir(model: Optional[str]) -> Path:
-    """``benchmarks/results/trust-<model short name>`` in the repository."""
+    """``jscopes-bench/trust-<model short name>`` under the current folder."""
     return results_dir("trust", model)
 
 
@@ -261,43 +260,32 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[Sequence[str]] = None, *, prog: Optional[str] = None) -> int:
     """Run the benchmark (or rebuild its report); returns the exit status (0 ok, 2 bad arguments or input)."""
+    return benchmark_main("trust", build_parser(prog), argv, _run, "trust.md")
+
+
+def _run(args: argparse.Namespace, out_dir: Path) -> dict:
     from captum_jscopes.bench.trust_report import write_trust_report
 
-    parser = build_parser(prog)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as stop:
-        return stop.code if isinstance(stop.code, int) else 2
-    try:
-        _check_args(args)
-        out_dir = Path(args.out) if args.out else default_out_dir(args.model)
-        if args.report_only:
-            summary = write_trust_report(out_dir)
-        else:
-            prompts = load_prompts(args.data, args.n, offset=args.offset)
-            settings = TrustSettings(
-                k=args.k, radius_tokens=args.radius_tokens, tol=args.tol, batch_size=args.batch_size, seed=args.seed,
-                fisher_radius_ids=frozenset(p.id for p in prompts[: args.fisher_radius_n]),
-                radii_variants=VARIANTS if args.radii_variants == "both" else ("as_tokenised",),
-            )
-            meta = {
-                "benchmark": "trust", "format": RECORD_FORMAT, "model": model_id(args.model),
-                "data": data_id(args.data), "dtype": args.dtype, "k": args.k, "radius_tokens": args.radius_tokens,
-                "fisher_radius_n": args.fisher_radius_n,
-                "radii_variants": args.radii_variants, "tol": args.tol, "seed": args.seed,
-                "epsilons": list(DEFAULT_EPSILONS),
-            }
-            if args.threads is not None:
-                torch.set_num_threads(args.threads)
-            model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"), progress=False)
-            path = run_sharded(prompts, lambda p: evaluate_prompt(model, tokenizer, p, settings), out_dir,
-                               desc="trust", meta=meta, overwrite=args.overwrite)
-            summary = write_trust_report(out_dir, read_records(path))
-    except (ValueError, ModelNotAvailableError) as err:
-        print(f"trust benchmark: error: {err}", file=sys.stderr)
-        return 2
-    print(f"{summary['n_prompts']} prompts; report: {out_dir / 'trust.md'}")
-    return 0
+    _check_args(args)
+    if args.report_only:
+        return write_trust_report(out_dir)
+    prompts = load_prompts(args.data, args.n, offset=args.offset)
+    settings = TrustSettings(
+        k=args.k, radius_tokens=args.radius_tokens, tol=args.tol, batch_size=args.batch_size, seed=args.seed,
+        fisher_radius_ids=frozenset(p.id for p in prompts[: args.fisher_radius_n]),
+        radii_variants=VARIANTS if args.radii_variants == "both" else ("as_tokenised",),
+    )
+    meta = {
+        "benchmark": "trust", "format": RECORD_FORMAT, "model": model_id(args.model),
+        "data": data_id(args.data), "dtype": args.dtype, "k": args.k, "radius_tokens": args.radius_tokens,
+        "fisher_radius_n": args.fisher_radius_n,
+        "radii_variants": args.radii_variants, "tol": args.tol, "seed": args.seed,
+        "epsilons": list(DEFAULT_EPSILONS),
+    }
+    model, tokenizer = load_benchmark_model(args)
+    path = run_sharded(prompts, lambda p: evaluate_prompt(model, tokenizer, p, settings), out_dir,
+                       desc="trust", meta=meta, overwrite=args.overwrite, size_flag="--n")
+    return write_trust_report(out_dir, read_records(path))
 
 
 if __name__ == "__main__":

@@ -356,7 +356,10 @@ def _records(run_dir: Path) -> list[dict]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``--run NAME=DIR`` (repeated) -> the verdict (``--out`` .md and .json);
-    ``--analysis DIR`` -> the win analysis of ``--method`` against ``--rival`` (PNG and .md in DIR)."""
+    ``--analysis DIR`` -> the win analysis of ``--method`` against ``--rival`` (PNG and .md in DIR).
+    Without either: the committed verdict of a source checkout, with where it is and how to make one."""
+    from captum_jscopes.bench.common import RESULTS_ROOT
+
     parser = argparse.ArgumentParser(prog="python -m captum_jscopes.bench.verdict", description=__doc__.split("\n")[0])
     parser.add_argument("--run", action="append", default=[], metavar="NAME=DIR",
                         help="a faithfulness run (partial runs are read from their shards)")
@@ -365,6 +368,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--method", default="ig50_token")
     parser.add_argument("--rival", default="fisher_eig1")
     args = parser.parse_args(argv)
+    if not args.run and not args.analysis:
+        committed = RESULTS_ROOT / "faithfulness-verdict.md"
+        hint = f"make one with: {parser.prog} --run NAME=DIR [--run NAME=DIR ...] [--out FILE.md]"
+        if not committed.is_file():  # e.g. an installed wheel: no benchmarks/results beside it
+            print(f"verdict: no committed verdict here ({committed} does not exist); {hint}", file=sys.stderr)
+            return 2
+        print(committed.read_text(encoding="utf-8").rstrip("\n"))
+        print(f"\n(the committed verdict: {committed}; {hint})", file=sys.stderr)
+        return 0
     try:
         if args.run:
             verdicts = []
@@ -374,11 +386,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     raise ValueError(f"--run wants NAME=DIR, got {spec!r}")
                 verdicts.append(verdict(_records(Path(folder)), name))
             text = render_verdict(verdicts)
+            print(text)
             if args.out:
                 out = Path(args.out)
                 out.write_text(text + "\n", encoding="utf-8")
                 out.with_suffix(".json").write_text(json.dumps(finite_or_none(verdicts), indent=1) + "\n")
-            print(text)
+                print(f"verdict written to {out} and {out.with_suffix('.json')}", file=sys.stderr)
         if args.analysis:
             folder = Path(args.analysis)
             analysis = win_analysis(_records(folder), args.method, args.rival)
@@ -386,6 +399,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             plot_wins(analysis, folder / f"{stem}.png")
             (folder / f"{stem}.md").write_text(render_analysis(analysis) + "\n", encoding="utf-8")
             print(render_analysis(analysis))
+            print(f"win analysis written to {folder / (stem + '.md')} and {folder / (stem + '.png')}", file=sys.stderr)
     except ValueError as err:
         print(f"verdict: error: {err}", file=sys.stderr)
         return 2

@@ -22,12 +22,14 @@ BENCHMARKS = {
     "speed": "captum_jscopes.bench.speed",
     "faithfulness": "captum_jscopes.bench.faithfulness",
     "trust": "captum_jscopes.bench.trust",
+    "layers": "captum_jscopes.bench.layers",
 }
 #: what each benchmark measures, for the list ``jscopes bench`` prints
 ABOUT = {
     "speed": "seconds per explained token of every method, as ratios to a floor and to Integrated Gradients",
     "faithfulness": "AOPC by deletion on LAMBADA or another prompt set, optional leave-one-out agreement",
     "trust": "the attention-sink artifact against leave-one-out, and each token's validity radius",
+    "layers": "every scope's map at every layer against patching the residual stream there",
 }
 
 

@@ -17,6 +17,15 @@ Colours: each output token's map shares one scale (the largest score of any
 output token), so maps of different tokens compare directly; the summed view
 has its own scale (sums are larger). Negative scores (Captum's signed methods)
 are drawn in red, positive ones in blue.
+
+Layer view (``layers=``, optional): per output token its map at every layer
+(:func:`captum_jscopes.analysis.layers.layer_map`, ``scope_output(..., layers=True)``),
+shown under the map as a layer x token grid, the input embeddings (layer 0) at
+the bottom, each row divided by its own maximum (the residual stream grows with
+depth, so rows differ in scale), and each token's hand-off layer outlined in
+orange (:meth:`~captum_jscopes.analysis.layers.LayerMap.handoff`). Without
+``layers`` the page is as before: the script draws the grid only when the data
+hold it.
 """
 
 from __future__ import annotations
@@ -29,9 +38,10 @@ from typing import Any, Optional, Union
 import torch
 from captum.attr import LLMAttributionResult
 
+from captum_jscopes.display.layers import HANDOFF_MIN
 from captum_jscopes.display.text import NEWLINE_MARK, display_token, token_labels
 
-__all__ = ["render_interactive_html", "save_interactive_html", "page_data"]
+__all__ = ["render_interactive_html", "save_interactive_html", "page_data", "layer_data"]
 
 PathLike = Union[str, Path]
 
@@ -47,6 +57,7 @@ _SCRIPT = r"""
   var nOut = data.output.length;
   var SUM = -1;
   var current = null;
+  var layerCells = null; // [layer][input token] cells of the layer view, when the data hold one
 
   function el(tag, className, text) {
     var node = document.createElement(tag);
@@ -134,6 +145,7 @@ _SCRIPT = r"""
       top.appendChild(el("li", null, JSON.stringify(data.input[i].tip) + " (token " + i + "): " + fmt(scores[i])));
     });
     document.body.dataset.view = view === SUM ? "sum" : String(view);
+    drawLayers(view);
   }
 
   // left / right arrows step through the output tokens (the summed view is last)
@@ -146,7 +158,75 @@ _SCRIPT = r"""
   });
 
   document.getElementById("metadata").textContent = JSON.stringify(data.metadata, null, 2);
+  if (data.layers) buildLayers(data.layers);
   show(nOut > 1 ? 0 : SUM);
+
+  // ---- the layer view: one grid, recoloured by show() through drawLayers()
+  function buildLayers(layers) {
+    var box = el("section", null);
+    box.id = "layers";
+    box.appendChild(el("h2", null, "Layer by layer"));
+    box.appendChild(el("div", "note", layers.about));
+    var shownLayer = el("div", null);
+    shownLayer.id = "layer-shown";
+    box.appendChild(shownLayer);
+    var scroll = el("div", null);
+    scroll.id = "layer-scroll";
+    var table = el("table", null);
+    table.id = "layer-grid";
+    layerCells = [];
+    // cells as wide as a short prompt allows (a long one scrolls sideways); layer numbers
+    // every 5th layer (and the first and last), as in the PNG
+    var cellWidth = Math.max(13, Math.min(44, Math.floor(640 / data.input.length)));
+    var named = function (l) { return l === 0 || l === layers.n_layers || (layers.n_layers <= 12 || l % 5 === 0); };
+    // the deepest layer on top, the input embeddings (layer 0) at the bottom, under
+    // them the token labels: the same orientation as the PNG (display/layers.py)
+    for (var l = layers.n_layers; l >= 0; l--) {
+      var tr = el("tr", null);
+      tr.dataset.layer = String(l);
+      tr.appendChild(el("th", "layer-name", l === 0 ? "emb" : (named(l) ? String(l) : "")));
+      var cells = data.input.map(function (token, i) {
+        var td = el("td", "cell");
+        td.dataset.index = String(i);
+        td.style.width = td.style.minWidth = cellWidth + "px";
+        tr.appendChild(td);
+        return td;
+      });
+      layerCells[l] = cells;
+      table.appendChild(tr);
+    }
+    var labels = el("tr", null);
+    labels.appendChild(el("th", null));
+    data.input.forEach(function (token, i) {
+      var th = el("th", "col-token", token.text);
+      th.title = "#" + i + " " + JSON.stringify(token.tip);
+      labels.appendChild(th);
+    });
+    table.appendChild(labels);
+    scroll.appendChild(table);
+    box.appendChild(scroll);
+    box.appendChild(el("div", "note", layers.legend));
+    // after the map's own scale and top tokens, before the metadata
+    document.body.insertBefore(box, document.querySelector("details"));
+  }
+  function drawLayers(view) {
+    if (!layerCells) return;
+    var grid = view === SUM ? data.layers.summed : data.layers.views[view];
+    layerCells.forEach(function (cells, l) {
+      cells.forEach(function (td, i) {
+        var v = grid.rows[l][i];
+        td.dataset.value = String(v);
+        td.style.backgroundColor = "rgba(31, 119, 180, " + Math.min(1, Math.max(0, v)).toFixed(3) + ")";
+        td.classList.toggle("handoff", grid.handoff[i] === l && l > 0);
+        td.title = (l === 0 ? "input embeddings" : "after layer " + l) + " · #" + i + " " +
+          JSON.stringify(data.input[i].tip) + ": " + fmt(v) + " of the row's maximum (score " +
+          fmt(v * grid.peaks[l]) + ")" + (grid.handoff[i] === l && l > 0 ? " · hand-off layer" : "");
+      });
+    });
+    document.getElementById("layer-shown").textContent = view === SUM
+      ? "Layer view of the sum over all " + nOut + " output tokens"
+      : "Layer view of output token " + (view + 1) + ": " + JSON.stringify(data.output[view].text);
+  }
 })();
 """
 
@@ -165,6 +245,17 @@ h1 { font-size: 1.2em; margin: 0 0 0.3em 0; }
 .tok { border-radius: 4px; padding: 1px 2px; margin: 0 1px; white-space: pre; }
 #top { margin: 0.3em 0; }
 pre { white-space: pre-wrap; font-size: 12px; }
+h2 { font-size: 1.05em; margin: 1em 0 0.3em 0; }
+.note { color: #555; font-size: 0.9em; margin: 0.2em 0; }
+#layer-scroll { overflow-x: auto; max-width: 100%; }
+#layer-shown { font-weight: bold; margin: 0.4em 0 0 0; }
+#layer-grid { border-collapse: collapse; margin: 0.4em 0; }
+#layer-grid td.cell { width: 13px; min-width: 13px; height: 10px; padding: 0; border: 0; }
+#layer-grid td.handoff { box-shadow: inset 0 -3px 0 #ff7f0e; }
+#layer-grid th.layer-name { font-size: 10px; font-weight: normal; color: #555; text-align: right;
+  padding: 0 4px 0 0; line-height: 10px; }
+#layer-grid th.col-token { writing-mode: vertical-rl; white-space: pre; font-size: 11px; font-weight: normal;
+  padding: 3px 0 0 0; vertical-align: top; max-height: 9em; overflow: hidden; }
 """
 
 # No network: a Content-Security-Policy that allows only this page's own inline
@@ -172,18 +263,23 @@ pre { white-space: pre-wrap; font-size: 12px; }
 _CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
 
 
-def page_data(result: Any, title: Optional[str] = None) -> dict:
+def page_data(result: Any, title: Optional[str] = None, layers: Any = None) -> dict:
     """What the page shows, as JSON-ready data: ``title``, ``about``, ``input``
     (per input token: ``text`` as shown on the map, ``tip`` as named in its
     tooltip, ``raw`` tokenizer piece, ``newline``), ``output`` (per output token: ``text``, ``prob`` or None),
     ``scores`` (one row of input scores per output token), ``summed`` (the sum
-    of the rows) and ``metadata``.
+    of the rows) and ``metadata``; with ``layers`` also ``layers``
+    (:func:`layer_data`).
 
     Args:
         result: a :class:`~captum_jscopes.ScopeResult` or any Captum
             ``LLMAttributionResult``; without ``token_attr`` the page has one
             view, the whole output (its tokens joined), whose map is ``seq_attr``.
         title: the page's heading; default from the metadata's scope and model.
+        layers: optional (P, L + 1, n) tensor or array: per output token (P rows,
+            as in ``token_attr``) its map at every layer, row 0 over the input
+            embeddings, columns aligned with ``result.input_tokens``. Default
+            None: no layer view (the data are as without it).
     """
     if not isinstance(result, LLMAttributionResult):
         raise TypeError(f"expected a ScopeResult or a Captum LLMAttributionResult, not {type(result).__name__}")
@@ -221,7 +317,7 @@ def page_data(result: Any, title: Optional[str] = None) -> dict:
         f"explains {target!r}, {rows.shape[0]} output tokens. " if isinstance(target, str) else f"{rows.shape[0]} output tokens. "
     )
     about += "Choose an output token (or press ← →); hover over an input token for its score."
-    return {
+    data = {
         "title": str(title),
         "about": about,
         "input": inputs,
@@ -229,6 +325,66 @@ def page_data(result: Any, title: Optional[str] = None) -> dict:
         "scores": rows.tolist(),
         "summed": rows.sum(0).tolist(),
         "metadata": metadata,
+    }
+    if layers is not None:
+        data["layers"] = layer_data(layers, n_outputs=rows.shape[0], n_inputs=rows.shape[1])
+    return data
+
+
+#: decimals of the layer view's row-normalised values (values in [0, 1]; keeps the page small)
+LAYER_DECIMALS = 4
+
+
+def layer_data(layers: Any, n_outputs: int, n_inputs: int) -> dict:
+    """The layer view's data: ``n_layers`` (L), ``views`` (per output token) and
+    ``summed`` (their sum), each ``{"rows": (L + 1) lists of n values, each row
+    divided by its maximum; "peaks": (L + 1) row maxima (the raw scale);
+    "handoff": n hand-off layers}``, and the texts ``about`` and ``legend``.
+
+    Args:
+        layers: (P, L + 1, n) tensor or array, >= 0 (P = ``n_outputs``, n = ``n_inputs``).
+    Raises:
+        ValueError: a wrong shape, NaN / inf or a negative score.
+    """
+    grid = torch.as_tensor(layers.detach().cpu() if isinstance(layers, torch.Tensor) else layers).double()
+    if grid.dim() != 3 or tuple(grid.shape[::2]) != (n_outputs, n_inputs) or grid.shape[1] < 2:
+        raise ValueError(
+            f"layers has shape {tuple(grid.shape)}, expected ({n_outputs}, L + 1, {n_inputs}): "
+            "per output token, per layer (0 = input embeddings), one column per input token"
+        )
+    if not bool(grid.isfinite().all()) or bool((grid < 0).any()):
+        raise ValueError("the layer scores must be finite and >= 0")
+    return {
+        "n_layers": int(grid.shape[1] - 1),
+        "views": [_layer_view(g) for g in grid],
+        "summed": _layer_view(grid.sum(0)),
+        "about": "The map at every layer: row l scores each input token at the residual stream after "
+                 "decoder layer l (emb = the input embeddings, the map above). Each row is divided by its "
+                 "own maximum: the residual stream grows with depth, so rows differ in scale; compare tokens "
+                 "within a row. A first-order (gradient) picture.",
+        "legend": "Orange underline: the token's hand-off layer, from which up its share of the row stays below "
+                  f"half its peak (tokens reaching {HANDOFF_MIN:.0%} of a row's maximum). Hover a cell for its value.",
+    }
+
+
+def _layer_view(scores: torch.Tensor) -> dict:
+    """One (L + 1, n) grid: rows / their maxima, the maxima, the hand-off layers."""
+    from captum_jscopes.analysis.layers import LayerMap  # the one definition of the hand-off layer
+
+    peaks = scores.amax(-1)
+    rows = scores / peaks.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
+    n = scores.shape[-1]
+    # a LayerMap of this one grid (ids and position unused by handoff())
+    handoff = LayerMap(
+        scores=scores[None], error=torch.zeros_like(scores[None]), input_ids=torch.zeros(1, n, dtype=torch.long),
+        attention_mask=torch.ones(1, n, dtype=torch.long), positions=torch.zeros(1, dtype=torch.long), scope="",
+    ).handoff()[0]
+    # a token that never carries much has a noisy hand-off layer: none shown (as in the PNG)
+    handoff = torch.where(rows.amax(0) >= HANDOFF_MIN, handoff, torch.zeros_like(handoff))
+    return {
+        "rows": rows.round(decimals=LAYER_DECIMALS).tolist(),
+        "peaks": peaks.tolist(),
+        "handoff": handoff.tolist(),
     }
 
 
@@ -255,10 +411,11 @@ def _script_json(data: dict) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def render_interactive_html(result: Any, title: Optional[str] = None) -> str:
+def render_interactive_html(result: Any, title: Optional[str] = None, layers: Any = None) -> str:
     """The interactive page of ``result`` as one self-contained HTML string (see
-    the module docstring; the data are :func:`page_data`'s)."""
-    data = page_data(result, title)
+    the module docstring; the data are :func:`page_data`'s, ``layers`` the
+    optional (P, L + 1, n) layer maps of its layer view)."""
+    data = page_data(result, title, layers)
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -278,10 +435,18 @@ def render_interactive_html(result: Any, title: Optional[str] = None) -> str:
     )
 
 
-def save_interactive_html(result: Any, path: PathLike, title: Optional[str] = None) -> Path:
+def save_interactive_html(result: Any, path: PathLike, title: Optional[str] = None, layers: Any = None) -> Path:
     """Write :func:`render_interactive_html` to ``path`` (UTF-8; parent folders
-    are created). Returns the path."""
+    are created). Returns the path.
+
+    Args:
+        result, title: as in :func:`page_data`.
+        layers: optional (P, L + 1, n) tensor / array, per output token its map
+            at every layer (row 0 = the input embeddings), columns aligned with
+            ``result.input_tokens``: the page then shows, under the chosen output
+            token's map, its layer x token grid. Default None: no layer view.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_interactive_html(result, title), encoding="utf-8")
+    path.write_text(render_interactive_html(result, title, layers), encoding="utf-8")
     return path

@@ -13,6 +13,8 @@ scopes are compared on identical inputs.
 
 from __future__ import annotations
 
+import warnings
+
 from typing import Any, Optional, Union
 
 import torch
@@ -138,7 +140,7 @@ class LLMScopeAttribution(LLMGradientAttribution):
         settings: dict[str, Any] = {
             "chat": chat,
             # keep_special as the CLI means it: special tokens scored and, in a chat, the template shown
-            "keep_special": not excluded and (not chat or inp.keep_template),
+            "keep_special": not excluded and (not chat or inp.keep_special),
         }
         options.pop("token_mask", None)  # a tensor, not a setting one can write down
         # the rest are the scope's own options, written down as the scope does (defaults
@@ -187,16 +189,18 @@ class ChatTokenInput(TextTokenInput):
     """A Captum ``TextTokenInput`` for a chat-formatted prompt whose interpretable
     tokens are only those of the user's message (template markers and the system
     prompt are kept in the model input but not attributed), or with
-    ``keep_template=True`` every token of the formatted prompt."""
+    ``keep_special=True`` every token of the formatted prompt (``keep_template=``
+    is its deprecated name)."""
 
     def __init__(
         self, tokenizer: Any, message: str, *, system: Optional[str] = None, baselines: int = 0,
-        keep_template: bool = False,
+        keep_special: bool = False, keep_template: Optional[bool] = None,
     ) -> None:
+        keep_special = _keep_special(keep_special, keep_template)
         input_ids, user_mask = chat_prompt(tokenizer, message, system=system)
         # kept for the result's metadata: the prompt as the user wrote it, and how it was shown
-        self.message, self.system, self.keep_template = message, system, keep_template
-        if keep_template:
+        self.message, self.system, self.keep_special = message, system, keep_special
+        if keep_special:
             user_mask = torch.ones_like(user_mask)
         self.inp_tensor = input_ids
         self.itp_mask = user_mask
@@ -209,8 +213,18 @@ class ChatTokenInput(TextTokenInput):
 
 
 def chat_input(
-    tokenizer: Any, message: str, *, system: Optional[str] = None, keep_template: bool = False
+    tokenizer: Any, message: str, *, system: Optional[str] = None, keep_special: bool = False,
+    keep_template: Optional[bool] = None,
 ) -> ChatTokenInput:
     """The chat prompt as a Captum input for :class:`LLMScopeAttribution`: the
-    user's tokens are attributed, or every token with ``keep_template=True``."""
-    return ChatTokenInput(tokenizer, message, system=system, keep_template=keep_template)
+    user's tokens are attributed, or every token with ``keep_special=True`` (the
+    name the CLI, ``explain`` and ``DatasetSettings`` use; ``keep_template=`` is
+    its deprecated name)."""
+    return ChatTokenInput(tokenizer, message, system=system, keep_special=_keep_special(keep_special, keep_template))
+
+
+def _keep_special(keep_special: bool, keep_template: Optional[bool]) -> bool:
+    if keep_template is None:
+        return keep_special
+    warnings.warn("keep_template= is deprecated; use keep_special=", DeprecationWarning, stacklevel=3)
+    return keep_special or keep_template

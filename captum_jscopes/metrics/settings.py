@@ -16,6 +16,8 @@ from typing import Any, Optional
 
 from torch import Tensor, nn
 
+from captum_jscopes.core.settings import Settings
+
 __all__ = ["ABLATION_MODES", "AblationSettings", "replacement_token_id"]
 
 ABLATION_MODES = ("zero", "token", "mask")
@@ -40,7 +42,7 @@ def replacement_token_id(tokenizer: Any = None, config: Any = None) -> Optional[
 
 
 @dataclass(frozen=True)
-class AblationSettings:
+class AblationSettings(Settings):
     """How the metrics ablate tokens and batch the ablated prompts.
 
     Attributes:
@@ -71,20 +73,6 @@ class AblationSettings:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
         if not isinstance(self.include_special, bool):
             raise TypeError(f"include_special must be a bool, got {type(self.include_special).__name__}")
-
-    @classmethod
-    def of(cls, settings: Optional["AblationSettings"] = None, **overrides: Any) -> "AblationSettings":
-        """``settings`` (default: the defaults) with ``overrides`` applied; a
-        TypeError names any keyword that is not a setting."""
-        if settings is None:
-            settings = cls()
-        elif not isinstance(settings, cls):
-            raise TypeError(f"settings must be an AblationSettings, got {type(settings).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise TypeError(f"unexpected keyword arguments {unknown}; the ablation settings are {sorted(names)}")
-        return dataclasses.replace(settings, **overrides) if overrides else settings
 
     def replacement(self, model: nn.Module) -> Optional[int]:
         """The replacement id of ``"token"`` mode, checked against the model's

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 from urllib.parse import quote
 
+from captum_jscopes.core.settings import Settings
 from captum_jscopes.runs.prompts import Prompt, load_prompts
 from captum_jscopes.runs.runner import (
     RUN_FILE,
@@ -103,7 +104,7 @@ Source = Union[str, os.PathLike, Sequence[Prompt]]
 
 
 @dataclass(frozen=True)
-class DatasetSettings:
+class DatasetSettings(Settings):
     """What is computed for every prompt; stored in ``run.json``, so a rerun into
     the same folder with other settings is refused.
 
@@ -196,32 +197,29 @@ class DatasetSettings:
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
 
+    #: fisher_method: the init-only former name of fisher_estimator
+    former_names = ("fisher_method",)
+
     @classmethod
-    def of(cls, settings: Optional["DatasetSettings"] = None, **overrides: Any) -> "DatasetSettings":
-        """``settings`` (default: the defaults) with ``overrides`` applied; a
-        TypeError names any keyword that is not a setting."""
-        if settings is None:
-            settings = cls()
-        elif not isinstance(settings, cls):
-            raise TypeError(f"settings must be a {cls.__name__} or None, got {type(settings).__name__}")
-        # fisher_method: the init-only former name of fisher_estimator
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)} - {"fisher_method"})
-        if unknown:
-            raise TypeError(f"unknown setting(s) {unknown}; {cls.__name__} has {[f.name for f in dataclasses.fields(cls)]}")
-        if overrides.get("fisher_method") is not None:
+    def _renamed(cls, overrides: dict) -> dict:
+        method = overrides.pop("fisher_method", None)
+        if method is not None:
             # an override of the estimator, whatever ``settings`` chose before
             overrides["fisher_estimator"] = fisher_estimator_argument(
-                overrides.get("fisher_estimator", DEFAULT_FISHER_ESTIMATOR), overrides.pop("fisher_method"), stacklevel=4
+                overrides.get("fisher_estimator", DEFAULT_FISHER_ESTIMATOR), method, stacklevel=5
             )
-        return dataclasses.replace(settings, **overrides) if overrides else settings
+        return overrides
 
     def to_dict(self) -> dict:
         """The settings as stored in ``run.json`` (JSON types; ``fisher_estimator``
         only with the Fisher Scope, so that it does not block other reruns)."""
         data = dataclasses.asdict(self)
         data["scopes"] = list(self.scopes)
-        if "fisher" not in self.scopes:
-            del data["fisher_estimator"]
+        for name in list(data):
+            # a scope's own setting (<scope>_<option>) only with that scope
+            owner = next((scope for scope in SCOPES if name.startswith(f"{scope}_")), None)
+            if owner is not None and owner not in self.scopes:
+                del data[name]
         return data
 
     @staticmethod

@@ -19,8 +19,8 @@ Layout of ``out_dir``:
 - ``records.jsonl``: all records merged, deduplicated by id, in prompt order (written at the end).
 
 Long runs say how long they will take: after the first prompt the main process prints a one-line estimate of
-the whole run on stderr ("1000 prompts, about 20 h 50 min on this machine at 75 s per prompt; --n 20 for a
-look"). On a terminal a progress bar follows; when stderr is a file (a batch job's log) each process prints a
+the whole run on stderr ("faithfulness: 1000 prompts, about 20 h 50 min on this machine at 75 s per prompt;
+--n 20 for a look"). On a terminal a progress bar follows; when stderr is a file (a batch job's log) each process prints a
 line with done/total, the time per prompt and the time left every ``max(1, total // 100)`` prompts or every
 60 s, whichever comes later (``JSCOPES_PROGRESS_SECONDS`` changes the 60 s), and a last line when it is done.
 """
@@ -100,7 +100,7 @@ def run_sharded(
             in a multi-process launch the other processes then wait at the final barrier until the
             process-group timeout.
         out_dir: output folder, created if missing.
-        desc: label of the progress bar (default ``"prompts"``).
+        desc: label of the estimate, the progress bar and the progress lines (default ``"prompts"``).
         state: object with ``process_index``, ``num_processes``, ``is_main_process`` and
             ``wait_for_everyone()`` (default ``None``: ``accelerate.PartialState()``, which is a single
             process without a launcher). For runs whose processes may wait on each other longer than the
@@ -110,14 +110,15 @@ def run_sharded(
             :class:`PreviousRunError` (a ``ValueError``).
         overwrite: delete the shards, ``records.jsonl`` and ``run.json`` of a previous run first
             (default ``False``: resume it).
-        progress: the progress report on stderr: ``False`` none; ``True`` the estimate of the whole run after
-            the first prompt, then a bar on a terminal or, when stderr is a file, a line every
-            ``max(1, total // 100)`` prompts or 60 s, whichever comes later, and one at the end; ``None``
-            (default) the same as ``True`` for a long run (an estimate over a minute, or stderr not a terminal
-            and not ``pytest``'s capture), i.e. ``True`` except that a run of a few seconds in a notebook or
-            a test stays quiet... see :func:`_progress_mode`.
+        progress: the progress report on stderr. ``None`` (default) or ``True``: after the first prompt, the
+            main process prints an estimate of the whole run; then a bar when stderr is a terminal, else (a
+            batch job's log) a line with done/total, time per prompt and time left every
+            ``max(1, total // 100)`` prompts or every 60 s, whichever comes later, and a last one when done.
+            ``False``: nothing.
         upgrade_meta: turns a ``run.json`` written by an earlier version into today's form before it is
             compared with ``meta`` (e.g. a renamed key), so that such a run resumes. Default: compared as is.
+        size_flag: how the caller's user asks for fewer prompts (e.g. ``"--n"`` for a command line), named
+            in the estimate of a long run: "--n 20 for a look". Default: "20 prompts for a look".
 
     Returns:
         path of ``out_dir/records.jsonl``: one record per prompt, in prompt order, on every process
@@ -140,7 +141,11 @@ def run_sharded(
     pending = [p for p in prompts if p.id not in done_ids]
     mine = pending[state.process_index :: state.num_processes]
     resumed = _share(len(prompts) - len(pending), state.process_index, state.num_processes)
-    _run_and_append(mine, fn, own_shard, desc=desc, state=state, resumed=resumed, progress=progress)
+    report = _Progress(
+        desc, state, total=_share(len(prompts), state.process_index, state.num_processes), resumed=resumed,
+        run_total=len(prompts), run_pending=len(pending), size_flag=size_flag, enabled=progress is not False,
+    )
+    _run_and_append(mine, fn, own_shard, report)
 
     state.wait_for_everyone()
     records_path = out_dir / RECORDS_FILE
@@ -242,29 +247,127 @@ def _share(count: int, index: int, num: int) -> int:
     return count // num + (index < count % num)
 
 
-def _run_and_append(
-    prompts: list[Prompt],
-    fn: Callable[[Prompt], dict],
-    shard: Path,
-    *,
-    desc: str,
-    state: Any,
-    resumed: int,
-    progress: bool | None,
-) -> None:
-    """Compute and append one record per prompt to ``shard``, durably, with a progress bar."""
-    label = desc if state.num_processes == 1 else f"{desc} [{state.process_index + 1}/{state.num_processes}]"
-    # tqdm's disable=None means "off when stderr is not a terminal".
-    disable = None if progress is None else not progress
-    with tqdm(
-        total=resumed + len(prompts), initial=resumed, desc=label, position=state.process_index, disable=disable
-    ) as bar, shard.open("a", encoding="utf-8") as f:
+def _run_and_append(prompts: list[Prompt], fn: Callable[[Prompt], dict], shard: Path, report: "_Progress") -> None:
+    """Compute and append one record per prompt to ``shard``, durably, reporting progress."""
+    with report, shard.open("a", encoding="utf-8") as f:
         for prompt in prompts:
             line = _record_line(prompt, fn(prompt))
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
-            bar.update(1)
+            report.update()
+
+
+class _Progress:
+    """What one process says on stderr while it runs its prompts: the estimate of the whole run after its first
+    prompt (main process only), then a tqdm bar on a terminal, or plain lines in a log."""
+
+    def __init__(
+        self, desc: str, state: Any, *, total: int, resumed: int, run_total: int, run_pending: int,
+        size_flag: str | None, enabled: bool,
+    ) -> None:
+        self.label = desc if state.num_processes == 1 else f"{desc} [{state.process_index + 1}/{state.num_processes}]"
+        self.desc, self.state, self.total, self.done = desc, state, total, resumed
+        self.run_total, self.run_pending, self.size_flag = run_total, run_pending, size_flag
+        self.enabled = enabled
+        self.terminal = enabled and _stderr_is_terminal()
+        self.every = max(1, total // 100)
+        self.interval = _progress_seconds()
+        self.computed = 0
+        self.bar = None
+
+    def __enter__(self) -> "_Progress":
+        self.start = self.last_time = time.perf_counter()
+        self.last_done = self.done
+        if self.terminal:
+            self.bar = tqdm(total=self.total, initial=self.done, desc=self.label, position=self.state.process_index)
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled and exc_type is None and self.computed and self.done > self.last_done:
+            self._line()
+
+    def update(self) -> None:
+        self.done += 1
+        self.computed += 1
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        first_estimate = self.computed == 1 and self.state.is_main_process
+        if first_estimate:
+            self._say(self._estimate(now - self.start))
+        if self.bar is not None:
+            self.bar.update(1)
+        elif first_estimate:
+            self.last_time, self.last_done = now, self.done  # the estimate was this prompt's line
+        elif self.computed == 1 or (self.done - self.last_done >= self.every and now - self.last_time >= self.interval):
+            self._line(now)
+
+    def _estimate(self, seconds: float) -> str:
+        """The whole run's time (this machine, every process at this process's pace), from its first prompt."""
+        processes = self.state.num_processes
+        rest = math.ceil(self.run_pending / processes) * seconds
+        before = self.run_total - self.run_pending
+        text = f"{self.desc}: {self.run_total} prompts"
+        if before:
+            text += f" ({before} done before)"
+        text += f", about {format_duration(rest)}{' more' if before else ''} on this machine at "
+        text += f"{format_duration(seconds)} per prompt" + (f" on each of {processes} processes" if processes > 1 else "")
+        look = max(1, int(LOOK_SECONDS * processes / seconds)) if seconds > 0 else self.run_total
+        if rest > LONG_RUN_SECONDS and look < self.run_total:
+            text += f"; {self.size_flag} {look}" if self.size_flag else f"; {look} prompts"
+            text += " for a look"
+        return text
+
+    def _line(self, now: float | None = None) -> None:
+        now = time.perf_counter() if now is None else now
+        elapsed = now - self.start
+        per_prompt = elapsed / self.computed
+        text = f"{self.label}: {self.done}/{self.total} prompts, {format_duration(per_prompt)} per prompt, "
+        if self.done >= self.total:
+            text += f"done in {format_duration(elapsed)}"
+        else:
+            text += f"about {format_duration(per_prompt * (self.total - self.done))} left"
+        self._say(text)
+        self.last_time, self.last_done = now, self.done
+
+    def _say(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without isatty, or closed
+        return False
+
+
+def _progress_seconds() -> float:
+    value = os.environ.get(PROGRESS_SECONDS_ENV, "").strip()
+    try:
+        return max(0.0, float(value)) if value else 60.0
+    except ValueError:
+        return 60.0
+
+
+def format_duration(seconds: float) -> str:
+    """``0.42 s``, ``75 s``, ``12 min``, ``20 h 50 min``: a duration as people read it."""
+    if seconds < 10:
+        return f"{seconds:.2g} s" if seconds < 1 else f"{seconds:.1f} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours >= 24:
+        return f"{hours} h"
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
 def _record_line(prompt: Prompt, result: Any) -> str:

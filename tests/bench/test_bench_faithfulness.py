@@ -374,8 +374,8 @@ def test_summary_of_no_evaluated_prompt_is_an_error():
 
 
 def test_default_out_dir_uses_the_model_short_name():
-    root = Path(bench.__file__).resolve().parents[2]
-    assert bench.default_out_dir(None) == root / "benchmarks" / "results" / "faithfulness-smollm2-135m-instruct"
+    # under the current folder, never the committed benchmarks/results (tests/bench/test_runner.py)
+    assert bench.default_out_dir(None) == Path("jscopes-bench") / "faithfulness-smollm2-135m-instruct"
     assert bench.default_out_dir("smollm2").name == "faithfulness-smollm2-135m-instruct"
     assert bench.default_out_dir("meta-llama/Llama-3.2-1B/").name == "faithfulness-Llama-3.2-1B"
 

@@ -3,6 +3,7 @@ captum_jscopes.runs.runner (sharded resumable runs, multi-process runs)."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -196,12 +197,13 @@ def test_single_process_writes_every_record_once_in_prompt_order(tmp_path):
     assert json.loads((tmp_path / "out" / "run.json").read_text()) == {"model": "tiny", "n": 3}
 
 
-@pytest.mark.parametrize("progress, shown", [(True, True), (False, False), (None, False)])
-def test_progress_bar_over_the_prompts_follows_the_argument(tmp_path, capsys, progress, shown):
-    # pytest's captured stderr is not a terminal, so None (the default) means off here.
+@pytest.mark.parametrize("progress, shown", [(True, True), (False, False), (None, True)])
+def test_progress_over_the_prompts_follows_the_argument(tmp_path, capsys, progress, shown):
+    # pytest's captured stderr is not a terminal: progress comes as lines (a log), on unless False.
     run_sharded(make_prompts(3), CountingFn(), tmp_path, desc="my-run", progress=progress)
     err = capsys.readouterr().err
     assert ("my-run" in err and "3/3" in err) == shown, err
+    assert "\r" not in err  # no bar redrawn in a log
 
 
 def test_rerun_of_a_finished_run_computes_nothing(tmp_path):
@@ -465,3 +467,156 @@ def test_two_processes_refuse_other_settings_without_hanging(tmp_path):
     )
     assert result.returncode != 0
     assert "run.json holds other settings" in result.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# Long runs: the estimate after the first prompt, progress lines in a log
+# --------------------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    """time.perf_counter for the runner: each prompt takes ``seconds``."""
+
+    def __init__(self, seconds: float):
+        self.now, self.seconds = 1000.0, seconds
+
+    def __call__(self) -> float:
+        return self.now
+
+    def fn(self, prompt: Prompt) -> dict:
+        self.now += self.seconds
+        return {"n": len(prompt.text)}
+
+
+def test_a_long_run_estimates_its_time_after_the_first_prompt_and_suggests_a_look(tmp_path, capsys, monkeypatch):
+    from captum_jscopes.runs import runner
+
+    clock = FakeClock(75.0)
+    monkeypatch.setattr(runner.time, "perf_counter", clock)
+    run_sharded(make_prompts(1000), clock.fn, tmp_path, desc="faithfulness", size_flag="--n")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "faithfulness: 1000 prompts, about 20 h 50 min on this machine at 75 s per prompt; --n 20 for a look"
+    # then a line every max(1, 1000 // 100) = 10 prompts (75 s each: past the 60 s), and the last one
+    assert lines[1] == "faithfulness: 11/1000 prompts, 75 s per prompt, about 20 h 36 min left"
+    assert lines[2].startswith("faithfulness: 21/1000 prompts")
+    assert lines[-1] == "faithfulness: 1000/1000 prompts, 75 s per prompt, done in 20 h 50 min"
+    assert len(lines) == 2 + 99
+
+
+def test_a_resumed_run_estimates_what_is_left_and_a_short_one_suggests_nothing(tmp_path, capsys, monkeypatch):
+    from captum_jscopes.runs import runner
+
+    run_sharded(make_prompts(3), CountingFn(), tmp_path, progress=False)
+    assert capsys.readouterr().err == ""  # progress=False: nothing at all
+    clock = FakeClock(2.0)
+    monkeypatch.setattr(runner.time, "perf_counter", clock)
+    run_sharded(make_prompts(10), clock.fn, tmp_path, desc="trust")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "trust: 10 prompts (3 done before), about 14 s more on this machine at 2.0 s per prompt",
+        "trust: 10/10 prompts, 2.0 s per prompt, done in 14 s",
+    ]
+
+
+def test_progress_lines_wait_for_the_interval(tmp_path, capsys, monkeypatch):
+    from captum_jscopes.runs import runner
+
+    clock = FakeClock(7.0)
+    monkeypatch.setattr(runner.time, "perf_counter", clock)
+    run_sharded(make_prompts(30), clock.fn, tmp_path, desc="x")  # a line every 60 s: every 9th prompt
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split()[1] for line in lines[1:]] == ["10/30", "19/30", "28/30", "30/30"]
+    monkeypatch.setenv("JSCOPES_PROGRESS_SECONDS", "0")  # the variable shortens it
+    run_sharded(make_prompts(3), clock.fn, tmp_path / "again", desc="x")
+    assert [line.split()[1] for line in capsys.readouterr().err.splitlines()[1:]] == ["2/3", "3/3"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The benchmark commands as long jobs: a log, the default folder, the refusal
+# --------------------------------------------------------------------------------------------------
+
+TINY_TEXTS = [
+    "the cat sat on the mat and the dog ran to the house",
+    "Tom went home to the South and he liked the red food",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_bench(tmp_path_factory) -> tuple[Path, Path]:
+    """(tiny Llama folder, prompts file of two passages in its words)."""
+    from helpers import make_model, make_tokenizer
+
+    folder = tmp_path_factory.mktemp("bench") / "tiny-llama"
+    make_model("llama").save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    data = folder.parent / "prompts.json"
+    write_json(data, [{"text": t} for t in TINY_TEXTS])
+    return folder, data
+
+
+def test_faithfulness_with_output_to_a_log_leaves_the_estimate_and_progress_there(tiny_bench, tmp_path):
+    model, data = tiny_bench
+    log = tmp_path / "log"
+    cmd = [sys.executable, "-m", "captum_jscopes", "bench", "faithfulness", "--n", "2", "--model", str(model),
+           "--data", str(data), "--methods", "semantic,random", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("JSCOPES_PROGRESS_SECONDS", None)
+    with log.open("w") as f:  # jscopes bench faithfulness --n 2 > log 2>&1
+        done = subprocess.run(cmd, cwd=tmp_path, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=600)
+    text = log.read_text()
+    assert done.returncode == 0, text
+    assert re.search(r"^faithfulness: 2 prompts, about .+ on this machine at .+ per prompt$", text, re.M), text
+    assert re.search(r"^faithfulness: 2/2 prompts, .+ per prompt, done in ", text, re.M), text
+    # the default output folder: under the current one, named after the benchmark and the model
+    out = tmp_path / "jscopes-bench" / "faithfulness-tiny-llama"
+    assert (out / "records.jsonl").is_file() and (out / "report.md").is_file()
+
+
+def test_default_output_folders_are_under_the_current_folder_not_the_committed_results(monkeypatch, tmp_path):
+    from captum_jscopes.bench import faithfulness, trust
+    from captum_jscopes.bench.common import RESULTS_ROOT, results_dir
+
+    monkeypatch.chdir(tmp_path)
+    for benchmark in ("faithfulness", "trust", "layers"):
+        folder = results_dir(benchmark, None)
+        assert folder == Path("jscopes-bench") / f"{benchmark}-smollm2-135m-instruct"
+        assert not folder.resolve().is_relative_to(RESULTS_ROOT)
+        assert not (REPO_ROOT / folder).exists()  # no committed result under that name
+    assert faithfulness.default_out_dir("meta-llama/Llama-3.2-1B") == Path("jscopes-bench/faithfulness-Llama-3.2-1B")
+    assert trust.default_out_dir(None) == Path("jscopes-bench/trust-smollm2-135m-instruct")
+
+
+def _bench_main(name: str):
+    import importlib
+
+    return importlib.import_module(f"captum_jscopes.bench.{name}").main
+
+
+# each benchmark: the arguments of a quick run, and a change of one setting
+BENCH_RUNS = {
+    "faithfulness": (["--methods", "semantic,random", "--curve-fractions", "0,0.5"], ["--seed", "1"]),
+    "trust": (["--radius-tokens", "0", "--fisher-radius-n", "0"], ["--k", "2"]),
+    "layers": (["--max-tokens", "8", "--stride", "4"], ["--stride", "2"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BENCH_RUNS))
+def test_a_benchmark_refuses_a_folder_holding_other_settings_and_names_overwrite(name, tiny_bench, tmp_path,
+                                                                                  monkeypatch, capsys):
+    model, data = tiny_bench
+    monkeypatch.chdir(tmp_path)
+    main = _bench_main(name)
+    quick, other = BENCH_RUNS[name]
+    argv = ["--model", str(model), "--data", str(data), "--n", "1", "--threads", "1", *quick]
+    assert main(argv) == 0, capsys.readouterr().err
+    out = tmp_path / "jscopes-bench" / f"{name}-tiny-llama"
+    assert (out / "run.json").is_file()  # the default folder, under the current one
+    records = (out / "records.jsonl").read_text()
+    capsys.readouterr()
+
+    assert main([*argv, *other]) == 2
+    err = capsys.readouterr().err
+    assert "holds other settings" in err and err.count("\n") == 1, err
+    assert "--overwrite" in err and "overwrite=True" not in err, err
+    assert (out / "records.jsonl").read_text() == records  # untouched
+    assert main([*argv, *other, "--overwrite"]) == 0

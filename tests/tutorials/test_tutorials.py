@@ -52,6 +52,12 @@ EXPECTED_FIGURES = {
     ],
     "07_trust": ["linearity_semantic.png"],
     "08_fisher_components": ["components_lambada.png", "components_translation.png"],
+    "09_layers": [
+        "capital.png",
+        *(f"lambada_{scope}.png" for scope in ("semantic", "temperature", "fisher")),
+        "lambada_shares.png",
+        "translation_cat.png",
+    ],
 }
 
 
