@@ -114,6 +114,10 @@ def test_model_unchanged_and_clear_errors():
     layer_map(SemanticScope(model, tokenizer), _prompt())
     with pytest.raises(ValueError, match="n_steps"):
         layer_map(SemanticScope(model, tokenizer), _prompt(), n_steps=3)
+    with pytest.raises(ValueError, match="out of range"):
+        layer_map(SemanticScope(model, tokenizer), _prompt(), position=99)
+    with pytest.raises(TypeError, match="no_such"):
+        layer_map(FisherScope(model, tokenizer), _prompt(), no_such=1)
     assert_unchanged(model, before)
     model.config.num_hidden_layers = 99  # no ModuleList of that length
     with pytest.raises(ValueError, match="decoder layers.*num_hidden_layers"):
