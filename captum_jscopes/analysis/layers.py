@@ -30,7 +30,7 @@ from torch import Tensor
 from captum_jscopes.core.forward import decoder_layers, prepare_inputs, resolve_positions
 from captum_jscopes.scopes.base import JacobianScope
 
-__all__ = ["LayerMap", "layer_map", "HANDOFF_FRACTION"]
+__all__ = ["LayerMap", "layer_map", "handoff_layers", "spearman_by_layer", "HANDOFF_FRACTION"]
 
 #: a token has handed its influence off once its score stays below this share of its
 #: own maximum over layers (see :meth:`LayerMap.handoff`)
@@ -84,14 +84,7 @@ class LayerMap:
         Args:
             fraction: of the token's own largest share. Default 0.5.
         """
-        if not 0 < fraction < 1:
-            raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
-        scores = self.shares()
-        peak = scores.amax(dim=1, keepdim=True)  # (B, 1, seq)
-        above = (scores >= fraction * peak) & (peak > 0)  # (B, L + 1, seq)
-        rows = torch.arange(scores.shape[1], device=scores.device)[None, :, None]
-        last_above = torch.where(above, rows, torch.full_like(rows, -1)).amax(dim=1)  # (B, seq)
-        return (last_above + 1).clamp(min=0).cpu()
+        return handoff_layers(self.scores, fraction)
 
     def final_share(self) -> Tensor:
         """(B, L + 1) float: per row, the share of the row's total score held by the
@@ -106,6 +99,20 @@ class LayerMap:
         rows' scales differ because the residual stream grows with depth."""
         peak = self.scores.amax(dim=-1, keepdim=True)
         return self.scores / peak.clamp_min(torch.finfo(self.scores.dtype).tiny)
+
+
+def handoff_layers(scores: Tensor, fraction: float = HANDOFF_FRACTION) -> Tensor:
+    """The hand-off rule of :meth:`LayerMap.handoff` for any layer grid: ``scores``
+    (..., L + 1, seq) -> (..., seq) int64 CPU, computed on each row's shares."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+    scores = scores.double()
+    scores = scores / scores.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+    peak = scores.amax(dim=-2, keepdim=True)  # (..., 1, seq)
+    above = (scores >= fraction * peak) & (peak > 0)  # (..., L + 1, seq)
+    rows = torch.arange(scores.shape[-2], device=scores.device)[:, None]
+    last_above = torch.where(above, rows, torch.full_like(rows, -1)).amax(dim=-2)  # (..., seq)
+    return (last_above + 1).clamp(min=0).cpu()
 
 
 def layer_map(

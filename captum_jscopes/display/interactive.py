@@ -369,16 +369,11 @@ def layer_data(layers: Any, n_outputs: int, n_inputs: int) -> dict:
 
 def _layer_view(scores: torch.Tensor) -> dict:
     """One (L + 1, n) grid: rows / their maxima, the maxima, the hand-off layers."""
-    from captum_jscopes.analysis.layers import LayerMap  # the one definition of the hand-off layer
+    from captum_jscopes.analysis.layers import handoff_layers  # the one definition of the hand-off layer
 
     peaks = scores.amax(-1)
     rows = scores / peaks.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
-    n = scores.shape[-1]
-    # a LayerMap of this one grid (ids and position unused by handoff())
-    handoff = LayerMap(
-        scores=scores[None], error=torch.zeros_like(scores[None]), input_ids=torch.zeros(1, n, dtype=torch.long),
-        attention_mask=torch.ones(1, n, dtype=torch.long), positions=torch.zeros(1, dtype=torch.long), scope="",
-    ).handoff()[0]
+    handoff = handoff_layers(scores)
     # a token that never carries much has a noisy hand-off layer: none shown (as in the PNG)
     handoff = torch.where(rows.amax(0) >= HANDOFF_MIN, handoff, torch.zeros_like(handoff))
     return {
