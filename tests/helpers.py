@@ -109,3 +109,19 @@ def assert_unchanged(model: torch.nn.Module, before: dict) -> None:
     for key, value in before["grad"].items():
         other = after["grad"][key]
         assert (value is None) == (other is None) and (value is None or torch.equal(value, other)), f".grad of {key} changed"
+
+
+def bos_prompt(n: int = 7, seed: int = 3) -> torch.Tensor:
+    """(1, n) random ids that start with the BOS token."""
+    ids = random_ids(1, n, seed=seed)
+    ids[0, 0] = BOS
+    return ids
+
+
+def forward_of(model, ids, position=-1):
+    """The library's one forward pass (``run_forward``) explaining ``position`` of one prompt."""
+    from captum_jscopes.core.forward import prepare_inputs, resolve_positions, run_forward
+
+    ids, mask = prepare_inputs(model, ids, None)
+    return run_forward(model, ids, mask, resolve_positions(position, mask)[:, None])
+

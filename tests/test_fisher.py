@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import BOS, assert_unchanged, make_model, make_tokenizer, random_ids, snapshot
+from helpers import assert_unchanged, bos_prompt, forward_of, make_model, make_tokenizer, random_ids, snapshot
 
 from captum_jscopes import FisherScope
 from captum_jscopes.display.fisher_components import plot_components
 from captum_jscopes.fisher.algebra import choose_path, fisher_matrix, fisher_matvec, fisher_trace, top_eigenpairs
 from captum_jscopes.fisher.components import describe
 from captum_jscopes.fisher.estimators import choose_k, probes
-from captum_jscopes.core.forward import gradient_checkpointing, resolve_positions, run_forward, prepare_inputs
+from captum_jscopes.core.forward import gradient_checkpointing
 
 
 def prompt(n=7, seed=3):
-    ids = random_ids(1, n, seed=seed)
-    ids[0, 0] = BOS
-    return ids
-
-
-def forward_of(model, ids, position=-1):
-    ids, mask = prepare_inputs(model, ids, None)
-    return run_forward(model, ids, mask, resolve_positions(position, mask)[:, None])
+    return bos_prompt(n, seed)
 
 
 @pytest.fixture(scope="module")

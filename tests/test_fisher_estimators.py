@@ -9,10 +9,9 @@ import warnings
 
 import pytest
 import torch
-from helpers import BOS, make_model, make_tokenizer, random_ids
+from helpers import bos_prompt, forward_of, make_model, make_tokenizer
 
 from captum_jscopes import FisherScope
-from captum_jscopes.core.forward import prepare_inputs, resolve_positions, run_forward
 from captum_jscopes.fisher import algebra
 from captum_jscopes.fisher.estimators import (
     DEFAULT_ESTIMATOR,
@@ -58,14 +57,7 @@ GOLDEN_OPTIONS = {
 
 
 def prompt(n=7, seed=3):
-    ids = random_ids(1, n, seed=seed)
-    ids[0, 0] = BOS
-    return ids
-
-
-def forward_of(model, ids, position=-1):
-    ids, mask = prepare_inputs(model, ids, None)
-    return run_forward(model, ids, mask, resolve_positions(position, mask)[:, None])
+    return bos_prompt(n, seed)
 
 
 @pytest.fixture(scope="module")
