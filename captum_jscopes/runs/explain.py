@@ -39,7 +39,6 @@ __all__ = [
     "explain_scopes",
     "scope_options",
     "prompt_input",
-    "predict_next",
     "target_hint",
     "write_result",
     "model_name",
@@ -264,17 +263,6 @@ def target_hint(tokenizer: Any, target: Optional[str], target_ids: list[int], pr
         f"the target {target!r} starts with a token other than the model's prediction {prediction['token']!r} "
         f"(p = {prediction['prob']:.3g}); did you mean {' ' + target!r}, with its leading space?"
     )
-
-
-def predict_next(model: Any, tokenizer: Any, input_ids: Any) -> dict:
-    """The model's top-1 next token after ``input_ids`` (1, n):
-    ``{"token": decoded text, "id": int, "prob": float}``."""
-    ids, _ = prepare_inputs(model, input_ids, None)  # checks vocabulary and context length
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits[0, -1]
-    probs = torch.softmax(logits.float(), dim=-1)
-    top = int(probs.argmax())
-    return {"token": tokenizer.decode([top]), "id": top, "prob": float(probs[top])}
 
 
 def write_result(result: "ScopeResult", out: Path, stem: str) -> list[Path]:
