@@ -18,6 +18,12 @@ def llama():
     return make_model("llama")
 
 
+@pytest.fixture(scope="module")
+def llama64():
+    """A float64 tiny Llama shared by a module's tests (each checks it is left unchanged where it matters)."""
+    return make_model("llama", torch.float64)
+
+
 @pytest.fixture
 def gpt2_64():
     return make_model("gpt2", torch.float64)

@@ -19,11 +19,6 @@ def prompt(n=7, seed=3):
 
 
 @pytest.fixture(scope="module")
-def llama64():
-    return make_model("llama", torch.float64)
-
-
-@pytest.fixture(scope="module")
 def exact64(llama64):
     return FisherScope(llama64).attribute(prompt(), estimator="exact")
 

@@ -20,6 +20,7 @@ from captum_jscopes.fisher.estimators import (
     EigEstimator,
     ExactEstimator,
     HutchinsonEstimator,
+    KrylovEstimator,
     estimator,
     fisher_scores,
     probes,
@@ -86,15 +87,18 @@ def brute_force_fisher(model, ids, position=-1):
 
 # -- the table and its defaults -------------------------------------------------------
 def test_the_table_in_order_with_the_defaults_held_once():
-    assert list(ESTIMATORS) == ["hutchinson", "deflated", "exact", "eig"]
+    assert list(ESTIMATORS) == ["hutchinson", "krylov", "deflated", "exact", "eig"]
     assert DEFAULT_ESTIMATOR == "hutchinson"
     assert [cls.name for cls in ESTIMATORS.values()] == list(ESTIMATORS)
     assert HutchinsonEstimator() == HutchinsonEstimator(k="auto", n_probes=None, budget=40)
     assert DeflatedEstimator() == DeflatedEstimator(k=16, n_probes=24)
+    assert KrylovEstimator() == KrylovEstimator(sketch=8, block=8, rounds=2, n_probes=None, budget=48)
+    assert KrylovEstimator().probe_count() == 16 and KrylovEstimator(budget=60).probe_count() == 28
     assert EigEstimator() == EigEstimator(k=1)
     assert ExactEstimator().options() == {}
     assert {name: cls.randomised for name, cls in ESTIMATORS.items()} == {
-        "hutchinson": True, "deflated": True, "exact": False, "eig": False}
+        "hutchinson": True, "krylov": True, "deflated": True, "exact": False, "eig": False}
+    assert [name for name, cls in ESTIMATORS.items() if cls.adaptive] == ["krylov"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         EigEstimator().k = 2  # type: ignore[misc]
     # the former module names read from the table
@@ -116,6 +120,10 @@ def test_backward_passes_per_estimator(d):
     assert HutchinsonEstimator(k=3, n_probes=4).backward_passes(d) == 7
     assert HutchinsonEstimator(k=d).backward_passes(d) == d  # every direction exact: no probes
     assert HutchinsonEstimator(k=d).backward_passes(d, "split") == d + max(2, 40 - d)  # the tail is always sampled
+    # krylov: sketch + 2 blocks of VJPs + 1 block of JVPs + probes; at full rank no probes
+    assert KrylovEstimator().backward_passes(d) == (8 + 16 + 8 if d <= 16 else 48)
+    assert KrylovEstimator().backward_passes(d, "split") == (8 + 16 + 8 + 16 if d <= 16 else 48)
+    assert KrylovEstimator(n_probes=4, block=3, rounds=3).backward_passes(d) == 8 + 9 + 6 + 4
 
 
 @pytest.mark.parametrize("name, options, path", [
@@ -144,8 +152,8 @@ def test_backward_passes_count_the_directions_the_estimator_builds(gpt2_forward,
 
 
 def test_estimator_errors():
-    with pytest.raises(ValueError, match="unknown Fisher method 'magic'; the estimators are hutchinson, deflated, "
-                                         "exact, eig") as raised:
+    with pytest.raises(ValueError, match="unknown Fisher method 'magic'; the estimators are hutchinson, krylov, "
+                                         "deflated, exact, eig") as raised:
         estimator("magic")
     assert "\n" not in str(raised.value)
     with pytest.raises(TypeError, match="the eig estimator takes no option n_probes \\(its options: k\\)"):
@@ -208,7 +216,9 @@ def test_exact_equals_brute_force_and_every_estimator_at_full_rank_equals_exact(
 
 def test_a_formed_fisher_matrix_and_the_forward_give_the_same_probes(gpt2_forward):
     fisher = algebra.fisher_matrix(gpt2_forward)
-    for name in ESTIMATORS:
+    with pytest.raises(TypeError, match="call scores\\(forward\\)"):
+        KrylovEstimator().probes(gpt2_forward)
+    for name in [name for name, cls in ESTIMATORS.items() if cls.probes_from_f]:
         from_matrix = estimator(name).probes(fisher=fisher, seed=3)
         from_forward = estimator(name).probes(gpt2_forward, seed=3, path="formed")
         assert torch.equal(from_matrix.exact, from_forward.exact), name
@@ -222,10 +232,10 @@ def test_a_formed_fisher_matrix_and_the_forward_give_the_same_probes(gpt2_forwar
 
 def test_seeded_estimators_depend_on_the_seed_and_the_others_do_not(gpt2_forward):
     for name, cls in ESTIMATORS.items():
-        options = {"k": 3} if name in ("hutchinson", "deflated", "eig") else {}
-        first = fisher_scores(gpt2_forward, cls(**options).probes(gpt2_forward, seed=0), 32)[0]
-        again = fisher_scores(gpt2_forward, cls(**options).probes(gpt2_forward, seed=0), 32)[0]
-        other = fisher_scores(gpt2_forward, cls(**options).probes(gpt2_forward, seed=1), 32)[0]
+        options = {"k": 3} if name in ("hutchinson", "deflated", "eig") else {"block": 2} if name == "krylov" else {}
+        first = cls(**options).scores(gpt2_forward, seed=0)[0]
+        again = cls(**options).scores(gpt2_forward, seed=0)[0]
+        other = cls(**options).scores(gpt2_forward, seed=1)[0]
         assert torch.equal(first, again)
         assert torch.equal(first, other) != cls.randomised, name
 
@@ -235,8 +245,8 @@ def test_scope_class_attributes_and_options():
     assert FisherScope.name == "fisher" and FisherScope.takes_target is False
     assert FisherScope.span_rule == "sum" and FisherScope.perturbation == "isotropic"
     assert FisherScope.Options is FisherOptions
-    assert FisherScope.option_names() == ("estimator", "k", "n_probes", "budget", "seed", "path", "vocab_chunk",
-                                          "gradient_checkpointing")
+    assert FisherScope.option_names() == ("estimator", "k", "n_probes", "budget", "seed", "tol", "max_passes", "path",
+                                          "vocab_chunk", "gradient_checkpointing")
     options = FisherScope.make_options()
     assert options == FisherOptions(estimator="hutchinson", k=None, n_probes=None, budget=None, seed=0,
                                     path="auto", vocab_chunk=8192, gradient_checkpointing=False)

@@ -297,7 +297,7 @@ def fisher_accuracy(args, model, tokenizer, out_dir: Path) -> dict:
     if cached:
         prompts = [p for p in load_prompts(args.data) if p.id in cached][: args.fisher_n]
     else:
-        prompts = load_prompts(args.data, args.fisher_n)
+        prompts = load_prompts(args.data, args.fisher_n, offset=args.fisher_offset)
 
     def one_prompt(prompt) -> dict:
         ids = encode(tokenizer, prompt.text, args.max_tokens, device)
@@ -317,6 +317,11 @@ def fisher_accuracy(args, model, tokenizer, out_dir: Path) -> dict:
             "worst_spearman": min(values(name, "spearman")),
             "worst_rel_l2": max(values(name, "rel_l2")),
             "worst_time_ratio": max(values(name, "time_ratio")),
+            # pooled over every (prompt, seed): the share of the five largest tokens inside their 95% interval
+            **({"top5_coverage": sum(values(name, "top5_covered")) / (5 * len(values(name, "top5_covered"))),
+                "median_passes": statistics.median(values(name, "passes")),
+                "max_passes": max(values(name, "passes"))}
+               if all("top5_covered" in r[name] for r in records) else {}),
             "n_values": len(values(name, "rel_l2")),
         }
         for name in args.fisher_methods
@@ -350,14 +355,44 @@ def _fisher_record(scope, ids: torch.Tensor, methods: list[str], seeds: int = 1,
         runs = []
         for seed in range(seeds if METHODS[name].randomised else 1):
             start = time.perf_counter()
-            estimate = scope.attribute(ids, **options, seed=seed)[0].cpu().float()
+            estimate, error = scope.attribute(ids, **options, seed=seed, return_error=True)
+            elapsed = time.perf_counter() - start
+            estimate, error = estimate[0].cpu().double(), error[0].cpu().double()
+            # the five largest exact scores: is each inside its 95% interval (+-1.96 standard errors)?
+            top = exact.double().argsort(descending=True)[:5]
+            inside = (estimate[top] - exact.double()[top]).abs() <= 1.959963984540054 * error[top]
             runs.append({
-                "time_ratio": (time.perf_counter() - start) / exact_time,
+                "time_ratio": elapsed / exact_time,
                 "spearman": float(spearmanr(estimate[scored], exact[scored]).statistic),
                 "rel_l2": float((estimate - exact).norm() / exact.norm()),
+                "passes": int(scope.last_info.get("passes", 0)),
+                # NaN error (a biased estimator) covers nothing: the comparison is False
+                "top5_covered": int(inside.sum()),
             })
         record[name] = runs[0] if len(runs) == 1 else {key: [r[key] for r in runs] for key in runs[0]}
     return record
+
+
+def cache_exact_fisher(args, model, tokenizer, out_dir: Path) -> Path:
+    """Exact Fisher scores of ``args.fisher_n`` prompts after ``args.fisher_offset`` (the
+    passage minus its last token, its last ``args.max_tokens`` tokens) into ``out_dir``:
+    one record ``{"id", "n_tokens", "seconds", "exact": [scores]}`` per prompt, the cache
+    that ``--fisher-exact`` reads (give it ``out_dir``). Minutes per prompt on a CPU, so
+    it runs through :func:`~captum_jscopes.runs.runner.run_sharded`: resumable, and
+    shared between the processes of a ``torchrun`` launch."""
+    scope = FisherScope(model, tokenizer)
+    device = model.get_input_embeddings().weight.device
+    prompts = load_prompts(args.data, args.fisher_n, offset=args.fisher_offset)
+
+    def one_prompt(prompt) -> dict:
+        ids = encode(tokenizer, prompt.text, args.max_tokens, device)
+        start = time.perf_counter()
+        exact = scope.attribute(ids, estimator="exact")[0]
+        return {"n_tokens": ids.numel(), "seconds": time.perf_counter() - start, "exact": exact.cpu().tolist()}
+
+    settings = {"cache": "exact_fisher", "max_tokens": args.max_tokens, "data": str(args.data)}
+    return run_sharded(prompts, one_prompt, out_dir, desc="exact Fisher", meta=settings, overwrite=args.overwrite,
+                       size_flag="--fisher-n")
 
 
 def _per_seed(row: dict, key: str) -> list[float]:
@@ -476,13 +511,18 @@ def markdown(results: dict) -> str:
             + (f"; {env['settings'].get('fisher_seeds')} seeds each" if env["settings"].get("fisher_seeds", 1) > 1
                else "") + ")",
             "",
-            "| estimator | backward passes | Spearman | rel. L2 error | time / exact |",
-            "|---|---:|---:|---:|---:|",
+            "| estimator | passes | Spearman | rel. L2 error | time / exact | top-5 in 95% interval |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for name, row in sorted(accuracy.items(), key=lambda item: item[1]["vjps"]):
+            # an adaptive estimator (tol=) runs a varying number of passes: median (max)
+            passes = (f"{row['median_passes']:g} ({row['max_passes']})" if row.get("median_passes") is not None
+                      and row["median_passes"] != row["vjps"] else f"{row['vjps']}")
+            coverage = f"{row['top5_coverage']:.1%}" if "top5_coverage" in row else ""
             lines.append(
-                f"| {name} | {row['vjps']} | {row['median_spearman']:.4f} ({row.get('worst_spearman', 1.0):.4f}) | "
-                f"{row['median_rel_l2']:.4f} ({row.get('worst_rel_l2', 0.0):.4f}) | {row['median_time_ratio']:.3f} |"
+                f"| {name} | {passes} | {row['median_spearman']:.4f} ({row.get('worst_spearman', 1.0):.4f}) | "
+                f"{row['median_rel_l2']:.4f} ({row.get('worst_rel_l2', 0.0):.4f}) | {row['median_time_ratio']:.3f} | "
+                f"{coverage} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -555,6 +595,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fisher-exact", default=None, metavar="FILE",
                         help="JSONL of cached exact Fisher scores ({id, seconds, exact}): the study runs on "
                              "those prompts without recomputing exact")
+    parser.add_argument("--fisher-offset", type=int, default=0,
+                        help="prompts skipped before the Fisher study's (or cache's) --fisher-n (default 0)")
+    parser.add_argument("--fisher-cache-exact", default=None, metavar="DIR",
+                        help="only compute exact Fisher scores of --fisher-n prompts after --fisher-offset into "
+                             "DIR (resumable), the cache --fisher-exact DIR reads")
     parser.add_argument("--skip-speed", action="store_true", help="only the Fisher accuracy study")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--overwrite", action="store_true",
@@ -592,6 +637,11 @@ def main(argv=None) -> int:
     if args.report_only:
         return report_only(Path(args.out))
     torch.set_num_threads(args.threads)
+    if args.fisher_cache_exact:
+        model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, progress=False)
+        path = cache_exact_fisher(args, model, tokenizer, Path(args.fisher_cache_exact))
+        print(f"exact Fisher scores of {len(read_records(path))} prompts in {path}")
+        return 0
     model, tokenizer, device, encoded, targets = prepare(args)
     results: dict = {
         "environment": environment(args, model),

@@ -56,7 +56,7 @@ DESCRIPTION = (
     "Scopes. Writes <out>/<scope>.png, .html and .json for each scope."
 )
 #: the settings of one explain() call that are also a dataset's (same flags)
-SETTINGS = ("chat", "keep_special", "fisher_estimator")
+SETTINGS = ("chat", "keep_special", "fisher_estimator", "fisher_tol")
 #: tokens listed per scope in the terminal
 TOP_K = 5
 #: estimates at least this long suggest the quick estimator

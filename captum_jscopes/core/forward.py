@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -147,6 +147,10 @@ class ScopeForward:
             each, when the forward was run with ``layers=True`` (see
             :func:`decoder_layers`); then :meth:`squared_norms` also scores every
             token at every layer. None otherwise.
+        rerun: the model again from given input embeddings (K, n, e), K a
+            multiple of B (prompt ``i % B`` of the batch), to the final hidden
+            state at the explained positions (K, P, d), without a graph; what
+            :meth:`jvp` differences. None when the forward cannot be rerun.
     """
 
     embeddings: Tensor
@@ -157,6 +161,7 @@ class ScopeForward:
     positions: Tensor
     attention_mask: Tensor
     layer_states: Optional[list[Tensor]] = None
+    rerun: Optional[Callable[[Tensor], Tensor]] = field(default=None, repr=False)
     #: largest batch of backward passes that fit in memory (None: not limited yet)
     _batch_limit: Optional[int] = field(default=None, repr=False)
 
@@ -193,6 +198,37 @@ class ScopeForward:
         grad_outputs = torch.einsum("mbpd,pq->mpbqd", directions, eye).reshape(m * n_pos, batch, n_pos, -1)
         grads = self._batched_grad(grad_outputs)
         return grads.view(m, n_pos, batch, *grads.shape[-2:]).transpose(1, 2)
+
+    def jvp(self, tangents: Tensor, chunk_size: int = 32, step: float = 1e-3) -> Tensor:
+        """Jacobian-vector products ``J v = sum_t J_t v_t`` of the final hidden state
+        at the explained positions, by a forward difference: one forward pass per
+        tangent, no graph, the model's own attention kernels (forward-mode AD is not
+        implemented for every fused kernel, e.g. PyTorch's CPU flash attention).
+        Accurate to about ``step`` relative; for sketches (which directions carry
+        the Jacobian), not for scores.
+
+        Args:
+            tangents: (m, B, n, e) one tangent per input embedding, per prompt.
+            chunk_size: forward passes batched together. Default 32.
+            step: the perturbation's norm relative to the embeddings'. Default 1e-3.
+        Returns:
+            (m, B, P, d) in the compute dtype.
+        """
+        if self.rerun is None:
+            raise RuntimeError("this forward pass cannot be rerun (it was not made by run_forward)")
+        m, batch = tangents.shape[:2]
+        base = self.embeddings.detach()
+        tangents = tangents.to(base.device, self.compute_dtype)
+        # one step per (tangent, prompt), scaled to the prompt's embeddings so float32 keeps the difference
+        scale = step * base.to(self.compute_dtype).flatten(1).norm(dim=1) / tangents.flatten(2).norm(dim=2).clamp_min(1e-30)
+        shifted = (base[None].to(self.compute_dtype) + scale[..., None, None] * tangents).to(base.dtype)
+        centre = self.hidden.detach().to(self.compute_dtype)
+        per_chunk = max(1, chunk_size // batch)
+        out = []
+        for chunk, steps in zip(shifted.split(per_chunk), scale.split(per_chunk)):
+            moved = self.rerun(chunk.flatten(0, 1)).to(self.compute_dtype).view(chunk.shape[0], batch, *centre.shape[1:])
+            out.append((moved - centre[None]) / steps[..., None, None])
+        return torch.cat(out)
 
     def squared_norms(self, directions: Tensor, chunk_size: int = 32) -> Tensor:
         """Per-token squared L2 norm of ``v^T J_t`` over the embedding dimension,
@@ -434,6 +470,22 @@ def run_forward(
         slope = _gather_rows(slope, index.to(slope.device)).to(compute_dtype)
         if not bool((slope == 1).all()):
             head_slope = slope
+    def rerun(shifted: Tensor) -> Tensor:
+        # the same call as above on other embeddings, K copies of the batch, no graph
+        copies = shifted.shape[0] // input_ids.shape[0]
+        again = {key: value.repeat(copies, *([1] * (value.dim() - 1))) if key in ("attention_mask", "position_ids")
+                 else value for key, value in kwargs.items() if key != "inputs_embeds"}
+        seen: dict[str, Tensor] = {}
+        handle = head.register_forward_pre_hook(
+            lambda _m, args, kwargs_: seen.__setitem__("y", args[0] if args else next(iter(kwargs_.values()))),
+            with_kwargs=True)
+        try:
+            with torch.no_grad():
+                model(inputs_embeds=shifted, **again)
+        finally:
+            handle.remove()
+        return _gather_rows(seen["y"], index.repeat(copies, 1).to(seen["y"].device))
+
     return ScopeForward(
         embeddings=embeddings,
         hidden=hidden,
@@ -443,6 +495,7 @@ def run_forward(
         positions=positions,
         attention_mask=attention_mask,
         layer_states=states if layers else None,
+        rerun=rerun,
     )
 
 

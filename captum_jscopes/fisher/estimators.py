@@ -31,6 +31,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional, Union
 
@@ -61,6 +63,8 @@ __all__ = [
     "DeflatedEstimator",
     "ExactEstimator",
     "EigEstimator",
+    "KrylovEstimator",
+    "fisher_factor",
     "ESTIMATORS",
     "DEFAULT_ESTIMATOR",
     "estimator",
@@ -106,11 +110,54 @@ class FisherEstimator:
     #: the ways to F it can take besides "auto" (see :data:`captum_jscopes.fisher.algebra.PATHS`)
     paths: ClassVar[tuple[str, ...]] = ("formed",)
 
+    #: whether ``tol=`` applies to :meth:`scores`: it adds probes until the estimated error is below it
+    adaptive: ClassVar[bool] = False
+    #: whether its directions come from F alone (then :meth:`probes` gives them before any pass)
+    probes_from_f: ClassVar[bool] = True
+
     def backward_passes(self, hidden_size: int, path: str = "auto") -> int:
-        """Backward passes per explained token on a model of width ``hidden_size``
-        (d). ``path``: the Fisher path asked for; ``"auto"`` counts as formed
-        (every model whose vocabulary makes forming F the cheaper way)."""
+        """Passes (vector-Jacobian and Jacobian-vector products) per explained token
+        on a model of width ``hidden_size`` (d). ``path``: the Fisher path asked
+        for; ``"auto"`` counts as formed (every model whose vocabulary makes forming
+        F the cheaper way)."""
         raise NotImplementedError
+
+    def scores(
+        self,
+        forward: ScopeForward,
+        *,
+        seed: int = 0,
+        path: str = "auto",
+        vocab_chunk: int = 8192,
+        chunk_size: int = 32,
+        progress: bool = False,
+        tol: Optional[float] = None,
+        max_passes: Optional[int] = None,
+    ) -> tuple[Tensor, Optional[Tensor], dict]:
+        """The Fisher scores of ``forward``'s explained positions.
+
+        Args:
+            forward: the forward pass.
+            seed, path, vocab_chunk: as in :meth:`probes`.
+            chunk_size: passes batched together. Default 32.
+            progress: a tqdm bar over the passes. Default False.
+            tol, max_passes: for :attr:`adaptive` estimators (others raise a
+                ValueError when ``tol`` is given): add probes until the estimated
+                relative L2 error of every map is below ``tol``, or ``max_passes``
+                passes in all (default: d, the exact estimator's cost) are spent.
+        Returns:
+            scores (B, P, n) (with layer states (B, P, L + 1, n)), their standard
+            error (same shape) or None when exact, and ``info``: the path, the
+            split of the passes and ``passes``, every VJP and JVP run.
+        """
+        _check_tol(self, tol, max_passes)
+        started = time.perf_counter()
+        found = self.probes(forward, seed=seed, path=path, vocab_chunk=vocab_chunk)
+        # the F side (everything between the forward and the backward passes), for the benchmarks
+        info = {**found.info, "f_seconds": time.perf_counter() - started}
+        scores, error = fisher_scores(forward, found, chunk_size, progress)
+        info["passes"] = found.exact.shape[0] + (0 if found.sampled is None else found.sampled.shape[0])
+        return scores, error, info
 
     def probes(
         self,
@@ -149,6 +196,21 @@ class FisherEstimator:
     def options(self) -> dict:
         """The estimator's own options, name -> value (its dataclass fields)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def _check_tol(chosen: "FisherEstimator", tol: Optional[float], max_passes: Optional[int]) -> None:
+    if tol is not None:
+        if not chosen.adaptive:
+            adaptive = ", ".join(name for name, cls in ESTIMATORS.items() if cls.adaptive)
+            raise ValueError(f"tol= needs an estimator that adds probes ({adaptive}); {chosen.name!r} runs a fixed "
+                             "number of passes")
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
+            raise ValueError(f"tol must be a relative error in (0, 1), e.g. 0.02, got {tol!r}")
+    if max_passes is not None:
+        if tol is None:
+            raise ValueError("max_passes= bounds tol=: give tol too")
+        if isinstance(max_passes, bool) or not isinstance(max_passes, int) or max_passes < 1:
+            raise ValueError(f"max_passes must be a positive int, got {max_passes!r}")
 
 
 def _check_k(k: Any) -> int:
@@ -326,34 +388,8 @@ class HutchinsonEstimator(FisherEstimator):
 
     def _probes(self, forward, fisher, seed, path, vocab_chunk) -> FisherProbes:
         k, n_probes, budget = self.k, self.n_probes, self.budget
-        if fisher is not None:
-            path = "formed"
-        else:
-            path = choose_path(forward, path, "hutchinson", n_probes or budget, self.max_head)
-        tail = None
-        if path == "formed":
-            if fisher is None:
-                fisher = fisher_matrix(forward, vocab_chunk)
-            values, vectors = eigen(fisher)  # full spectrum: no tail
-            # factor rows sqrt(l_i) u_i^T, (B, P, r, d)
-            factor = (vectors * values[..., None, :].sqrt()).transpose(-1, -2)
-            rest_mass = values.new_zeros(values.shape[:-1])
-            info: dict = {"path": "formed"}
-        else:
-            mean = fisher_mean(forward, vocab_chunk)
-            cap = self.max_head or forward.weight.shape[1]
-            head_ids, contribution = head_tokens(forward, mean, self.head_mass, cap, vocab_chunk)
-            rows = head_rows(forward, head_ids, mean)  # (B, P, N, d): F_head = rows^T rows
-            gram = rows @ rows.transpose(-1, -2)  # (B, P, N, N)
-            values, small = torch.linalg.eigh(gram)
-            values, small = values.flip(-1).clamp(min=0), small.flip(-1)
-            # sqrt(l_i) u_i = rows^T v_i: the head's eigen-directions, scaled, as rows (B, P, N, d)
-            factor = small.transpose(-1, -2) @ rows
-            total = contribution.sum(-1)
-            rest_mass = (total - values.sum(-1)).clamp(min=0)
-            tail = (mean, head_ids)
-            info = {"path": "split", "head_tokens": int(head_ids.shape[-1]),
-                    "head_share": float((values.sum(-1) / total.clamp_min(1e-300)).min())}
+        values, factor, rest_mass, tail, info = fisher_factor(
+            forward, fisher, path, n_probes or budget, self.head_mass, self.max_head, vocab_chunk)
         rank = values.shape[-1]
         if k == "auto":
             if n_probes is not None:
@@ -375,6 +411,358 @@ class HutchinsonEstimator(FisherEstimator):
                                             vocab_chunk)
         logger.debug("Fisher probes: %s", info)
         return FisherProbes(exact=exact, sampled=sampled, average=True, info=info)
+
+
+@dataclass(frozen=True)
+class KrylovEstimator(FisherEstimator):
+    """Deflates what the tokens see, then samples the rest. The score of token t is
+    ``||V J_t||_F^2`` (``V`` the factor rows ``sqrt(l_i) u_i^T`` of F, ``J_t`` the
+    Jacobian of the final hidden state w.r.t. token t's embedding), so the
+    directions that matter are the top eigen-directions of ``T = V J J^T V^T``, the
+    tokens' Fisher mass, not of F alone. They are found by block Krylov iteration on
+    T, whose products cost one JVP and one VJP each:
+
+    1. ``sketch`` JVPs ``J xi`` with Gaussian tangents over every token (forward
+       differences, :meth:`~captum_jscopes.core.forward.ScopeForward.jvp`) give
+       ``V J xi``, whose leading ``block`` left singular vectors start the basis;
+    2. each block's directions ``V^T q`` are run exactly (one VJP each: their
+       squared norms are the exact part of every token's score), and, but for the
+       last of ``rounds`` blocks, a JVP of each VJP gives ``T q``: the next block is
+       its leading part orthogonal to the basis;
+    3. ``n_probes`` random-sign probes of what is left (``V^T (I - Q Q^T) z``, plus
+       the sampled tail of the vocabulary on the split path) are averaged, as in
+       Hutch++. Which directions were deflated does not depend on the probes, so
+       the estimate is unbiased however rough the JVPs.
+
+    The standard error is ``sqrt(2 S / m)`` with ``S`` the unbiased pairwise estimate
+    ``mean_{j != k} (y_j . y_k)^2`` of ``||R_t||_F^2`` (``y_j`` the probes' VJPs of
+    token t, ``R_t`` its remainder): the variance of a random-sign probe is at most
+    ``2 ||R_t||_F^2``, and the pairwise estimate uses every probe's whole vector, so it
+    is steadier than the spread of m scalars. It is widened by the Student t factor
+    ``t_{m-1, 0.975} / 1.96`` for the m probes, so that ``+-1.96`` standard errors is a
+    95% interval. With layer states (layer maps) the error is the probes' spread.
+
+    ``tol`` (in :meth:`scores`) adds probes until the estimated relative L2 error of
+    each map, ``sqrt(sum_t se_t^2) / ||scores||``, is below it.
+
+    Passes per explained token: ``sketch + (2 rounds - 1) block + n_probes`` (48 by
+    default), d when the basis reaches F's rank (then it is exact).
+
+    Args:
+        sketch: Gaussian JVPs that start the basis. Default 8.
+        block: directions per round. Default 8.
+        rounds: blocks of the Krylov basis. Default 2.
+        n_probes: random-sign probes of the remainder, >= 2. Default None:
+            ``budget`` minus the other passes (16).
+        budget: passes in all when ``n_probes`` is not given. Default 48.
+        head_mass, max_head: the split path's head, as for ``"hutchinson"``.
+    """
+
+    name: ClassVar[str] = "krylov"
+    randomised: ClassVar[bool] = True
+    adaptive: ClassVar[bool] = True
+    probes_from_f: ClassVar[bool] = False
+    paths: ClassVar[tuple[str, ...]] = ("formed", "split")
+
+    sketch: int = 8
+    block: int = 8
+    rounds: int = 2
+    n_probes: Optional[int] = None
+    budget: int = 48
+    head_mass: float = HEAD_MASS
+    max_head: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        for option in ("sketch", "block", "rounds"):
+            _check_positive(option, getattr(self, option))
+        if self.n_probes is not None:
+            n = self.n_probes
+            if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+                raise ValueError(f"n_probes must be an int >= 2 (their spread gives the error estimate), got {n!r}")
+        elif self.budget - self._deflation_passes(None) < 2:
+            raise ValueError(f"budget {self.budget!r} leaves fewer than 2 probes after the "
+                             f"{self._deflation_passes(None)} passes of the deflation (sketch + (2 rounds - 1) block)")
+
+    def _deflation_passes(self, rank: Optional[int]) -> int:
+        """JVPs and VJPs of steps 1-2 for F of rank ``rank`` (None: unbounded)."""
+        blocks = _block_sizes(self.block, self.rounds, rank)
+        return min(self.sketch, rank or self.sketch) + sum(blocks) + sum(blocks[:-1])
+
+    def probe_count(self) -> int:
+        """The random-sign probes before any ``tol`` adds more."""
+        return self.n_probes if self.n_probes is not None else self.budget - self._deflation_passes(None)
+
+    def backward_passes(self, hidden_size: int, path: str = "auto") -> int:
+        blocks = _block_sizes(self.block, self.rounds, hidden_size)
+        if path != "split" and sum(blocks) == hidden_size:
+            return self._deflation_passes(hidden_size)
+        return self._deflation_passes(hidden_size) + self.probe_count()
+
+    def _probes(self, forward, fisher, seed, path, vocab_chunk) -> FisherProbes:
+        raise TypeError("the krylov estimator chooses its directions from JVPs as it goes: call scores(forward)")
+
+    def scores(self, forward, *, seed=0, path="auto", vocab_chunk=8192, chunk_size=32, progress=False, tol=None,
+               max_passes=None):
+        _check_tol(self, tol, max_passes)
+        if path != "auto" and path not in self.paths:
+            raise ValueError(f"path {path!r} does not apply to method {self.name!r} (its paths: {', '.join(self.paths)})")
+        started = time.perf_counter()
+        m = self.probe_count()
+        _, factor, _, tail, info = fisher_factor(forward, None, path, m, self.head_mass, self.max_head, vocab_chunk)
+        info.update(sketch=self.sketch, block=self.block, rounds=self.rounds, f_seconds=time.perf_counter() - started)
+        rank = factor.shape[-2]
+        counter = _PassCounter(self.backward_passes(rank, info["path"]), progress)
+        try:
+            basis, exact = self._deflate(forward, factor, seed, chunk_size, counter)
+            info["k"] = basis.shape[-1]
+            if basis.shape[-1] == rank and tail is None:  # every direction deflated: exact
+                info.update(n_probes=0, passes=counter.passes)
+                return exact, None, info
+            probes = _RemainderProbes(forward, factor, basis, tail, seed, vocab_chunk, chunk_size, counter)
+            probes.draw(m)
+            if tol is not None:
+                limit = max_passes if max_passes is not None else forward.weight.shape[1]
+                while probes.relative_error(exact) > tol:
+                    left = limit - counter.passes
+                    if left <= 0:
+                        warnings.warn(f"Fisher krylov: estimated relative error {probes.relative_error(exact):.3g} "
+                                      f"> tol={tol} after max_passes={limit} passes; raise max_passes, or use "
+                                      "estimator='exact'", RuntimeWarning, stacklevel=2)
+                        break
+                    ratio = (probes.relative_error(exact) / tol) ** 2
+                    probes.draw(min(left, max(4, math.ceil(probes.count * (ratio - 1) * 1.1))))
+            scores, error = probes.estimate(exact)
+            info.update(n_probes=probes.count, passes=counter.passes, rel_error=probes.relative_error(exact))
+            if tol is not None:
+                info["tol"] = tol
+            return scores, error, info
+        finally:
+            counter.close()
+
+    def _deflate(self, forward: ScopeForward, factor: Tensor, seed: int, chunk_size: int,
+                 counter: "_PassCounter") -> tuple[Tensor, Tensor]:
+        """Steps 1-2: the basis (B, P, r, K) and the exact part of the scores."""
+        batch, n_pos, rank, _ = factor.shape
+        generator = torch.Generator().manual_seed(seed)
+        embeddings = forward.embeddings
+        width = min(self.sketch, rank)
+        tangents = torch.randn(width, *embeddings.shape, generator=generator, dtype=torch.float64)
+        tangents = tangents * forward.attention_mask.cpu()[None, :, :, None]  # no tangent on padding
+        sketched = torch.einsum("bprd,sbpd->bprs", factor, forward.jvp(tangents, chunk_size).to(factor))
+        counter.add(width)
+        basis = factor.new_zeros(batch, n_pos, rank, 0)
+        new = _leading(sketched, basis, min(self.block, rank))
+        exact: Any = 0
+        for step, size in enumerate(_block_sizes(self.block, self.rounds, rank)):
+            new = new[..., :size]
+            directions = torch.einsum("bprk,bprd->kbpd", new, factor)
+            last = step == self.rounds - 1 or basis.shape[-1] + size >= rank
+            norms, vectors = _run(forward, directions, chunk_size, counter, keep=not last)
+            exact = exact + norms.sum(0)
+            basis = torch.cat([basis, new], -1)
+            if last:
+                break
+            # T q = V J (J^T V^T q): a JVP of each VJP just run gives the next block
+            image = torch.einsum("bprd,kbpd->bprk", factor, _jvp_at_positions(forward, vectors, chunk_size).to(factor))
+            counter.add(size)
+            new = _leading(image, basis, min(self.block, rank - basis.shape[-1]))
+        return basis, exact
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _block_sizes(block: int, rounds: int, rank: Optional[int]) -> list[int]:
+    """The size of each round's block for F of rank ``rank`` (None: unbounded)."""
+    sizes, left = [], rank if rank is not None else block * rounds
+    for _ in range(rounds):
+        if left <= 0:
+            break
+        sizes.append(min(block, left))
+        left -= sizes[-1]
+    return sizes
+
+
+def _leading(image: Tensor, basis: Tensor, size: int) -> Tensor:
+    """(B, P, r, size) orthonormal leading left singular vectors of ``image``
+    (B, P, r, s) with the span of ``basis`` (B, P, r, K) removed."""
+    if basis.shape[-1]:
+        image = image - basis @ (basis.transpose(-1, -2) @ image)
+    vectors = torch.linalg.svd(image, full_matrices=False)[0][..., :size]
+    if basis.shape[-1]:  # once more: rounding leaves a little of the basis in
+        vectors = vectors - basis @ (basis.transpose(-1, -2) @ vectors)
+    if vectors.shape[-1] < size:  # a sketch narrower than the block (a tiny prompt): pad with random columns
+        extra = torch.randn(*vectors.shape[:-1], size - vectors.shape[-1], generator=torch.Generator().manual_seed(0),
+                            dtype=torch.float64).to(vectors)
+        vectors = torch.cat([vectors, extra - basis @ (basis.transpose(-1, -2) @ extra)], -1)
+    return torch.linalg.qr(vectors)[0]
+
+
+def _run(forward: ScopeForward, directions: Tensor, chunk_size: int, counter: "_PassCounter",
+         keep: bool) -> tuple[Tensor, Optional[Tensor]]:
+    """Squared norms (m, B, P, n) (or (m, B, P, L + 1, n) with layer states) of the
+    directions (m, B, P, d), and with ``keep`` their VJPs (m, B, P, n, e)."""
+    per_chunk = max(1, chunk_size // max(1, directions.shape[2]))
+    norms, vectors = [], []
+    for chunk in directions.split(per_chunk, dim=0):
+        if forward.layer_states is None or keep:
+            grads = forward.vjp(chunk)
+            if forward.layer_states is None:
+                norms.append(grads.to(forward.compute_dtype).pow(2).sum(-1))
+            if keep:
+                vectors.append(grads)
+        if forward.layer_states is not None:
+            norms.append(forward.squared_norms(chunk, chunk_size))
+        counter.add(chunk.shape[0])
+    return torch.cat(norms), (torch.cat(vectors) if keep else None)
+
+
+def _jvp_at_positions(forward: ScopeForward, vectors: Tensor, chunk_size: int) -> Tensor:
+    """(k, B, P, d) ``J_p v`` for the tangent ``vectors[k, b, p]`` (n, e) of each
+    explained position p, read at that position."""
+    k, batch, n_pos = vectors.shape[:3]
+    tangents = vectors.transpose(1, 2).reshape(k * n_pos, batch, *vectors.shape[-2:])
+    moved = forward.jvp(tangents, chunk_size).view(k, n_pos, batch, n_pos, -1)
+    return torch.diagonal(moved, dim1=1, dim2=3).permute(0, 1, 3, 2)
+
+
+class _PassCounter:
+    """Counts the passes run, with an optional tqdm bar."""
+
+    def __init__(self, total: int, progress: bool) -> None:
+        self.passes = 0
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="Fisher passes (krylov)", unit="pass")
+
+    def add(self, count: int) -> None:
+        self.passes += count
+        if self.bar is not None:
+            if self.passes > self.bar.total:
+                self.bar.total = self.passes
+            self.bar.update(count)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _RemainderProbes:
+    """Step 3 of the krylov estimator: random-sign probes of what the basis leaves,
+    drawn in batches (``tol`` adds batches), their mean and standard error."""
+
+    def __init__(self, forward, factor, basis, tail, seed, vocab_chunk, chunk_size, counter) -> None:
+        self.forward, self.factor, self.basis, self.tail = forward, factor, basis, tail
+        self.vocab_chunk, self.chunk_size, self.counter = vocab_chunk, chunk_size, counter
+        # seed + 1 and + 2: independent of the sketch's draws and of each other; one stream each, so
+        # that added batches continue it
+        self.head_draws = torch.Generator().manual_seed(seed + 1)
+        self.tail_draws = torch.Generator().manual_seed(seed + 2)
+        self.norms: list[Tensor] = []
+        self.vectors: list[Tensor] = []
+
+    @property
+    def count(self) -> int:
+        return sum(n.shape[0] for n in self.norms)
+
+    def draw(self, m: int) -> None:
+        rank = self.factor.shape[-2]
+        signs_ = (torch.randint(0, 2, (m, rank), generator=self.head_draws, dtype=torch.int8).double() * 2 - 1)
+        z = signs_.to(self.factor)  # the same draws at every position
+        # projected off the basis: z - Q Q^T z at each position
+        inside = torch.einsum("bprk,mr->mbpk", self.basis, z)
+        z = z[:, None, None, :] - torch.einsum("bprk,mbpk->mbpr", self.basis, inside)
+        directions = torch.einsum("mbpr,bprd->mbpd", z, self.factor)
+        if self.tail is not None:
+            mean, head_ids = self.tail
+            tail_signs = torch.randint(0, 2, (m, self.forward.weight.shape[0]), generator=self.tail_draws,
+                                       dtype=torch.int8).double() * 2 - 1
+            directions = directions + tail_probes(self.forward, mean, head_ids, tail_signs, self.vocab_chunk)
+        keep = self.forward.layer_states is None
+        norms, vectors = _run(self.forward, directions, self.chunk_size, self.counter, keep=keep)
+        self.norms.append(norms)
+        if keep:
+            self.vectors.append(vectors)
+
+    def estimate(self, exact: Any) -> tuple[Tensor, Tensor]:
+        norms = torch.cat(self.norms)
+        m = norms.shape[0]
+        if self.vectors:
+            variance = 2 * _pairwise_square_mean(torch.cat(self.vectors), self.forward.compute_dtype) / m
+        else:
+            variance = norms.var(0, correction=1) / m
+        widen = _student_t(m - 1) / 1.959963984540054
+        return exact + norms.mean(0), variance.clamp(min=0).sqrt() * widen
+
+    def relative_error(self, exact: Any) -> float:
+        """The largest estimated relative L2 error of a map (over prompts and positions)."""
+        scores, error = self.estimate(exact)
+        if scores.dim() == 4:  # layer maps: the input embeddings' row
+            scores, error = scores[..., 0, :], error[..., 0, :]
+        return float((error.norm(dim=-1) / scores.norm(dim=-1).clamp_min(1e-300)).max())
+
+
+def _pairwise_square_mean(vectors: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, P, n) ``mean_{j != k} (y_j . y_k)^2`` over the m probes' VJPs (m, B, P, n, e),
+    in token chunks so the (m, m) Gram matrices stay small."""
+    m = vectors.shape[0]
+    out = []
+    step = max(1, 2**24 // (m * m * vectors.shape[1] * vectors.shape[2]))
+    for chunk in vectors.split(step, dim=3):
+        chunk = chunk.to(dtype)
+        gram = torch.einsum("jbpne,kbpne->bpnjk", chunk, chunk).pow(2)
+        out.append(gram.sum((-1, -2)) - gram.diagonal(dim1=-2, dim2=-1).sum(-1))
+    return torch.cat(out, dim=-1) / (m * (m - 1))
+
+
+def _student_t(dof: int) -> float:
+    """The 97.5% quantile of Student's t with ``dof`` degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, dof))
+
+
+def fisher_factor(forward: Optional[ScopeForward], fisher: Optional[Tensor], path: str, n_probes: int,
+                  head_mass: float = HEAD_MASS, max_head: Optional[int] = None, vocab_chunk: int = 8192):
+    """F as factor rows ``sqrt(l_i) u_i^T`` (its eigen-directions, descending), by the
+    formed or the split path: ``(values, factor, rest_mass, tail, info)`` with values
+    (B, P, r), factor (B, P, r, d), ``rest_mass`` (B, P) the part of tr F left to the
+    sampled tail (0 on the formed path), ``tail`` None or ``(mean, head_ids)`` for
+    :func:`~captum_jscopes.fisher.algebra.tail_probes`, and ``info`` (``path``, and the
+    split path's ``head_tokens`` and ``head_share``). ``n_probes`` prices the split
+    path (:func:`~captum_jscopes.fisher.algebra.choose_path`)."""
+    if fisher is not None:
+        path = "formed"
+    else:
+        path = choose_path(forward, path, "hutchinson", n_probes, max_head)
+    tail = None
+    if path == "formed":
+        if fisher is None:
+            fisher = fisher_matrix(forward, vocab_chunk)
+        values, vectors = eigen(fisher)  # full spectrum: no tail
+        factor = (vectors * values[..., None, :].sqrt()).transpose(-1, -2)
+        rest_mass = values.new_zeros(values.shape[:-1])
+        info: dict = {"path": "formed"}
+    else:
+        mean = fisher_mean(forward, vocab_chunk)
+        cap = max_head or forward.weight.shape[1]
+        head_ids, contribution = head_tokens(forward, mean, head_mass, cap, vocab_chunk)
+        rows = head_rows(forward, head_ids, mean)  # (B, P, N, d): F_head = rows^T rows
+        gram = rows @ rows.transpose(-1, -2)  # (B, P, N, N)
+        values, small = torch.linalg.eigh(gram)
+        values, small = values.flip(-1).clamp(min=0), small.flip(-1)
+        # sqrt(l_i) u_i = rows^T v_i: the head's eigen-directions, scaled, as rows (B, P, N, d)
+        factor = small.transpose(-1, -2) @ rows
+        total = contribution.sum(-1)
+        rest_mass = (total - values.sum(-1)).clamp(min=0)
+        tail = (mean, head_ids)
+        info = {"path": "split", "head_tokens": int(head_ids.shape[-1]),
+                "head_share": float((values.sum(-1) / total.clamp_min(1e-300)).min())}
+    return values, factor, rest_mass, tail, info
 
 
 def choose_k(values: Tensor, rest_mass: Tensor, budget: int) -> int:
@@ -405,7 +793,7 @@ def choose_k(values: Tensor, rest_mass: Tensor, budget: int) -> int:
 # -- the table -----------------------------------------------------------------------
 #: name -> estimator class, in the order of the tables and of ``--fisher-method``
 ESTIMATORS: dict[str, type[FisherEstimator]] = {
-    cls.name: cls for cls in (HutchinsonEstimator, DeflatedEstimator, ExactEstimator, EigEstimator)
+    cls.name: cls for cls in (HutchinsonEstimator, KrylovEstimator, DeflatedEstimator, ExactEstimator, EigEstimator)
 }
 #: the estimator every entry point uses unless told otherwise: as accurate as "deflated" at the
 #: same 40 backward passes (docs/fisher.md), unbiased with a per-token variance bound and standard

@@ -174,6 +174,15 @@ class DatasetSettings(Settings):
             "a quick look; exact: one per hidden dimension)",
         },
     )
+    fisher_tol: Optional[float] = field(
+        default=None,
+        metadata={
+            "flag": "--fisher-tol",
+            "metavar": "TOL",
+            "help": "Fisher Scope, krylov estimator: add probes until the estimated relative L2 error of each map is "
+            "below TOL (e.g. 0.02), at most d passes; default: the estimator's fixed passes",
+        },
+    )
     fisher_method: InitVar[Optional[str]] = None
 
     def __post_init__(self, fisher_method: Optional[str]) -> None:
@@ -193,6 +202,9 @@ class DatasetSettings(Settings):
             raise ValueError(f"text_field must be a non-empty string, got {self.text_field!r}")
         if self.target_field is not None and (not isinstance(self.target_field, str) or not self.target_field):
             raise ValueError(f"target_field must be None or a non-empty string, got {self.target_field!r}")
+        tol = self.fisher_tol
+        if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1):
+            raise ValueError(f"fisher_tol must be a relative error in (0, 1), e.g. 0.02, got {tol!r}")
         for name in ("chat", "keep_special"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
@@ -220,6 +232,8 @@ class DatasetSettings(Settings):
             owner = next((scope for scope in SCOPES if name.startswith(f"{scope}_")), None)
             if owner is not None and owner not in self.scopes:
                 del data[name]
+        if data.get("fisher_tol") is None:
+            data.pop("fisher_tol", None)  # unset: the run.json of runs made before the option stays the same
         return data
 
     @staticmethod

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -22,7 +21,6 @@ from captum_jscopes.fisher.estimators import (
     ExactEstimator,
     FisherEstimator,
     estimator,
-    fisher_scores,
 )
 from captum_jscopes.scopes.base import JacobianScope, RunForward, ScopeOptions
 
@@ -47,7 +45,9 @@ class FisherOptions(ScopeOptions):
     estimator: str = field(
         default=_DefaultEstimator(DEFAULT_ESTIMATOR),
         metadata={"help": "Fisher estimator: hutchinson (top-k eigen-directions exactly + random-sign probes, "
-                          "unbiased, with a standard error; 40 backward passes), deflated (top-16 + 24 sampled "
+                          "unbiased, with a standard error; 40 backward passes), krylov (the tokens' Fisher mass "
+                          "deflated by block Krylov iteration + random-sign probes; unbiased, standard errors that "
+                          "hold, tol=; 48 passes), deflated (top-16 + 24 sampled "
                           "eigen-directions), exact (d backward passes) or eig (top-k truncation, biased low). "
                           f"Default: {DEFAULT_ESTIMATOR}",
                   "choices": tuple(ESTIMATORS)},
@@ -59,13 +59,23 @@ class FisherOptions(ScopeOptions):
     )
     n_probes: Optional[int] = field(
         default=None,
-        metadata={"help": "sampled directions: hutchinson budget - k, deflated 24 (even). Default: the estimator's"},
+        metadata={"help": "sampled directions: hutchinson budget - k, krylov budget - 32, deflated 24 (even). "
+                          "Default: the estimator's"},
     )
     budget: Optional[int] = field(
         default=None,
-        metadata={"help": "backward passes of the hutchinson estimator in all. Default: the estimator's (40)"},
+        metadata={"help": "passes of the hutchinson (40) or krylov (48) estimator in all. Default: the estimator's"},
     )
     seed: int = field(default=0, metadata={"help": "seed of the sampled probes. Default: 0"})
+    tol: Optional[float] = field(
+        default=None,
+        metadata={"help": "krylov: add probes until the estimated relative L2 error of the map is below this "
+                          "(e.g. 0.02), up to max_passes. Default: none (the estimator's fixed passes)"},
+    )
+    max_passes: Optional[int] = field(
+        default=None,
+        metadata={"help": "with tol: at most this many passes in all, then a warning. Default: d (exact's cost)"},
+    )
     path: str = field(
         default="auto",
         metadata={"help": "how F is reached: auto (the cheaper by operation count), formed (the d x d matrix), "
@@ -92,7 +102,13 @@ class FisherScope(JacobianScope):
             exactly plus random-sign combinations of the remaining ones, averaged:
             unbiased, per-token coefficient of variation <= sqrt(2/m),
             ``return_error=True`` gives its standard error; ``budget`` = 40 backward
-            passes in all), ``"deflated"`` (the remainder's eigen-directions
+            passes in all), ``"krylov"`` (the directions that carry the tokens'
+            Fisher mass, the top of ``T = F^{1/2} J J^T F^{1/2}``, found by block
+            Krylov iteration from Jacobian-vector products and computed exactly, plus
+            random-sign probes of the rest, Hutch++-style: unbiased, standard errors
+            whose 95% intervals hold where the scores are large, ``tol=``; 48
+            passes, see :class:`~captum_jscopes.fisher.estimators.KrylovEstimator`),
+            ``"deflated"`` (the remainder's eigen-directions
             sampled one at a time in proportion to their eigenvalue; the default
             of 0.1.0, as accurate, formed path only), ``"exact"`` (d backward
             passes, equals the brute-force value), or ``"eig"`` (the reference's
@@ -102,8 +118,14 @@ class FisherScope(JacobianScope):
         k (int or "auto"): eigen-directions kept exactly. hutchinson: "auto"
             (default) chooses the split of ``budget`` from the spectrum; deflated:
             16; eig: 1.
-        n_probes (int): sampled directions. hutchinson: ``budget - k``; deflated: 24.
-        budget (int): backward passes of the hutchinson estimator. Default: 40.
+        n_probes (int): sampled directions. hutchinson: ``budget - k``; krylov:
+            ``budget - 32``; deflated: 24.
+        budget (int): passes of the hutchinson (default 40) or krylov (48) estimator.
+        tol (float): krylov only: add probes until the estimated relative L2 error
+            of every map (``sqrt(sum_t se_t^2) / ||scores||``) is below ``tol``,
+            e.g. 0.02; the passes used are in ``last_info["passes"]``. Default: None.
+        max_passes (int): with ``tol``: at most this many passes in all, then a
+            RuntimeWarning. Default: d (exact's cost).
         path (str): how F is reached: ``"auto"`` (default: the cheaper by operation
             count), ``"formed"`` (the d x d matrix over the whole vocabulary),
             ``"split"`` (hutchinson: head of the vocabulary eigendecomposed through
@@ -130,8 +152,9 @@ class FisherScope(JacobianScope):
     deprecated_options = ("method",)
     quick_look = {"estimator": "eig"}  # the reference's top-1 truncation: one backward pass
 
-    #: what the last call ran: path, k, n_probes (and for the split path the head size), and
-    #: f_seconds, the time spent on F (eigen-directions and probes) outside the backward passes
+    #: what the last call ran: path, k, n_probes (and for the split path the head size), passes
+    #: (every VJP and JVP per explained position), f_seconds, the time spent on F (eigen-directions and
+    #: probes) outside the backward passes, and for krylov rel_error, the estimated relative L2 error
     last_info: dict = {}
 
     # -- the scope protocol ----------------------------------------------------------
@@ -202,11 +225,9 @@ class FisherScope(JacobianScope):
         chosen = self.estimator_of(options)
         with _checkpointing(self.model, options.gradient_checkpointing):
             forward = run(1.0)
-            started = time.perf_counter()
-            found = chosen.probes(forward, seed=options.seed, path=options.path, vocab_chunk=options.vocab_chunk)
-            # the F side (everything between the forward and the backward passes), for the benchmarks
-            self.last_info = {**found.info, "f_seconds": time.perf_counter() - started}
-            scores, error = fisher_scores(forward, found, self.chunk_size, progress)
+            scores, error, self.last_info = chosen.scores(
+                forward, seed=options.seed, path=options.path, vocab_chunk=options.vocab_chunk,
+                chunk_size=self.chunk_size, progress=progress, tol=options.tol, max_passes=options.max_passes)
         if error is None and chosen.biased:
             error = scores.new_full(scores.shape, float("nan"))  # truncation bias is not estimated
         return scores, error

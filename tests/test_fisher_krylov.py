@@ -1,0 +1,184 @@
+"""The krylov Fisher estimator (deflate the tokens' Fisher mass, then sample the
+rest), the engine's JVPs it stands on, and the ``tol`` option, on tiny float64
+models against the exact estimator (itself checked against the brute-force
+Jacobian in test_fisher_estimators.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import assert_unchanged, bos_prompt, forward_of, make_model, snapshot
+
+from captum_jscopes import FisherScope, layer_map
+from captum_jscopes.fisher.estimators import ExactEstimator, KrylovEstimator, estimator
+
+#: a basis of 4 of the tiny model's 16 directions (2 + 2), so that the probes have a remainder to sample
+SMALL = {"sketch": 3, "block": 2, "rounds": 2, "n_probes": 4}
+
+
+prompt = bos_prompt
+
+
+@pytest.fixture(scope="module")
+def exact64(llama64):
+    # every token scored, the BOS too: the estimators' raw scores (the scope leaves special tokens out)
+    return ExactEstimator().scores(forward_of(llama64, prompt()))[0][0, 0]
+
+
+def counted(forward):
+    """``forward`` whose VJP directions and JVP tangents are counted (one pass each)."""
+    calls = {"vjp": 0, "jvp": 0}
+    vjp, jvp = forward.vjp, forward.jvp
+
+    def counting_vjp(directions):
+        calls["vjp"] += directions.shape[0] * directions.shape[2]
+        return vjp(directions)
+
+    def counting_jvp(tangents, *args, **kwargs):
+        calls["jvp"] += tangents.shape[0]
+        return jvp(tangents, *args, **kwargs)
+
+    forward.vjp, forward.jvp = counting_vjp, counting_jvp
+    return forward, calls
+
+
+@pytest.mark.parametrize("arch, step, rtol", [
+    ("gpt2", 1e-6, 1e-4),  # float64 throughout: the difference is as exact as the step
+    ("llama", 1e-3, 2e-2),  # Llama's RMSNorm runs in float32 inside: the default step, ~1e-3 accurate
+])
+def test_jvp_agrees_with_the_vjp_by_duality(arch, step, rtol):
+    # <v, J xi> = <J^T v, xi> for every tangent xi and direction v: the forward difference is a JVP
+    forward = forward_of(make_model(arch, torch.float64), prompt())
+    generator = torch.Generator().manual_seed(0)
+    tangents = torch.randn(3, *forward.embeddings.shape, generator=generator, dtype=torch.float64)
+    directions = torch.randn(2, 1, 1, forward.hidden.shape[-1], generator=generator, dtype=torch.float64)
+    jvps = forward.jvp(tangents, step=step)  # (3, 1, 1, d)
+    vjps = forward.vjp(directions)  # (2, 1, 1, n, e)
+    left = torch.einsum("id,jd->ij", directions[:, 0, 0], jvps[:, 0, 0])
+    right = torch.einsum("ine,jne->ij", vjps[:, 0, 0], tangents[:, 0])
+    torch.testing.assert_close(left, right, rtol=rtol, atol=rtol * right.abs().max())
+
+
+def test_every_direction_deflated_equals_exact():
+    # the basis reaches F's rank (16 = 8 + 8 on the formed path): no probes, the exact score
+    # (GPT-2: float64 throughout, where Llama's norms round to float32 inside)
+    forward = forward_of(make_model("gpt2", torch.float64), prompt())
+    scores, error, info = KrylovEstimator(block=8, rounds=2).scores(forward, path="formed")
+    assert error is None and info["k"] == 16 and info["n_probes"] == 0
+    torch.testing.assert_close(scores, ExactEstimator().scores(forward)[0], rtol=1e-8, atol=1e-12)
+    assert KrylovEstimator(block=8, rounds=2).backward_passes(16) == info["passes"]
+
+
+@pytest.mark.parametrize("path", ["formed", "split"])
+def test_krylov_is_unbiased(llama64, exact64, path):
+    # the mean over many seeds equals exact within its standard error
+    seeds = 200
+    runs = []
+    for seed in range(seeds):
+        scores, _, info = estimator("krylov", **SMALL).scores(forward_of(llama64, prompt()), seed=seed, path=path)
+        runs.append(scores[0, 0])
+    assert info["path"] == path and info["k"] == 4
+    runs = torch.stack(runs)
+    mean, spread = runs.mean(0), runs.std(0) / seeds**0.5
+    assert (runs - exact64).abs().max() > 1e-6 * exact64.max(), "the estimator should be random below full rank"
+    scored = exact64 > 0
+    z = ((mean - exact64) / spread)[scored]
+    assert z.abs().max() < 4.5, z
+    assert z.pow(2).mean() < 3.0, z  # chi^2 per degree of freedom ~ 1
+
+
+def test_standard_error_bounds_the_spread_and_covers_the_exact_score(llama64, exact64):
+    # the pairwise estimate of ||R_t||_F^2 bounds a random-sign probe's variance, widened by Student's t:
+    # never far below the real spread, and the 95% intervals cover the exact score at least 95% of the time
+    errors, estimates = [], []
+    for seed in range(150):
+        scores, error, _ = estimator("krylov", **{**SMALL, "n_probes": 6}).scores(
+            forward_of(llama64, prompt()), seed=seed, path="formed")
+        errors.append(scores[0, 0] - exact64)
+        estimates.append(error[0, 0])
+    errors, estimates = torch.stack(errors), torch.stack(estimates)
+    scored = exact64 > 0
+    ratio = estimates.pow(2).mean(0).sqrt()[scored] / errors.pow(2).mean(0).sqrt()[scored]
+    assert torch.all((ratio > 0.9) & (ratio < 3.0)), ratio
+    covered = (errors.abs() <= 1.96 * estimates)[:, scored].double().mean()
+    assert covered >= 0.95, covered
+
+
+def test_passes_counted_equal_the_passes_run(llama64):
+    for options, path in [(SMALL, "formed"), (SMALL, "split"), ({}, "formed"), ({"block": 3, "rounds": 3}, "split")]:
+        chosen = estimator("krylov", **options)
+        forward, calls = counted(forward_of(llama64, prompt()))
+        _, _, info = chosen.scores(forward, path=path)
+        assert info["passes"] == calls["vjp"] + calls["jvp"] == chosen.backward_passes(16, path), (options, path)
+
+
+def test_several_positions_and_a_batch(llama64):
+    # each explained position gets its own basis (its own VJPs and JVPs); at full rank every one is exact
+    ids = torch.cat([prompt(7, 3), prompt(7, 4)])
+    position = torch.tensor([[4, 6], [5, 6]])
+    scope = FisherScope(llama64)
+    scores = scope.attribute_positions(ids, position, estimator="krylov", path="formed")
+    # passes are counted per explained position, as backward_passes counts them
+    assert scope.last_info["k"] == 16 and scope.last_info["passes"] == KrylovEstimator().backward_passes(16)
+    # Llama's float32 norms inside: the rotated basis agrees to float32 rounding
+    torch.testing.assert_close(scores, scope.attribute_positions(ids, position, estimator="exact"),
+                               rtol=1e-6, atol=1e-12)
+
+
+def test_tol_adds_probes_until_the_estimated_error_is_below_it(llama64, exact64):
+    scope = FisherScope(llama64)
+    base = {**SMALL, "n_probes": 4}
+    forward = forward_of(llama64, prompt())
+    _, _, plain = estimator("krylov", **base).scores(forward, seed=3, path="formed")
+    assert plain["rel_error"] > 0.01, "the test needs an estimate coarser than the tolerance"
+    scores, error, info = estimator("krylov", **base).scores(forward_of(llama64, prompt()), seed=3, path="formed",
+                                                              tol=0.01, max_passes=5000)
+    assert info["rel_error"] <= 0.01 and info["tol"] == 0.01
+    assert info["n_probes"] > 4 and info["passes"] == plain["passes"] + info["n_probes"] - 4
+    estimated = float(error[0, 0].norm() / scores[0, 0].norm())
+    assert estimated == pytest.approx(info["rel_error"])
+    # the real error is of the size the estimate says (a 95% bound would be 1.96x; allow 3x)
+    assert float((scores[0, 0] - exact64).norm() / exact64.norm()) < 3 * 0.01
+    # through the scope (its options reach the estimator), with the passes in last_info
+    scope.attribute(prompt(), estimator="krylov", tol=0.01, max_passes=5000, seed=3, path="split")
+    assert scope.last_info["rel_error"] <= 0.01 and scope.last_info["passes"] >= KrylovEstimator().backward_passes(16)
+
+
+def test_max_passes_stops_with_a_warning(llama64):
+    forward = forward_of(llama64, prompt())
+    with pytest.warns(RuntimeWarning, match="max_passes=20"):
+        _, _, info = estimator("krylov", **SMALL).scores(forward, seed=0, path="formed", tol=1e-6, max_passes=20)
+    assert info["passes"] == 20
+
+
+def test_bad_options_are_clear_errors_and_leave_the_model_unchanged(llama64):
+    scope = FisherScope(llama64)
+    before = snapshot(llama64)
+    with pytest.raises(ValueError, match="tol= needs an estimator that adds probes \\(krylov\\)"):
+        scope.attribute(prompt(), estimator="hutchinson", tol=0.02)
+    with pytest.raises(ValueError, match="tol must be a relative error"):
+        scope.attribute(prompt(), estimator="krylov", tol=2.0)
+    with pytest.raises(ValueError, match="max_passes= bounds tol="):
+        scope.attribute(prompt(), estimator="krylov", max_passes=10)
+    with pytest.raises(ValueError, match="budget 20 leaves fewer than 2 probes"):
+        scope.attribute(prompt(), estimator="krylov", budget=20)
+    with pytest.raises(TypeError, match="takes no option k"):
+        scope.attribute(prompt(), estimator="krylov", k=3)
+    with pytest.raises(ValueError, match="sketch must be a positive int"):
+        KrylovEstimator(sketch=0)
+    with pytest.raises(ValueError, match="does not apply"):
+        scope.attribute(prompt(), estimator="krylov", path="matrix_free")
+    assert_unchanged(llama64, before)
+    scope.attribute(prompt(), estimator="krylov", tol=0.02)
+    assert_unchanged(llama64, before)
+
+
+def test_layer_maps_with_the_krylov_estimator(llama64):
+    # the same directions at every layer: row 0 is the map attribute() gives, with a standard error everywhere
+    scope = FisherScope(llama64)
+    options = {"estimator": "krylov", "n_probes": 4, "budget": None, "seed": 2, "path": "formed"}
+    layers = layer_map(scope, prompt(), **options)
+    single = scope.attribute(prompt(), **options)
+    torch.testing.assert_close(layers.scores[:, 0], single, rtol=1e-8, atol=1e-12)
+    assert layers.scores.shape[1] == len(llama64.model.layers) + 1
+    assert torch.isfinite(layers.error).all()
