@@ -37,6 +37,7 @@ ESTIMATORS = {
     "deflated": dict(estimator="deflated"),
     "hutchinson-formed": dict(estimator="hutchinson", path="formed"),
     "hutchinson": dict(estimator="hutchinson"),
+    "krylov": dict(estimator="krylov"),
 }
 
 

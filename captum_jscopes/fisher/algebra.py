@@ -82,15 +82,22 @@ def fisher_mean(forward: ScopeForward, vocab_chunk: int = 8192) -> Tensor:
     return total
 
 
-def fisher_matrix(forward: ScopeForward, vocab_chunk: int = 8192) -> Tensor:
+def fisher_matrix(forward: ScopeForward, vocab_chunk: int = 8192, dtype: Optional[torch.dtype] = None) -> Tensor:
     """(B, P, d, d) Fisher matrix at every explained position, in the compute
-    dtype (float32 at least, whatever the model's dtype), built in chunks of the
-    vocabulary so the (V, d) products never materialise at once."""
-    probs = forward.probs()
+    dtype (float32 at least, whatever the model's dtype) or ``dtype``, built in
+    chunks of the vocabulary so the (V, d) products never materialise at once.
+    ``dtype=torch.float64`` is what an exact reference needs: ``second - mu mu^T``
+    cancels, and in float32 its small eigenvalues, where a token's Jacobian can
+    lie, are off by enough to move the largest scores by 0.1-0.2% (measured on
+    SmolLM2)."""
+    probs = forward.probs() if dtype is None else forward.probs().to(dtype)
     d = forward.weight.shape[1]
     second = probs.new_zeros(*probs.shape[:2], d, d)
     mean = probs.new_zeros(*probs.shape[:2], d)
     for _, rows, p, scale in vocabulary_chunks(forward, vocab_chunk):
+        if dtype is not None:
+            rows, p = rows.to(dtype), p.to(dtype)
+            scale = None if scale is None else scale.to(dtype)
         mean += (p if scale is None else p * scale) @ rows
         weight_second = p if scale is None else p * scale * scale
         second += torch.einsum("bpc,cd,ce->bpde", weight_second, rows, rows)

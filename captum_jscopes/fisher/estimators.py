@@ -236,10 +236,17 @@ class ExactEstimator(FisherEstimator):
 
     def _probes(self, forward, fisher, seed, path, vocab_chunk) -> FisherProbes:
         if fisher is None:
-            fisher = fisher_matrix(forward, vocab_chunk)
-        values, vectors = eigen(fisher)
+            # F and its eigenpairs in float64: the reference must not carry float32's error in the
+            # small eigenvalues (see fisher_matrix); the directions go back to the compute dtype
+            fisher = fisher_matrix(forward, vocab_chunk, dtype=torch.float64)
+            values, vectors = eigen(fisher)
+            dtype = forward.compute_dtype
+        else:
+            values, vectors = eigen(fisher)
+            dtype = fisher.dtype
         d = values.shape[-1]
-        return FisherProbes(exact=_top_directions(values, vectors, d), info={"path": "formed", "k": d, "n_probes": 0})
+        return FisherProbes(exact=_top_directions(values, vectors, d).to(dtype),
+                            info={"path": "formed", "k": d, "n_probes": 0})
 
 
 @dataclass(frozen=True)

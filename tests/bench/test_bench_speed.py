@@ -147,6 +147,35 @@ def test_fisher_accuracy_study_reads_cached_exact_scores_and_runs_every_seed(tin
     assert "2 seeds each" in (out / "speed.md").read_text()
 
 
+def test_exact_cache_feeds_the_study_which_records_passes_and_coverage(tiny_model_dir, prompts_file, tmp_path):
+    """--fisher-cache-exact writes exact scores of the prompts after --fisher-offset (resumable);
+    --fisher-exact DIR reads them; each record holds the passes run and how many of the five
+    largest exact scores lie inside the 95% interval."""
+    from captum_jscopes import FisherScope, load_model
+
+    cache = tmp_path / "exact"
+    common = ["--model", str(tiny_model_dir), "--data", str(prompts_file), "--n", "1", "--max-tokens", "0"]
+    assert bench_speed.main([*common, "--fisher-cache-exact", str(cache), "--fisher-n", "5", "--fisher-offset", "1"]) == 0
+    cached = [json.loads(line) for line in (cache / "records.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in cached] == ["1"]  # the offset skipped prompt "0"; the file has two
+    model, tokenizer = load_model(str(tiny_model_dir), progress=False)
+    ids = bench_speed.encode(tokenizer, json.loads(prompts_file.read_text())[1]["text"], 0, "cpu")
+    exact = FisherScope(model, tokenizer).attribute(ids[None], estimator="exact")[0]
+    assert cached[0]["exact"] == pytest.approx(exact.tolist(), rel=1e-6, abs=1e-9)
+    out = tmp_path / "study"
+    assert bench_speed.main([*common, "--skip-speed", "--fisher-n", "5", "--fisher-exact", str(cache),
+                             "--fisher-methods", "fisher_krylov,fisher_eig1", "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / bench_speed.FISHER_DIR / "records.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == ["1"]
+    # krylov at full rank on a 16-wide model: exact (error 0), 32 passes; its error bars are 0, so only
+    # the scores that equal exact to rounding count as covered
+    assert all(r["fisher_krylov"]["passes"] == 32 and r["fisher_krylov"]["rel_l2"] < 1e-5 for r in records)
+    assert all(r["fisher_eig1"]["top5_covered"] == 0 for r in records)  # NaN error bars cover nothing
+    summary = json.loads((out / "speed.json").read_text())["fisher_accuracy"]
+    assert summary["fisher_krylov"]["median_passes"] == 32 and summary["fisher_eig1"]["top5_coverage"] == 0.0
+    assert "top-5 in 95% interval" in (out / "speed.md").read_text()
+
+
 def test_length_memory_records_time_and_memory_per_length_and_skips_after_a_slow_call(
         tiny_model_dir, prompts_file, tmp_path):
     out = tmp_path / "out"
