@@ -59,6 +59,22 @@ def test_jvp_agrees_with_the_vjp_by_duality(arch, step, rtol):
     torch.testing.assert_close(left, right, rtol=rtol, atol=rtol * right.abs().max())
 
 
+def test_jvp_reruns_stop_before_the_head_and_leave_no_hook():
+    # the reruns need only the final hidden state: the output head must not run, and its hooks are as before
+    model = make_model("llama", torch.float64)
+    forward = forward_of(model, prompt())
+    head = model.get_output_embeddings()
+    calls = []
+    handle = head.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        before = (dict(head._forward_pre_hooks), dict(head._forward_hooks))
+        forward.jvp(torch.randn(2, *forward.embeddings.shape, dtype=torch.float64))
+        assert calls == []
+        assert (dict(head._forward_pre_hooks), dict(head._forward_hooks)) == before
+    finally:
+        handle.remove()
+
+
 def test_every_direction_deflated_equals_exact():
     # the basis reaches F's rank (16 = 8 + 8 on the formed path): no probes, the exact score
     # (GPT-2: float64 throughout, where Llama's norms round to float32 inside)

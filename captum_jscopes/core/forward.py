@@ -388,6 +388,11 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     )
 
 
+def _first_input(args: tuple, kwargs: dict) -> Tensor:
+    """The hidden state a forward pre-hook sees, passed by position or by keyword."""
+    return args[0] if args else next(iter(kwargs.values()))
+
+
 class _HiddenStateReached(Exception):
     """Raised by :func:`run_forward`'s rerun once the final hidden state is recorded."""
 
@@ -432,7 +437,7 @@ def run_forward(
     captured: dict[str, Tensor] = {}
 
     def record_input(_module, args, kwargs_):
-        captured["y"] = args[0] if args else next(iter(kwargs_.values()))
+        captured["y"] = _first_input(args, kwargs_)
 
     def record_output(_module, _args, output):
         captured["z"] = output
@@ -482,8 +487,8 @@ def run_forward(
         seen: dict[str, Tensor] = {}
 
         def record_and_stop(_module, args, kwargs_):
-            seen["y"] = args[0] if args else next(iter(kwargs_.values()))
-            # the head is not needed: on a 262k vocabulary it costs a third of the forward
+            seen["y"] = _first_input(args, kwargs_)
+            # the head is not needed here, and on a 262k vocabulary it is a large part of a short forward
             raise _HiddenStateReached
 
         handle = head.register_forward_pre_hook(record_and_stop, with_kwargs=True)
