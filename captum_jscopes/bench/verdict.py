@@ -20,6 +20,7 @@ Command line::
 
     python -m captum_jscopes.bench.verdict --run "SmolLM2 / LAMBADA=benchmarks/results/DIR" ... \\
         --out benchmarks/results/verdict.md
+    python -m captum_jscopes.bench.verdict --run "SmolLM2 / OPUS=DIR_0_168+DIR_169_499"  # prompt ranges pooled
     python -m captum_jscopes.bench.verdict --analysis DIR --method ig50_token --rival fisher_eig1
 """
 
@@ -39,7 +40,7 @@ from captum_jscopes.bench.methods import METHODS
 from captum_jscopes.bench.report import finite_or_none, format_number, mean_sem, read_meta, read_run_records, wilcoxon_p
 
 __all__ = ["paired_stats", "method_costs", "strongest_baseline", "verdict", "budget_picks", "render_verdict",
-           "win_analysis", "plot_wins", "main"]
+           "win_analysis", "plot_wins", "pooled_records", "loo_agreement", "loo_rows", "main"]
 
 #: "no slower than the scope": a baseline's mean time at most this many times the scope's.
 SAME_BUDGET = 1.5
@@ -114,11 +115,13 @@ def verdict(records: list[dict], name: str = "run") -> dict:
 
     Returns:
         ``name``, ``n`` (prompts), ``methods`` (name -> AOPC mean, SEM, mean time),
-        ``rows`` (one per scope and comparison: ``scope``, ``comparison`` ("strongest" or
-        "same budget"), ``baseline`` and :func:`paired_stats`), ``baseline_wins``
-        (the rows where the baseline is significantly more faithful), ``picks``
-        (:func:`budget_picks`) and ``loo_best`` (the method agreeing best with
-        leave-one-out, when the records have it).
+        ``rows`` (one per scope and comparison: ``scope``, ``comparison`` ("strongest",
+        "same budget", or "strongest, same budget" when the strongest baseline costs at most
+        :data:`SAME_BUDGET` times the scope), ``baseline`` and :func:`paired_stats`),
+        ``baseline_wins`` (the rows where the baseline is significantly more faithful),
+        ``picks`` (:func:`budget_picks`), ``loo`` (:func:`loo_agreement`), ``loo_rows``
+        (:func:`loo_rows`) and ``loo_best``
+        (the method agreeing best with leave-one-out, when the records have it).
     """
     done = _done(records)
     if not done:
@@ -130,15 +133,15 @@ def verdict(records: list[dict], name: str = "run") -> dict:
         summary[m] = {"aopc_mean": mean, "aopc_sem": sem, "time_mean_s": costs[m]}
     rows = []
     for scope in (m for m in costs if METHODS[m].is_scope):
-        seen = set()
-        for comparison, limit in (("strongest", None), ("same budget", SAME_BUDGET * costs[scope])):
-            base = strongest_baseline(done, limit)
-            if base is None or base in seen:
-                continue  # the strongest baseline is also within budget: one row says both
-            seen.add(base)
-            rows.append({"scope": scope, "comparison": comparison, "baseline": base,
-                         **paired_stats(_aopcs(done, scope), _aopcs(done, base))})
+        strongest, at_budget = strongest_baseline(done), strongest_baseline(done, SAME_BUDGET * costs[scope])
+        if strongest == at_budget:  # the strongest baseline costs no more than the scope: one row says both
+            pairs = [("strongest, same budget", strongest)]
+        else:
+            pairs = [("strongest", strongest), ("same budget", at_budget)]
+        rows += [{"scope": scope, "comparison": comparison, "baseline": base,
+                  **paired_stats(_aopcs(done, scope), _aopcs(done, base))} for comparison, base in pairs if base]
     wins = [r for r in rows if r["mean_difference"] > 0 and r["wilcoxon_p"] < ALPHA]
+    loo = loo_agreement(done)
     return {
         "name": name,
         "n": len(done),
@@ -146,7 +149,9 @@ def verdict(records: list[dict], name: str = "run") -> dict:
         "rows": rows,
         "baseline_wins": wins,
         "picks": budget_picks(summary),
-        "loo_best": _loo_best(done),
+        "loo": loo,
+        "loo_rows": loo_rows(done, loo),
+        "loo_best": _loo_best(loo),
     }
 
 
@@ -162,18 +167,52 @@ def budget_picks(summary: dict[str, dict]) -> list[dict]:
     return picks
 
 
-def _loo_best(records: list[dict]) -> Optional[dict]:
+def loo_agreement(records: list[dict]) -> dict[str, dict]:
+    """Each method's mean Spearman with the leave-one-out KL (``mean``, ``sem``, ``n``
+    prompts), best first, over the prompts where every method has one."""
     methods = [m for m in _common_methods(records) if METHODS[m].kind != "random"]
-    rho = {}
+    prompts = [r for r in _done(records)
+               if methods and all(r["methods"][m].get("loo", {}).get("spearman") is not None for m in methods)]
+    if not prompts:
+        return {}
+    out = {}
     for m in methods:
-        values = [r["methods"][m]["loo"]["spearman"] for r in records if "loo" in r["methods"][m]]
-        values = [v for v in values if v is not None]
-        if values:
-            rho[m] = (float(np.mean(values)), len(values))
-    if not rho:
+        mean, sem = mean_sem([r["methods"][m]["loo"]["spearman"] for r in prompts])
+        out[m] = {"mean": mean, "sem": sem, "n": len(prompts)}
+    return dict(sorted(out.items(), key=lambda item: -item[1]["mean"]))
+
+
+def loo_rows(records: list[dict], agreement: dict[str, dict]) -> list[dict]:
+    """Each scope against the baseline that agrees best with leave-one-out and against the
+    strongest baseline on AOPC (when another), prompt by prompt: :func:`paired_stats` of the
+    Spearman correlations with ``mean_difference`` = scope - baseline (positive = the scope
+    agrees better) and ``share_better`` the share of prompts where the scope's is higher;
+    ``comparison`` says which baseline it is."""
+    baselines = _baselines(list(agreement))
+    if not baselines:
+        return []
+    rivals = {"best on leave-one-out": max(baselines, key=lambda m: agreement[m]["mean"])}
+    strongest = strongest_baseline(records)
+    if strongest in agreement and strongest != rivals["best on leave-one-out"]:
+        rivals["strongest on AOPC"] = strongest
+    prompts = [r for r in _done(records)
+               if all(r["methods"][m].get("loo", {}).get("spearman") is not None for m in agreement)]
+    rows = []
+    for scope in (m for m in agreement if METHODS[m].is_scope):
+        for comparison, base in rivals.items():
+            rho = {m: [r["methods"][m]["loo"]["spearman"] for r in prompts] for m in (scope, base)}
+            # paired_stats counts "better" as lower: pass the baseline first and turn the difference round
+            row = paired_stats(rho[base], rho[scope])
+            row.update(mean_difference=-row["mean_difference"], ci_low=-row["ci_high"], ci_high=-row["ci_low"])
+            rows.append({"scope": scope, "comparison": comparison, "baseline": base, **row})
+    return rows
+
+
+def _loo_best(agreement: dict[str, dict]) -> Optional[dict]:
+    if not agreement:
         return None
-    best = max(rho, key=lambda m: rho[m][0])
-    return {"method": best, "spearman_mean": rho[best][0], "n": rho[best][1]}
+    best, row = next(iter(agreement.items()))
+    return {"method": best, "spearman_mean": row["mean"], "n": row["n"]}
 
 
 # ====================================================================== rendering
@@ -197,6 +236,15 @@ def render_verdict(verdicts: Sequence[dict]) -> str:
                   f"{100 * r['share_better']:.0f}% of prompts)" for v, r in wins]
     else:
         lines.append("No baseline is significantly more faithful than any scope in these runs.")
+    loo_losses = [(v, r) for v in verdicts for r in v.get("loo_rows", [])
+                  if r["mean_difference"] < 0 and r["wilcoxon_p"] < ALPHA]
+    if loo_losses:
+        lines += ["", "**A baseline agrees better with leave-one-out than a scope (paired Spearman, Wilcoxon p < "
+                  f"{ALPHA}):**", ""]
+        lines += [f"- {v['name']} (n = {r['n']}): `{r['baseline']}` agrees better than `{r['scope']}` by "
+                  f"{format_number(-r['mean_difference'])} (95% CI {format_number(-r['ci_high'])} to "
+                  f"{format_number(-r['ci_low'])}, p = {_p(r['wilcoxon_p'])}; the scope agrees better on "
+                  f"{100 * r['share_better']:.0f}% of prompts)" for v, r in loo_losses]
     lines += ["", "Difference = scope AOPC - baseline AOPC per prompt (negative = the scope is more faithful), "
               "mean with its 95% t interval; Wilcoxon signed-rank p; share of prompts where the scope is better. "
               f"'same budget': the strongest baseline whose mean time is at most {SAME_BUDGET}x the scope's. "
@@ -218,6 +266,15 @@ def render_verdict(verdicts: Sequence[dict]) -> str:
             b = v["loo_best"]
             lines.append(f"- to agree with leave-one-out (Spearman, {b['n']} prompts): `{b['method']}` "
                          f"({format_number(b['spearman_mean'])})")
+            lines += ["", f"Spearman with the leave-one-out KL ({b['n']} prompts, mean +- SEM, best first): "
+                      + ", ".join(f"`{m}` {format_number(row['mean'])} +- {format_number(row['sem'])}"
+                                  for m, row in v["loo"].items())]
+        if v.get("loo_rows"):
+            lines += ["", "| scope | vs | baseline | Spearman difference [95% CI] | Wilcoxon p | scope agrees "
+                      "better on |", "|---|---|---|---|---|---|"]
+            lines += [f"| {r['scope']} | {r['comparison']} | {r['baseline']} | {format_number(r['mean_difference'])} "
+                      f"[{format_number(r['ci_low'])}, {format_number(r['ci_high'])}] | {_p(r['wilcoxon_p'])} | "
+                      f"{100 * r['share_better']:.0f}% |" for r in v["loo_rows"]]
         lines.append("")
     return "\n".join(lines)
 
@@ -349,9 +406,36 @@ def render_analysis(analysis: dict) -> str:
 
 
 # ====================================================================== command line
-def _records(run_dir: Path) -> list[dict]:
-    read_meta(run_dir)  # a clear error for a folder that is no run
-    return read_run_records(run_dir)[0]
+#: Settings the runs pooled into one verdict must share: the same model, prompt set and metric.
+_POOLED_SETTINGS = ("benchmark", "format", "model", "data", "dtype", "seed", "aopc_fractions", "ablation")
+
+
+def pooled_records(run_dirs: Sequence[Path]) -> list[dict]:
+    """The records of one or more runs over DISJOINT prompts of the same model and prompt set
+    (a long benchmark run in ranges, e.g. prompts 0-7, 8-168 and 169-499), in one list.
+
+    The verdict then pairs the methods every record has. (Runs of different methods on the
+    same prompts are joined with the runner's ``--combine`` instead.)
+
+    Raises:
+        ValueError: a folder that is no run, settings that differ, or a prompt in two runs.
+    """
+    metas = [read_meta(d) for d in run_dirs]  # a clear error for a folder that is no run
+    for d, meta in zip(run_dirs[1:], metas[1:]):
+        for key in _POOLED_SETTINGS:
+            if meta.get(key) != metas[0].get(key):
+                raise ValueError(f"runs {run_dirs[0]} and {d} differ in {key}: {metas[0].get(key)!r} vs "
+                                 f"{meta.get(key)!r}; only runs of the same model, prompts and metric can be pooled")
+    records: list[dict] = []
+    owner: dict[str, Path] = {}
+    for d in run_dirs:
+        for record in read_run_records(d)[0]:
+            if record["id"] in owner:
+                raise ValueError(f"prompt {record['id']} is in both {owner[record['id']]} and {d}; pool runs of "
+                                 "different prompts (join runs of different methods with --combine)")
+            owner[record["id"]] = d
+            records.append(record)
+    return records
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -361,8 +445,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from captum_jscopes.bench.common import RESULTS_ROOT
 
     parser = argparse.ArgumentParser(prog="python -m captum_jscopes.bench.verdict", description=__doc__.split("\n")[0])
-    parser.add_argument("--run", action="append", default=[], metavar="NAME=DIR",
-                        help="a faithfulness run (partial runs are read from their shards)")
+    parser.add_argument("--run", action="append", default=[], metavar="NAME=DIR[+DIR...]",
+                        help="a faithfulness run (partial runs are read from their shards); DIR+DIR pools "
+                             "runs over disjoint prompts of the same model and prompt set")
     parser.add_argument("--out", default=None, help="verdict Markdown file (a .json beside it)")
     parser.add_argument("--analysis", default=None, metavar="DIR", help="run folder of the win analysis")
     parser.add_argument("--method", default="ig50_token")
@@ -384,7 +469,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 name, sep, folder = spec.partition("=")
                 if not sep:
                     raise ValueError(f"--run wants NAME=DIR, got {spec!r}")
-                verdicts.append(verdict(_records(Path(folder)), name))
+                verdicts.append(verdict(pooled_records([Path(f) for f in folder.split("+")]), name))
             text = render_verdict(verdicts)
             print(text)
             if args.out:
@@ -394,7 +479,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"verdict written to {out} and {out.with_suffix('.json')}", file=sys.stderr)
         if args.analysis:
             folder = Path(args.analysis)
-            analysis = win_analysis(_records(folder), args.method, args.rival)
+            analysis = win_analysis(pooled_records([folder]), args.method, args.rival)
             stem = f"wins-{args.method}-vs-{args.rival}"
             plot_wins(analysis, folder / f"{stem}.png")
             (folder / f"{stem}.md").write_text(render_analysis(analysis) + "\n", encoding="utf-8")

@@ -89,8 +89,44 @@ def test_no_warning_when_the_scopes_win():
     v = V.verdict(records(offsets=offsets))
     assert v["baseline_wins"] == []
     assert "No baseline is significantly more faithful" in V.render_verdict([v])
-    # the strongest baseline is also within the scope's budget: one row, not two
-    assert [(r["scope"], r["baseline"]) for r in v["rows"]] == [("semantic", "grad_x_input")]
+    # the strongest baseline is also within the scope's budget: one row that says both, not two
+    assert [(r["scope"], r["comparison"], r["baseline"]) for r in v["rows"]] == [
+        ("semantic", "strongest, same budget", "grad_x_input")]
+    assert v["loo"] == {} and v["loo_best"] is None  # no leave-one-out in these records
+
+
+def test_leave_one_out_agreement_over_the_prompts_where_every_method_has_it():
+    recs = records(n=30)
+    rho = {"semantic": 0.5, "fisher_eig1": 0.6, "grad_x_input": 0.4, "saliency": 0.5, "ig50": 0.1,
+           "ig50_token": 0.3, "feature_ablation": 1.0, "random": 0.0}
+    for i, r in enumerate(recs[:20]):  # the first 20 prompts have leave-one-out
+        for m, e in r["methods"].items():
+            e["loo"] = {"spearman": rho[m] + 0.01 * (i % (3 if m == "feature_ablation" else 5))}
+    del recs[3]["methods"]["ig50"]["loo"]  # one method without it on one prompt: that prompt is left out
+    v = V.verdict(recs, "loo")
+    agreement = v["loo"]
+    assert list(agreement)[:2] == ["feature_ablation", "fisher_eig1"] and "random" not in agreement
+    expected = np.mean([rho["fisher_eig1"] + 0.01 * (i % 5) for i in range(20) if i != 3])
+    assert agreement["fisher_eig1"]["mean"] == pytest.approx(expected) and agreement["fisher_eig1"]["n"] == 19
+    assert v["loo_best"] == {"method": "feature_ablation", "spearman_mean": pytest.approx(1.01, abs=0.01), "n": 19}
+    # each scope against the baseline agreeing best (feature_ablation), paired, positive = the scope agrees better
+    # (and against ig50_token, the strongest on AOPC in these records)
+    assert {(r["scope"], r["comparison"], r["baseline"]) for r in v["loo_rows"]} == {
+        (scope, comparison, base) for scope in ("semantic", "fisher_eig1")
+        for comparison, base in (("best on leave-one-out", "feature_ablation"), ("strongest on AOPC", "ig50_token"))}
+    rows = {r["scope"]: r for r in v["loo_rows"] if r["baseline"] == "feature_ablation"}
+    kept = [r for i, r in enumerate(recs[:20]) if i != 3]
+    diff = [r["methods"]["fisher_eig1"]["loo"]["spearman"] - r["methods"]["feature_ablation"]["loo"]["spearman"]
+            for r in kept]
+    assert rows["fisher_eig1"]["mean_difference"] == pytest.approx(np.mean(diff))
+    low, high = stats.ttest_1samp(diff, 0.0).confidence_interval(0.95)
+    assert (rows["fisher_eig1"]["ci_low"], rows["fisher_eig1"]["ci_high"]) == (pytest.approx(low), pytest.approx(high))
+    assert rows["fisher_eig1"]["share_better"] == 0
+    text = V.render_verdict([v])
+    assert "Spearman with the leave-one-out KL (19 prompts" in text and "`fisher_eig1` 0.6" in text
+    assert f"| fisher_eig1 | best on leave-one-out | feature_ablation | {np.mean(diff):.3f} [" in text
+    # a scope that agrees worse than a baseline is said at the top, with the AOPC losses
+    assert text.index("`feature_ablation` agrees better than `fisher_eig1`") < text.index("## loo")
 
 
 def test_win_analysis_and_plot(tmp_path):
@@ -126,6 +162,34 @@ def test_command_line(tmp_path, capsys):
     assert json.loads(out.with_suffix(".json").read_text())[0]["n"] == 40
     assert (run / "wins-ig50_token-vs-fisher_eig1.png").is_file()
     assert V.main(["--run", str(run)]) == 2 and "NAME=DIR" in capsys.readouterr().err
+
+
+def _write_run(folder, recs, **settings):
+    folder.mkdir()
+    meta = {"benchmark": "faithfulness", "model": "toy", "data": "opus_de_en", "methods": list(TIMES), **settings}
+    (folder / "run.json").write_text(json.dumps(meta))
+    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return folder
+
+
+def test_runs_over_disjoint_prompt_ranges_are_pooled_into_one_verdict(tmp_path):
+    recs = records(n=40)
+    first = _write_run(tmp_path / "first", recs[:25])
+    # the later range lacks a method: the pooled verdict pairs only what every prompt has
+    later = [dict(r, methods={m: e for m, e in r["methods"].items() if m != "ig50_token"}) for r in recs[25:]]
+    second = _write_run(tmp_path / "second", later)
+    pooled = V.pooled_records([first, second])
+    assert [r["id"] for r in pooled] == [r["id"] for r in recs]
+    v = V.verdict(pooled, "pooled")
+    assert v["n"] == 40 and "ig50_token" not in v["methods"] and "feature_ablation" in v["methods"]
+    assert V.main(["--run", f"pooled={first}+{second}", "--out", str(tmp_path / "v.md")]) == 0
+    assert "## pooled (n = 40 prompts)" in (tmp_path / "v.md").read_text()
+    # the same prompt twice, or another model, is refused with a one-line reason
+    with pytest.raises(ValueError, match="prompt 0 is in both"):
+        V.pooled_records([first, first])
+    other = _write_run(tmp_path / "other", recs[25:], model="another")
+    with pytest.raises(ValueError, match="differ in model"):
+        V.pooled_records([first, other])
 
 
 def test_bins_keep_ties_together_and_still_split_the_rest():
