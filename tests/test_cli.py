@@ -269,13 +269,14 @@ def test_fisher_prints_its_cost_estimate_before_it_runs(model_dir, tmp_path, cap
         capsys,
     )
     assert code == 0, stderr
-    # the default estimator spends its 40 passes also where d = 16 (k = 15 exact directions and
-    # 25 probes); 7 tokens = <bos>, five words and the first target token (teacher-forced)
+    # the default estimator (krylov) on d = 16: its two blocks of 8 directions are all of F's, so it
+    # runs 8 + 16 + 8 = 32 passes and no probe; 7 tokens = <bos>, five words and the first target
+    # token (teacher-forced)
     line = next(line for line in stdout.splitlines() if line.startswith("Fisher: "))
-    assert line.startswith("Fisher: 40 backward passes x 2 target tokens over 7 tokens, about ")
+    assert line.startswith("Fisher: 32 backward passes x 2 target tokens over 7 tokens, about ")
     assert line.endswith(" s")  # a second or so: no hint to the quick estimator
     assert stdout.index(line) < stdout.index("fisher: top 5 tokens")
-    assert "Fisher backward passes" in stderr  # the Fisher Scope's own bar
+    assert "Fisher passes (krylov)" in stderr  # the Fisher Scope's own bar
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from captum_jscopes import FisherScope
 from captum_jscopes.display.fisher_components import plot_components
 from captum_jscopes.fisher.algebra import choose_path, fisher_matrix, fisher_matvec, fisher_trace, top_eigenpairs
 from captum_jscopes.fisher.components import describe
-from captum_jscopes.fisher.estimators import choose_k, probes
+from captum_jscopes.fisher.estimators import KrylovEstimator, choose_k, probes
 from captum_jscopes.core.forward import gradient_checkpointing
 
 
@@ -95,13 +95,18 @@ def test_seeded_and_deterministic(llama64):
         torch.testing.assert_close(both[row], alone)
 
 
-def test_hutchinson_is_the_default_within_its_budget_and_deflated_stays_selectable(llama64, exact64):
+def test_krylov_is_the_default_and_hutchinson_and_deflated_stay_selectable(llama64, exact64):
     scope = FisherScope(llama64)
-    default = scope.attribute(prompt(), budget=8)
+    default = scope.attribute(prompt())
     info = scope.last_info
-    assert info["k"] + info["n_probes"] == 8 and info["n_probes"] >= 2
-    assert torch.equal(default, scope.attribute(prompt(), estimator="hutchinson", budget=8))
+    # d = 16: two blocks of 8 Krylov directions are all of F's directions, so no probe is drawn
+    assert info["k"] == 16 and info["n_probes"] == 0 and info["passes"] == KrylovEstimator().backward_passes(16)
+    torch.testing.assert_close(default, exact64, rtol=1e-7, atol=1e-10)
+    assert torch.equal(default, scope.attribute(prompt(), estimator="krylov"))
     assert info["f_seconds"] >= 0  # the F side is timed for the benchmarks
+    hutchinson = scope.attribute(prompt(), estimator="hutchinson", budget=8)
+    assert scope.last_info["k"] + scope.last_info["n_probes"] == 8 and scope.last_info["n_probes"] >= 2
+    assert not torch.equal(hutchinson, default)
     old = scope.attribute(prompt(), estimator="deflated", k=2, n_probes=8)
     assert scope.last_info["path"] == "formed" and old.shape == exact64.shape
     assert not torch.equal(old, scope.attribute(prompt(), estimator="hutchinson", k=2, n_probes=8))
@@ -229,7 +234,7 @@ def test_every_entry_point_defaults_to_the_same_fisher_estimator():
     from captum_jscopes.cli import main as cli
     from captum_jscopes.runs.dataset import DatasetSettings
     from captum_jscopes.runs.explain import explain
-    from captum_jscopes.fisher.estimators import DEFAULT_ESTIMATOR, DEFAULT_METHOD, probes
+    from captum_jscopes.fisher.estimators import DEFAULT_ESTIMATOR, DEFAULT_METHOD, DEFAULT_PROBE_ESTIMATOR, probes
 
     def default(fn, *names):
         # the entry points' keyword is fisher_estimator (fisher_method: its deprecated name, default None)
@@ -239,9 +244,11 @@ def test_every_entry_point_defaults_to_the_same_fisher_estimator():
     def attribute(obj, *names):
         return next(getattr(obj, n) for n in names if getattr(obj, n, None) is not None)
 
-    assert DEFAULT_ESTIMATOR == DEFAULT_METHOD == "hutchinson"
+    assert DEFAULT_ESTIMATOR == DEFAULT_METHOD == "krylov"
     assert FisherScope.Options().estimator == FisherScope.make_options().estimator == DEFAULT_ESTIMATOR
-    assert default(probes, "method") == default(explain, "fisher_estimator", "fisher_method") == DEFAULT_ESTIMATOR
+    assert default(explain, "fisher_estimator", "fisher_method") == DEFAULT_ESTIMATOR
+    # probes() turns a formed F into directions: krylov has no F-only form, so its default is hutchinson
+    assert default(probes, "method") == DEFAULT_PROBE_ESTIMATOR == "hutchinson"
     assert attribute(DatasetSettings(), "fisher_estimator", "fisher_method") == DEFAULT_ESTIMATOR
     parsed = cli.build_parser().parse_args(["attribute", "x"])
     assert attribute(parsed, "fisher_estimator", "fisher_method") == DEFAULT_ESTIMATOR

@@ -87,24 +87,27 @@ def brute_force_fisher(model, ids, position=-1):
 
 # -- the table and its defaults -------------------------------------------------------
 def test_the_table_in_order_with_the_defaults_held_once():
-    assert list(ESTIMATORS) == ["hutchinson", "krylov", "deflated", "exact", "eig"]
-    assert DEFAULT_ESTIMATOR == "hutchinson"
+    assert list(ESTIMATORS) == ["krylov", "hutchinson", "deflated", "exact", "eig"]
+    assert DEFAULT_ESTIMATOR == "krylov"
     assert [cls.name for cls in ESTIMATORS.values()] == list(ESTIMATORS)
     assert HutchinsonEstimator() == HutchinsonEstimator(k="auto", n_probes=None, budget=40)
     assert DeflatedEstimator() == DeflatedEstimator(k=16, n_probes=24)
-    assert KrylovEstimator() == KrylovEstimator(sketch=8, block=8, rounds=2, n_probes=None, budget=48)
-    assert KrylovEstimator().probe_count() == 16 and KrylovEstimator(budget=60).probe_count() == 28
+    assert KrylovEstimator() == KrylovEstimator(sketch=None, block=None, rounds=2, n_probes=None, budget=48)
+    # sketch and block are a sixth of the budget each unless given: a third is left to the probes
+    assert (KrylovEstimator().sketch_size, KrylovEstimator().block_size, KrylovEstimator().probe_count()) == (8, 8, 16)
+    assert (KrylovEstimator(budget=12).sketch_size, KrylovEstimator(budget=12).probe_count()) == (2, 4)
+    assert KrylovEstimator(budget=60).probe_count() == 20 and KrylovEstimator(block=8, budget=60).probe_count() == 26
     assert EigEstimator() == EigEstimator(k=1)
     assert ExactEstimator().options() == {}
     assert {name: cls.randomised for name, cls in ESTIMATORS.items()} == {
-        "hutchinson": True, "krylov": True, "deflated": True, "exact": False, "eig": False}
+        "krylov": True, "hutchinson": True, "deflated": True, "exact": False, "eig": False}
     assert [name for name, cls in ESTIMATORS.items() if cls.adaptive] == ["krylov"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         EigEstimator().k = 2  # type: ignore[misc]
     # the former module names read from the table
     from captum_jscopes.fisher.estimators import DEFAULT_BUDGET, DEFAULT_METHOD, METHODS
 
-    assert METHODS == tuple(ESTIMATORS) and DEFAULT_METHOD == DEFAULT_ESTIMATOR and DEFAULT_BUDGET == 40
+    assert METHODS == tuple(ESTIMATORS) and DEFAULT_METHOD == DEFAULT_ESTIMATOR and DEFAULT_BUDGET == 48
 
 
 @pytest.mark.parametrize("d", [16, 576])
@@ -152,7 +155,7 @@ def test_backward_passes_count_the_directions_the_estimator_builds(gpt2_forward,
 
 
 def test_estimator_errors():
-    with pytest.raises(ValueError, match="unknown Fisher method 'magic'; the estimators are hutchinson, krylov, "
+    with pytest.raises(ValueError, match="unknown Fisher method 'magic'; the estimators are krylov, hutchinson, "
                                          "deflated, exact, eig") as raised:
         estimator("magic")
     assert "\n" not in str(raised.value)
@@ -248,7 +251,7 @@ def test_scope_class_attributes_and_options():
     assert FisherScope.option_names() == ("estimator", "k", "n_probes", "budget", "seed", "tol", "max_passes", "path",
                                           "vocab_chunk", "gradient_checkpointing")
     options = FisherScope.make_options()
-    assert options == FisherOptions(estimator="hutchinson", k=None, n_probes=None, budget=None, seed=0,
+    assert options == FisherOptions(estimator="krylov", k=None, n_probes=None, budget=None, seed=0,
                                     path="auto", vocab_chunk=8192, gradient_checkpointing=False)
     assert all(f.metadata.get("help") for f in dataclasses.fields(FisherOptions))
     with pytest.raises(TypeError, match="bogus"):
@@ -257,7 +260,7 @@ def test_scope_class_attributes_and_options():
 
 def test_scope_asks_the_estimator_for_passes_and_randomness():
     make = FisherScope.make_options
-    assert FisherScope.backward_passes(make(), 576) == 40
+    assert FisherScope.backward_passes(make(), 576) == 48
     assert FisherScope.backward_passes(make(estimator="exact"), 576) == 576
     assert FisherScope.backward_passes(make(estimator="eig", k=16), 576) == 16
     assert FisherScope.backward_passes(make(estimator="deflated", k=8, n_probes=16), 576) == 24
@@ -296,7 +299,7 @@ def test_local_options_are_exact_unless_an_estimator_was_chosen():
 
 def test_settings_keep_the_json_key_fisher_method():
     make = FisherScope.make_options
-    assert FisherScope.settings(make()) == {"fisher_method": "hutchinson"}
+    assert FisherScope.settings(make()) == {"fisher_method": "krylov"}
     assert FisherScope.settings(make(estimator="eig")) == {"fisher_method": "eig"}
     assert FisherScope.settings(make(estimator="eig", k=4, seed=3)) == {"fisher_method": "eig", "k": 4, "seed": 3}
     assert type(FisherScope.settings(make())["fisher_method"]) is str  # plain JSON

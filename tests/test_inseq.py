@@ -89,7 +89,7 @@ def test_options_pass_through_kwargs_and_attribution_args(llama, tokenizer):
     "method, kwargs, error, message",
     [
         ("fisher_scope", {"attribution_args": {"method": "bogus"}}, ValueError, "unknown Fisher method 'bogus'"),
-        ("fisher_scope", {"k": 0}, ValueError, "k must be a positive int"),
+        ("fisher_scope", {"budget": 0}, ValueError, "budget must be a positive int"),
         ("fisher_scope", {"attribution_args": {"kk": 3}}, TypeError, "unknown option.*'kk'.*estimator, k, n_probes"),
         ("temperature_scope", {"attribution_args": {"n_steps": 4}}, TypeError, "unknown option.*'n_steps'"),
         ("semantic_scope", {"n_steps": 0}, ValueError, "n_steps must be a positive int"),

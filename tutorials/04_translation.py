@@ -244,7 +244,8 @@ assert torch.isfinite(semantic_result.token_attr).all() and comparison_png.is_fi
 # - **The Semantic Scope aligns less sharply**: the expected source word's share is about half of Fisher's
 #   (16-38% against 36-65%) and spreads the rest over the whole prompt, the language labels included.
 # - **Cost**: the Fisher Scope takes 6-8 s per sentence (7-8 output tokens) on a quiet 2-core CPU, against about a
-#   second for the Semantic Scope. With the default estimator (`estimator="hutchinson"`) almost all of it is the 40
-#   backward passes: the Fisher matrix over Gemma's 262k-token vocabulary is never formed (0.7 s per sentence for
+#   second for the Semantic Scope (measured with `estimator="hutchinson"`, 40 passes; the default now,
+#   `"krylov"`, takes the same time with 48, its JVPs stopping before the output head). Almost all of it is the
+#   passes: the Fisher matrix over Gemma's 262k-token vocabulary is never formed (0.7 s per sentence for
 #   the F side). The estimator of 0.1.0 (`estimator="deflated"`) formed it at every output position and took 16-20 s
 #   (docs/fisher.md).

@@ -42,7 +42,7 @@ SHAPES: dict[str, dict] = {
     "llama-3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                        num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0),
 }
-METHODS = ("floor", "semantic", "temperature", "fisher_hutchinson", "ig50")  # Fisher: the default estimator
+METHODS = ("floor", "semantic", "temperature", "fisher_krylov", "ig50")  # Fisher: the default estimator
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 #: What ``--tiny`` sets (CPU, seconds).
 TINY = dict(shapes=["tiny"], lengths=[32, 64], dtype="float32", device="cpu", repeats=1)

@@ -141,13 +141,13 @@ _TABLE = (
     _scope("semantic", "Semantic Scope (target y*)", "semantic", default=True),
     _scope("temperature", "Temperature Scope", "temperature", default=True),
     # "fisher" is the estimator of the committed runs (the library's default of 0.1.0), pinned so
-    # that resumed and combined runs stay one method; the library's default is fisher_hutchinson
+    # that resumed and combined runs stay one method; the library's default is fisher_krylov
     _scope("fisher", "Fisher Scope (deflated: top-16 exact + 24 eigen-directions sampled)", "fisher",
            default=True, estimator="deflated"),
-    _scope("fisher_hutchinson", "Fisher Scope (hutchinson, the default: top-k exact + random-sign probes, 40 passes)",
+    _scope("fisher_hutchinson", "Fisher Scope (hutchinson: top-k exact + random-sign probes, 40 passes)",
            "fisher", estimator="hutchinson"),
-    _scope("fisher_krylov", "Fisher Scope (krylov: the tokens' Fisher mass deflated by block Krylov + probes, 48 passes)",
-           "fisher", estimator="krylov"),
+    _scope("fisher_krylov", "Fisher Scope (krylov, the default: the tokens' Fisher mass deflated by block Krylov "
+           "+ probes, 48 passes)", "fisher", estimator="krylov"),
     _scope("fisher_krylov_tol2", "Fisher Scope (krylov, tol=0.02: probes added to 2% estimated error)",
            "fisher", estimator="krylov", tol=0.02),
     _scope("fisher_exact", "Fisher Scope (exact, d backward passes)", "fisher", slow=True, estimator="exact"),

@@ -5,7 +5,7 @@ one run on the same prompts.
     python benchmarks/speed.py --n 10            # or: jscopes bench speed --n 10
     python benchmarks/speed.py --fisher-n 50 --skip-speed   # Fisher accuracy vs cost
     python benchmarks/speed.py --skip-speed --max-tokens 64 --fisher-exact FILE --fisher-seeds 3 \
-        --fisher-methods fisher,fisher_hutchinson          # the same against cached exact scores
+        --fisher-methods fisher_krylov,fisher_hutchinson   # the same against cached exact scores
     python benchmarks/speed.py --report-only --out benchmarks/results/speed-...   # rebuild speed.md
 
 Methods are the floor and the entries of :data:`captum_jscopes.bench.methods.METHODS`
@@ -51,6 +51,7 @@ SINGLE_TOKEN_METHODS = [
     "semantic",
     "temperature",
     "fisher",
+    "fisher_krylov",
     "fisher_hutchinson",
     "fisher_exact",
     "fisher_eig1",
@@ -61,9 +62,9 @@ SINGLE_TOKEN_METHODS = [
     "grad_x_input",
     "feature_ablation",
 ]
-LENGTH_METHODS = ["floor", "semantic", "temperature", "fisher_hutchinson", "fisher_eig1", "ig50"]
-FISHER_STUDY_METHODS = ["fisher", "fisher_hutchinson", "fisher_eig1", "fisher_eig4", "fisher_eig16", "fisher_eig64",
-                        "fisher_deflated_8_16", "fisher_deflated_16_16", "fisher_deflated_16_32"]
+LENGTH_METHODS = ["floor", "semantic", "temperature", "fisher_krylov", "fisher_eig1", "ig50"]
+FISHER_STUDY_METHODS = ["fisher", "fisher_krylov", "fisher_hutchinson", "fisher_eig1", "fisher_eig4", "fisher_eig16",
+                        "fisher_eig64", "fisher_deflated_8_16", "fisher_deflated_16_16", "fisher_deflated_16_32"]
 IG_MAX_LENGTH = 256  # 50 interpolation steps in one batch: beyond this the CPU run takes minutes per call
 #: The reference every method's time is divided by in the "IG-50 / method" column.
 IG_REFERENCE = "ig50"

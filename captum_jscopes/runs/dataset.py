@@ -56,6 +56,7 @@ from captum_jscopes.runs.runner import (
     write_json_atomic,
     write_text_atomic,
 )
+from captum_jscopes.fisher.estimators import ESTIMATORS
 from captum_jscopes.runs.explain import (
     DEFAULT_FISHER_ESTIMATOR,
     FISHER_ESTIMATORS,
@@ -125,9 +126,9 @@ class DatasetSettings(Settings):
         keep_special: also show and score special tokens (BOS, chat markers).
             Default False.
         fisher_estimator: Fisher Scope estimator, one of
-            :data:`~captum_jscopes.runs.explain.FISHER_ESTIMATORS` ("hutchinson",
-            "deflated", "exact", "eig"); only used, and only stored, when "fisher"
-            is among the scopes. Default "hutchinson".
+            :data:`~captum_jscopes.runs.explain.FISHER_ESTIMATORS` ("krylov",
+            "hutchinson", "deflated", "exact", "eig"); only used, and only stored,
+            when "fisher" is among the scopes. Default "krylov".
         fisher_method: the former name of ``fisher_estimator`` (init only); still
             accepted, with a DeprecationWarning.
     """
@@ -170,7 +171,8 @@ class DatasetSettings(Settings):
             "flag": "--fisher-estimator",
             "deprecated_flags": ("--fisher-method",),
             "choices": FISHER_ESTIMATORS,
-            "help": f"Fisher Scope estimator (default: {DEFAULT_FISHER_ESTIMATOR}, 40 backward passes; eig: 1, "
+            "help": f"Fisher Scope estimator (default: {DEFAULT_FISHER_ESTIMATOR}, "
+            f"{ESTIMATORS[DEFAULT_FISHER_ESTIMATOR].budget} passes; eig: 1, "
             "a quick look; exact: one per hidden dimension)",
         },
     )

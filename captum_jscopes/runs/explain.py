@@ -91,7 +91,7 @@ def explain(
             ``chat``, every token of the template too. Default False: they are
             left out of the result.
         fisher_estimator: Fisher Scope estimator, one of :data:`FISHER_ESTIMATORS`
-            ("hutchinson" (default), "deflated", "exact", "eig").
+            ("krylov" (default), "hutchinson", "deflated", "exact", "eig").
         progress: tqdm progress bars on stderr for the long parts (the tokens of a
             multi-token target; the Fisher probes where fisher.py shows them).
             Default False; ``jscopes attribute`` turns them on.

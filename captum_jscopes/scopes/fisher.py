@@ -44,10 +44,10 @@ class FisherOptions(ScopeOptions):
 
     estimator: str = field(
         default=_DefaultEstimator(DEFAULT_ESTIMATOR),
-        metadata={"help": "Fisher estimator: hutchinson (top-k eigen-directions exactly + random-sign probes, "
-                          "unbiased, with a standard error; 40 backward passes), krylov (the tokens' Fisher mass "
-                          "deflated by block Krylov iteration + random-sign probes; unbiased, standard errors that "
-                          "hold, tol=; 48 passes), deflated (top-16 + 24 sampled "
+        metadata={"help": "Fisher estimator: krylov (the tokens' Fisher mass deflated by block Krylov iteration "
+                          "+ random-sign probes; unbiased, with a standard error, tol=; 48 passes), hutchinson "
+                          "(top-k eigen-directions of F exactly + random-sign probes, unbiased, with a standard "
+                          "error; 40 backward passes), deflated (top-16 + 24 sampled "
                           "eigen-directions), exact (d backward passes) or eig (top-k truncation, biased low). "
                           f"Default: {DEFAULT_ESTIMATOR}",
                   "choices": tuple(ESTIMATORS)},
@@ -59,7 +59,7 @@ class FisherOptions(ScopeOptions):
     )
     n_probes: Optional[int] = field(
         default=None,
-        metadata={"help": "sampled directions: hutchinson budget - k, krylov budget - 32, deflated 24 (even). "
+        metadata={"help": "sampled directions: hutchinson budget - k, krylov a third of the budget, deflated 24 (even). "
                           "Default: the estimator's"},
     )
     budget: Optional[int] = field(
@@ -98,17 +98,18 @@ class FisherScope(JacobianScope):
     (as in the reference). No target.
 
     Options of :meth:`attribute` (:class:`FisherOptions`):
-        estimator (str): ``"hutchinson"`` (default: the top-k eigen-directions of F
-            exactly plus random-sign combinations of the remaining ones, averaged:
-            unbiased, per-token coefficient of variation <= sqrt(2/m),
-            ``return_error=True`` gives its standard error; ``budget`` = 40 backward
-            passes in all), ``"krylov"`` (the directions that carry the tokens'
-            Fisher mass, the top of ``T = F^{1/2} J J^T F^{1/2}``, found by block
-            Krylov iteration from Jacobian-vector products and computed exactly, plus
-            random-sign probes of the rest, Hutch++-style: unbiased, standard errors
-            whose 95% intervals hold where the scores are large, ``tol=``; 48
-            passes, see :class:`~captum_jscopes.fisher.estimators.KrylovEstimator`),
-            ``"deflated"`` (the remainder's eigen-directions
+        estimator (str): ``"krylov"`` (default: the directions that carry the
+            tokens' Fisher mass, the top of ``T = F^{1/2} J J^T F^{1/2}``, found by
+            block Krylov iteration from Jacobian-vector products and computed
+            exactly, plus random-sign probes of the rest, Hutch++-style: unbiased,
+            ``return_error=True`` gives standard errors whose +-1.96 is a 95% interval
+            (widened where a token's remainder lies in few directions, whose probes
+            are skewed), ``tol=`` adds probes to a target error; ``budget`` = 48 passes in all, see
+            :class:`~captum_jscopes.fisher.estimators.KrylovEstimator`),
+            ``"hutchinson"`` (the top-k eigen-directions of F exactly plus
+            random-sign combinations of the remaining ones, averaged: unbiased,
+            per-token coefficient of variation <= sqrt(2/m), with a standard error;
+            40 backward passes; the default of 0.2.0), ``"deflated"`` (the remainder's eigen-directions
             sampled one at a time in proportion to their eigenvalue; the default
             of 0.1.0, as accurate, formed path only), ``"exact"`` (d backward
             passes, equals the brute-force value), or ``"eig"`` (the reference's
@@ -119,7 +120,8 @@ class FisherScope(JacobianScope):
             (default) chooses the split of ``budget`` from the spectrum; deflated:
             16; eig: 1.
         n_probes (int): sampled directions. hutchinson: ``budget - k``; krylov:
-            ``budget - 32``; deflated: 24.
+            a third of ``budget`` (the rest finds and runs the Krylov directions);
+            deflated: 24.
         budget (int): passes of the hutchinson (default 40) or krylov (48) estimator.
         tol (float): krylov only: add probes until the estimated relative L2 error
             of every map (``sqrt(sum_t se_t^2) / ||scores||``) is below ``tol``,
@@ -155,6 +157,7 @@ class FisherScope(JacobianScope):
     #: what the last call ran: path, k, n_probes (and for the split path the head size), passes
     #: (every VJP and JVP per explained position), f_seconds, the time spent on F (eigen-directions and
     #: probes) outside the backward passes, and for krylov rel_error, the estimated relative L2 error
+    #: (from the probes' spread, what ``tol`` bounds; the returned errors can be wider for the intervals)
     last_info: dict = {}
 
     # -- the scope protocol ----------------------------------------------------------
