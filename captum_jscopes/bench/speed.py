@@ -306,8 +306,13 @@ def fisher_accuracy(args, model, tokenizer, out_dir: Path) -> dict:
 
     path = run_sharded(prompts, one_prompt, out_dir, desc="Fisher accuracy", meta=settings, overwrite=args.overwrite,
                        size_flag="--fisher-n")
-    records = read_records(path)
+    return fisher_summary(read_records(path), args.fisher_methods, hidden)
 
+
+def fisher_summary(records: list[dict], methods: list[str], hidden: int) -> dict:
+    """The Fisher study's table from its per-prompt records (:func:`_fisher_record`): per
+    estimator the median and worst Spearman, relative L2 error and time ratio over every
+    (prompt, seed), the pooled top-5 coverage and passes; ``hidden`` = d, exact's passes."""
     def values(name: str, key: str) -> list[float]:
         return [v for r in records for v in _per_seed(r[name], key)]
 
@@ -325,7 +330,7 @@ def fisher_accuracy(args, model, tokenizer, out_dir: Path) -> dict:
                if all("top5_covered" in r[name] for r in records) else {}),
             "n_values": len(values(name, "rel_l2")),
         }
-        for name in args.fisher_methods
+        for name in methods
     }
     exact_row = {"vjps": hidden, "median_spearman": 1.0, "median_rel_l2": 0.0, "median_time_ratio": 1.0}
     exact_row["median_seconds"] = statistics.median(r["exact_seconds"] for r in records)
@@ -394,6 +399,32 @@ def cache_exact_fisher(args, model, tokenizer, out_dir: Path) -> Path:
     settings = {"cache": "exact_fisher", "max_tokens": args.max_tokens, "data": str(args.data)}
     return run_sharded(prompts, one_prompt, out_dir, desc="exact Fisher", meta=settings, overwrite=args.overwrite,
                        size_flag="--fisher-n")
+
+
+def pool_fisher_studies(study_dirs: list[Path]) -> dict:
+    """One Fisher table over several studies' prompts (e.g. held-out passages run in two halves,
+    each against its own exact cache): the records of every ``DIR/fisher_accuracy``, the
+    estimators they all ran. Raises ValueError for a folder without a study or a prompt in two."""
+    records: dict[str, dict] = {}
+    methods: Optional[list[str]] = None
+    hidden = None
+    for folder in study_dirs:
+        study = Path(folder) / FISHER_DIR
+        speed = Path(folder) / "speed.json"
+        if not study.is_dir() or not speed.is_file():
+            raise ValueError(f"{folder} holds no Fisher study (no {FISHER_DIR}/ and speed.json); run "
+                             "jscopes bench speed --fisher-n N --out DIR first")
+        table = json.loads(speed.read_text())["fisher_accuracy"]
+        hidden = table["fisher_exact"]["vjps"]
+        names = [n for n in table if n != "fisher_exact"]
+        methods = names if methods is None else [n for n in methods if n in names]
+        for record in read_records(study):
+            if record["id"] in records:
+                raise ValueError(f"prompt {record['id']} is in two of the studies pooled")
+            records[record["id"]] = record
+    if not methods:
+        raise ValueError("the studies share no Fisher estimator")
+    return fisher_summary(list(records.values()), methods, hidden)
 
 
 def _per_seed(row: dict, key: str) -> list[float]:
@@ -601,6 +632,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fisher-cache-exact", default=None, metavar="DIR",
                         help="only compute exact Fisher scores of --fisher-n prompts after --fisher-offset into "
                              "DIR (resumable), the cache --fisher-exact DIR reads")
+    parser.add_argument("--fisher-pool", default=None, metavar="DIR,DIR[,...]",
+                        help="only pool the Fisher studies in these --out folders (disjoint prompts) into one "
+                             "table in --out")
     parser.add_argument("--skip-speed", action="store_true", help="only the Fisher accuracy study")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--overwrite", action="store_true",
@@ -624,8 +658,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         if name not in METHODS or "estimator" not in METHODS[name].options:
             fisher = [n for n, m in METHODS.items() if "estimator" in m.options]
             parser.error(f"unknown Fisher method {name!r}; choose from {', '.join(fisher)}")
-    if args.report_only and not args.out:
-        parser.error("--report-only needs --out (the folder holding speed.json)")
+    if (args.report_only or args.fisher_pool) and not args.out:
+        parser.error("--report-only and --fisher-pool need --out (the folder holding speed.json)")
     if args.n < 1 or args.repeats < 1:
         parser.error("--n and --repeats must be >= 1")
     return args
@@ -637,6 +671,23 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.report_only:
         return report_only(Path(args.out))
+    if args.fisher_pool:
+        try:
+            pooled = pool_fisher_studies([Path(d) for d in args.fisher_pool.split(",") if d])
+        except ValueError as err:
+            print(f"speed benchmark: error: {cli_message(err)}", file=sys.stderr)
+            return 2
+        folders = [d for d in args.fisher_pool.split(",") if d]
+        # the machine and model of the first study (pooled studies ran the same model)
+        results = {"environment": json.loads((Path(folders[0]) / "speed.json").read_text())["environment"],
+                   "command": "jscopes bench speed " + " ".join(sys.argv[1:] if argv is None else argv),
+                   "pooled_from": folders, "fisher_accuracy": pooled}
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "speed.json").write_text(json.dumps(results, indent=1))
+        (out / "speed.md").write_text(markdown(results))
+        print(markdown(results))
+        return 0
     torch.set_num_threads(args.threads)
     if args.fisher_cache_exact:
         model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, progress=False)

@@ -175,6 +175,18 @@ def test_exact_cache_feeds_the_study_which_records_passes_and_coverage(tiny_mode
     assert summary["fisher_krylov"]["median_passes"] == 32 and summary["fisher_eig1"]["top5_coverage"] == 0.0
     assert "top-5 in 95% interval" in (out / "speed.md").read_text()
 
+    # a second study on another prompt (its own cache) pools with the first into one table
+    cache0, out0, pooled = tmp_path / "exact0", tmp_path / "study0", tmp_path / "pooled"
+    assert bench_speed.main([*common, "--fisher-cache-exact", str(cache0), "--fisher-n", "1"]) == 0
+    assert bench_speed.main([*common, "--skip-speed", "--fisher-n", "1", "--fisher-exact", str(cache0),
+                             "--fisher-methods", "fisher_krylov", "--out", str(out0)]) == 0
+    assert bench_speed.main(["--fisher-pool", f"{out},{out0}", "--out", str(pooled)]) == 0
+    table = json.loads((pooled / "speed.json").read_text())["fisher_accuracy"]
+    assert set(table) == {"fisher_krylov", "fisher_exact"}  # the estimators both studies ran
+    assert table["fisher_krylov"]["n_values"] == 2 and table["fisher_krylov"]["median_passes"] == 32
+    assert "fisher_krylov" in (pooled / "speed.md").read_text()
+    assert bench_speed.main(["--fisher-pool", f"{out},{out}", "--out", str(pooled)]) == 2  # a prompt twice
+
 
 def test_length_memory_records_time_and_memory_per_length_and_skips_after_a_slow_call(
         tiny_model_dir, prompts_file, tmp_path):
