@@ -110,14 +110,15 @@ def strongest_baseline(records: list[dict], max_time: Optional[float] = None) ->
 
 
 # ====================================================================== the verdict of a run
-def verdict(records: list[dict], name: str = "run") -> dict:
-    """Every scope of ``records`` against the strongest baseline, overall and at the scope's budget.
+def verdict(records: list[dict], name: str = "run", against: Sequence[str] = ()) -> dict:
+    """Every scope of ``records`` against the strongest baseline, overall and at the scope's budget,
+    and against each baseline named in ``against`` that the records have (e.g. the costly references).
 
     Returns:
         ``name``, ``n`` (prompts), ``methods`` (name -> AOPC mean, SEM, mean time),
         ``rows`` (one per scope and comparison: ``scope``, ``comparison`` ("strongest",
         "same budget", or "strongest, same budget" when the strongest baseline costs at most
-        :data:`SAME_BUDGET` times the scope), ``baseline`` and :func:`paired_stats`),
+        :data:`SAME_BUDGET` times the scope; "named" for those of ``against``), ``baseline`` and :func:`paired_stats`),
         ``baseline_wins`` (the rows where the baseline is significantly more faithful),
         ``picks`` (:func:`budget_picks`), ``loo`` (:func:`loo_agreement`), ``loo_rows``
         (:func:`loo_rows`) and ``loo_best``
@@ -138,6 +139,7 @@ def verdict(records: list[dict], name: str = "run") -> dict:
             pairs = [("strongest, same budget", strongest)]
         else:
             pairs = [("strongest", strongest), ("same budget", at_budget)]
+        pairs += [("named", m) for m in against if m in costs and m not in (strongest, at_budget)]
         rows += [{"scope": scope, "comparison": comparison, "baseline": base,
                   **paired_stats(_aopcs(done, scope), _aopcs(done, base))} for comparison, base in pairs if base]
     wins = [r for r in rows if r["mean_difference"] > 0 and r["wilcoxon_p"] < ALPHA]
@@ -449,6 +451,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="a faithfulness run (partial runs are read from their shards); DIR+DIR pools "
                              "runs over disjoint prompts of the same model and prompt set")
     parser.add_argument("--out", default=None, help="verdict Markdown file (a .json beside it)")
+    parser.add_argument("--against", default="", metavar="METHOD,METHOD",
+                        help="also pair every scope with these baselines where a run has them (e.g. "
+                             "feature_ablation,ig50_token)")
     parser.add_argument("--analysis", default=None, metavar="DIR", help="run folder of the win analysis")
     parser.add_argument("--method", default="ig50_token")
     parser.add_argument("--rival", default="fisher_eig1")
@@ -469,7 +474,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 name, sep, folder = spec.partition("=")
                 if not sep:
                     raise ValueError(f"--run wants NAME=DIR, got {spec!r}")
-                verdicts.append(verdict(pooled_records([Path(f) for f in folder.split("+")]), name))
+                against = [m for m in args.against.split(",") if m]
+                unknown = [m for m in against if m not in METHODS]
+                if unknown:
+                    raise ValueError(f"--against: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+                verdicts.append(verdict(pooled_records([Path(f) for f in folder.split("+")]), name, against))
             text = render_verdict(verdicts)
             print(text)
             if args.out:

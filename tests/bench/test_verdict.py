@@ -71,6 +71,10 @@ def test_verdict_rows_warnings_and_picks():
     assert strongest["wilcoxon_p"] == pytest.approx(stats.wilcoxon(a, b).pvalue)
     assert strongest["mean_difference"] == pytest.approx(np.mean(np.subtract(a, b)))
     assert rows[("semantic", "same budget")]["baseline"] == "grad_x_input"
+    # named rivals get a row each (not again when already the strongest); unknown names are skipped
+    named = V.verdict(recs, "toy", against=["feature_ablation", "ig50_token", "ig50_mean"])["rows"]
+    assert [(r["scope"], r["baseline"]) for r in named if r["comparison"] == "named"] == [
+        ("semantic", "feature_ablation"), ("fisher_eig1", "feature_ablation")]
     # ig50_token is better than both scopes by ~0.1 on 40 prompts: flagged, and said first
     assert {(w["scope"], w["baseline"]) for w in v["baseline_wins"]} == {("semantic", "ig50_token"),
                                                                            ("fisher_eig1", "ig50_token")}
@@ -162,6 +166,8 @@ def test_command_line(tmp_path, capsys):
     assert json.loads(out.with_suffix(".json").read_text())[0]["n"] == 40
     assert (run / "wins-ig50_token-vs-fisher_eig1.png").is_file()
     assert V.main(["--run", str(run)]) == 2 and "NAME=DIR" in capsys.readouterr().err
+    assert V.main(["--run", f"toy={run}", "--against", "loo_magic"]) == 2
+    assert "unknown method(s) loo_magic" in capsys.readouterr().err
 
 
 def _write_run(folder, recs, **settings):
