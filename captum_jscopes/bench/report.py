@@ -25,7 +25,7 @@ from captum_jscopes.bench.paper import PAPER_AOPC, PAPER_AOPC_NAMES, PAPER_LOO, 
 from captum_jscopes.runs.runner import RECORDS_FILE, RUN_FILE, read_records, read_shard_records, write_json_atomic, write_text_atomic
 
 __all__ = [
-    "summarize", "render_report", "write_report", "combine_runs", "finite_or_none", "format_number", "mean_sem",
+    "summarize", "render_report", "write_report", "combine_runs", "check_same_settings", "finite_or_none", "format_number", "mean_sem",
     "wilcoxon_p", "read_meta", "read_run_records",
 ]
 
@@ -604,13 +604,20 @@ def combine_runs(run_dirs: Sequence[Path], out_dir: Path) -> dict:
     return write_report(out_dir, records)
 
 
-def _check_combinable(run_dirs: list[Path], metas: list[dict]) -> None:
+def check_same_settings(run_dirs: Sequence[Path], metas: Sequence[dict], keys: Sequence[str] = _SHARED_SETTINGS,
+                        action: str = "combined") -> None:
+    """Raise ValueError naming the first of ``keys`` in which a run's ``run.json`` differs
+    from the first run's (runs that are ``action`` together must share them)."""
     for d, meta in zip(run_dirs[1:], metas[1:]):
-        for key in _SHARED_SETTINGS:
+        for key in keys:
             if meta.get(key) != metas[0].get(key):
                 raise ValueError(f"runs {run_dirs[0]} and {d} differ in {key}: "
                                  f"{metas[0].get(key)!r} vs {meta.get(key)!r}; only runs with the same settings "
-                                 "can be combined")
+                                 f"can be {action}")
+
+
+def _check_combinable(run_dirs: list[Path], metas: list[dict]) -> None:
+    check_same_settings(run_dirs, metas)
     seen: dict[str, Path] = {}
     for d, meta in zip(run_dirs, metas):
         for method in meta["methods"]:

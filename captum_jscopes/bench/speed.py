@@ -672,12 +672,12 @@ def main(argv=None) -> int:
     if args.report_only:
         return report_only(Path(args.out))
     if args.fisher_pool:
+        folders = [d for d in args.fisher_pool.split(",") if d]
         try:
-            pooled = pool_fisher_studies([Path(d) for d in args.fisher_pool.split(",") if d])
+            pooled = pool_fisher_studies([Path(d) for d in folders])
         except ValueError as err:
             print(f"speed benchmark: error: {cli_message(err)}", file=sys.stderr)
             return 2
-        folders = [d for d in args.fisher_pool.split(",") if d]
         # the machine and model of the first study (pooled studies ran the same model)
         results = {"environment": json.loads((Path(folders[0]) / "speed.json").read_text())["environment"],
                    "command": "jscopes bench speed " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -37,7 +37,8 @@ import numpy as np
 from scipy import stats
 
 from captum_jscopes.bench.methods import METHODS
-from captum_jscopes.bench.report import finite_or_none, format_number, mean_sem, read_meta, read_run_records, wilcoxon_p
+from captum_jscopes.bench.report import (check_same_settings, finite_or_none, format_number, mean_sem, read_meta,
+                                         read_run_records, wilcoxon_p)
 
 __all__ = ["paired_stats", "method_costs", "strongest_baseline", "verdict", "budget_picks", "render_verdict",
            "win_analysis", "plot_wins", "pooled_records", "loo_agreement", "loo_rows", "main"]
@@ -169,12 +170,17 @@ def budget_picks(summary: dict[str, dict]) -> list[dict]:
     return picks
 
 
+def _loo_prompts(records: list[dict], methods: Sequence[str]) -> list[dict]:
+    """The evaluated prompts where every one of ``methods`` has a leave-one-out Spearman."""
+    return [r for r in _done(records)
+            if methods and all(r["methods"][m].get("loo", {}).get("spearman") is not None for m in methods)]
+
+
 def loo_agreement(records: list[dict]) -> dict[str, dict]:
     """Each method's mean Spearman with the leave-one-out KL (``mean``, ``sem``, ``n``
     prompts), best first, over the prompts where every method has one."""
     methods = [m for m in _common_methods(records) if METHODS[m].kind != "random"]
-    prompts = [r for r in _done(records)
-               if methods and all(r["methods"][m].get("loo", {}).get("spearman") is not None for m in methods)]
+    prompts = _loo_prompts(records, methods)
     if not prompts:
         return {}
     out = {}
@@ -197,8 +203,7 @@ def loo_rows(records: list[dict], agreement: dict[str, dict]) -> list[dict]:
     strongest = strongest_baseline(records)
     if strongest in agreement and strongest != rivals["best on leave-one-out"]:
         rivals["strongest on AOPC"] = strongest
-    prompts = [r for r in _done(records)
-               if all(r["methods"][m].get("loo", {}).get("spearman") is not None for m in agreement)]
+    prompts = _loo_prompts(records, list(agreement))
     rows = []
     for scope in (m for m in agreement if METHODS[m].is_scope):
         for comparison, base in rivals.items():
@@ -423,11 +428,7 @@ def pooled_records(run_dirs: Sequence[Path]) -> list[dict]:
         ValueError: a folder that is no run, settings that differ, or a prompt in two runs.
     """
     metas = [read_meta(d) for d in run_dirs]  # a clear error for a folder that is no run
-    for d, meta in zip(run_dirs[1:], metas[1:]):
-        for key in _POOLED_SETTINGS:
-            if meta.get(key) != metas[0].get(key):
-                raise ValueError(f"runs {run_dirs[0]} and {d} differ in {key}: {metas[0].get(key)!r} vs "
-                                 f"{meta.get(key)!r}; only runs of the same model, prompts and metric can be pooled")
+    check_same_settings(run_dirs, metas, _POOLED_SETTINGS, action="pooled")
     records: list[dict] = []
     owner: dict[str, Path] = {}
     for d in run_dirs:
@@ -468,16 +469,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"\n(the committed verdict: {committed}; {hint})", file=sys.stderr)
         return 0
     try:
+        against = [m for m in args.against.split(",") if m]
+        unknown = [m for m in against if m not in METHODS]
+        if unknown:
+            raise ValueError(f"--against: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
         if args.run:
             verdicts = []
             for spec in args.run:
                 name, sep, folder = spec.partition("=")
                 if not sep:
                     raise ValueError(f"--run wants NAME=DIR, got {spec!r}")
-                against = [m for m in args.against.split(",") if m]
-                unknown = [m for m in against if m not in METHODS]
-                if unknown:
-                    raise ValueError(f"--against: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
                 verdicts.append(verdict(pooled_records([Path(f) for f in folder.split("+")]), name, against))
             text = render_verdict(verdicts)
             print(text)
