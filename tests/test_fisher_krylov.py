@@ -10,7 +10,8 @@ import torch
 from helpers import assert_unchanged, bos_prompt, forward_of, make_model, snapshot
 
 from captum_jscopes import FisherScope, layer_map
-from captum_jscopes.fisher.estimators import ExactEstimator, KrylovEstimator, estimator
+from captum_jscopes.fisher.algebra import fisher_matrix
+from captum_jscopes.fisher.estimators import ExactEstimator, KrylovEstimator, estimator, fisher_factor
 
 #: a basis of 4 of the tiny model's 16 directions (2 + 2), so that the probes have a remainder to sample
 SMALL = {"sketch": 3, "block": 2, "rounds": 2, "n_probes": 4}
@@ -226,3 +227,23 @@ def test_intervals_hold_when_a_token_remainder_lies_in_few_directions(rank):
     # wider where it must be, not everywhere: at most about twice the real spread of the estimate
     assert (widened.median() / (norms.var(1).mean() / m).sqrt()) < 2.0
     assert torch.all(widened >= symmetric)
+
+
+def test_a_split_head_past_d_tokens_is_formed_and_equals_f():
+    # head_mass 1: the whole vocabulary (64 tokens) in the head, more than d = 16, so the head's F is
+    # formed d x d from the centred rows: it is F itself
+    forward = forward_of(make_model("gpt2", torch.float64), prompt())
+    _, factor, rest_mass, tail, info = fisher_factor(forward, None, "split", 4, head_mass=1.0, max_head=64)
+    assert info["path"] == "split" and info["head_tokens"] > 16 and factor.shape[-2] == 16
+    torch.testing.assert_close(factor.transpose(-1, -2) @ factor, fisher_matrix(forward, dtype=torch.float64),
+                               rtol=1e-9, atol=1e-12)
+    assert float(rest_mass.abs().max()) < 1e-9
+
+
+def test_the_krylov_head_holds_the_head_mass_where_hutchinson_stops_at_d(llama64):
+    # a near-uniform tiny model needs most of its 64 tokens for 99.9% of tr F: krylov takes them
+    # (a tail it cannot deflate is what made its worst errors on LAMBADA), hutchinson keeps d
+    _, _, info = KrylovEstimator().scores(forward_of(llama64, prompt()), path="split")
+    assert info["head_tokens"] > 16 and info["head_share"] >= 0.999
+    _, _, info = estimator("hutchinson").scores(forward_of(llama64, prompt()), path="split")
+    assert info["head_tokens"] == 16 and info["head_share"] < 0.999

@@ -471,7 +471,11 @@ class KrylovEstimator(FisherEstimator):
         n_probes: random-sign probes of the remainder, >= 2. Default None:
             ``budget`` minus the other passes (16).
         budget: passes in all when ``n_probes`` is not given. Default 48.
-        head_mass, max_head: the split path's head, as for ``"hutchinson"``.
+        head_mass: the share of tr F the split path's head holds, as for ``"hutchinson"``.
+        max_head: at most this many head tokens on the split path. Default None:
+            as many as ``head_mass`` needs (past d tokens the head's F is formed,
+            d x d, in ``N d^2``), so that the Krylov basis deflates all but the
+            tail's ``1 - head_mass`` of tr F.
     """
 
     name: ClassVar[str] = "krylov"
@@ -536,7 +540,10 @@ class KrylovEstimator(FisherEstimator):
             raise ValueError(f"path {path!r} does not apply to method {self.name!r} (its paths: {', '.join(self.paths)})")
         started = time.perf_counter()
         m = self.probe_count()
-        _, factor, _, tail, info = fisher_factor(forward, None, path, m, self.head_mass, self.max_head, vocab_chunk)
+        # the head holds head_mass of tr F however many tokens that takes: a tail left to the probes
+        # (up to a quarter of tr F on uncertain LAMBADA positions with d tokens) is never deflated
+        max_head = self.max_head or forward.weight.shape[0]
+        _, factor, _, tail, info = fisher_factor(forward, None, path, m, self.head_mass, max_head, vocab_chunk)
         info.update(sketch=self.sketch_size, block=self.block_size, rounds=self.rounds, f_seconds=time.perf_counter() - started)
         rank = factor.shape[-2]
         counter = _PassCounter(self.backward_passes(rank, info["path"]), progress)
@@ -818,12 +825,20 @@ def fisher_factor(forward: Optional[ScopeForward], fisher: Optional[Tensor], pat
         mean = fisher_mean(forward, vocab_chunk)
         cap = max_head or forward.weight.shape[1]
         head_ids, contribution = head_tokens(forward, mean, head_mass, cap, vocab_chunk)
-        rows = head_rows(forward, head_ids, mean)  # (B, P, N, d): F_head = rows^T rows
-        gram = rows @ rows.transpose(-1, -2)  # (B, P, N, N)
-        values, small = torch.linalg.eigh(gram)
-        values, small = values.flip(-1).clamp(min=0), small.flip(-1)
-        # sqrt(l_i) u_i = rows^T v_i: the head's eigen-directions, scaled, as rows (B, P, N, d)
-        factor = small.transpose(-1, -2) @ rows
+        if head_ids.shape[-1] <= forward.weight.shape[1]:
+            rows = head_rows(forward, head_ids, mean)  # (B, P, N, d): F_head = rows^T rows
+            gram = rows @ rows.transpose(-1, -2)  # (B, P, N, N)
+            values, small = torch.linalg.eigh(gram)
+            values, small = values.flip(-1).clamp(min=0), small.flip(-1)
+            # sqrt(l_i) u_i = rows^T v_i: the head's eigen-directions, scaled, as rows (B, P, N, d)
+            factor = small.transpose(-1, -2) @ rows
+        else:  # more head tokens than d: F_head (d x d) from the centred rows, N d^2, in chunks
+            head = 0
+            for chunk in head_ids.split(vocab_chunk, dim=-1):
+                rows = head_rows(forward, chunk, mean)
+                head = head + rows.transpose(-1, -2) @ rows
+            values, vectors = eigen(head)
+            factor = (vectors * values[..., None, :].sqrt()).transpose(-1, -2)
         total = contribution.sum(-1)
         rest_mass = (total - values.sum(-1)).clamp(min=0)
         tail = (mean, head_ids)
