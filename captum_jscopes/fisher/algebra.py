@@ -14,12 +14,14 @@ Three ways to get at ``F`` (see docs/fisher.md), named by :data:`PATHS`:
   and its full eigendecomposition (:func:`eigen`; cost ``V d^2 + d^3`` per
   explained position);
 - ``"split"``: the vocabulary is split into a *head* (the tokens holding most of
-  ``tr F``, at most ``d`` of them: :func:`head_tokens`, :func:`head_rows`) and a
-  *tail*. ``F = F_head + F_tail`` exactly, both PSD. ``F_head`` is eigendecomposed
-  through its small (N, N) Gram matrix; ``F_tail`` is never formed: its probes are
+  ``tr F``: :func:`head_tokens`, :func:`head_rows`; the hutchinson estimator takes
+  at most ``d`` of them, the krylov estimator as many as 99.9% of ``tr F`` needs) and
+  a *tail*. ``F = F_head + F_tail`` exactly, both PSD. ``F_head`` is eigendecomposed
+  through its small (N, N) Gram matrix, or, for N > d, formed (d, d) from the head
+  rows (``N d^2``); ``F_tail`` is never formed: its probes are
   random-sign combinations of the tail rows, ``sum_c sqrt(p_c) e_c (g_c - mu)``,
   built from ``W`` and ``p`` in vocabulary chunks (:func:`tail_probes`, cost
-  ``V d`` per probe). Nothing of size ``d x d`` is formed;
+  ``V d`` per probe);
 - ``"matrix_free"``: products ``F X = G^T (p * (G X)) - mu (mu^T X)``
   (:func:`fisher_matvec`) give the top eigenpairs of the full ``F`` by block
   subspace iteration (:func:`top_eigenpairs`).
