@@ -247,3 +247,23 @@ def test_the_krylov_head_holds_the_head_mass_where_hutchinson_stops_at_d(llama64
     assert info["head_tokens"] > 16 and info["head_share"] >= 0.999
     _, _, info = estimator("hutchinson").scores(forward_of(llama64, prompt()), path="split")
     assert info["head_tokens"] == 16 and info["head_share"] < 0.999
+
+
+def test_each_position_forms_its_own_head_and_the_tail_is_the_rest():
+    # four positions whose heads need different counts: each F_head sums its own tokens only, and
+    # F_head + the tail that tail_probes samples (every token not among its ids) is F at every position
+    from captum_jscopes.core.forward import prepare_inputs, run_forward
+
+    model = make_model("gpt2", torch.float64)
+    ids, mask = prepare_inputs(model, prompt(), None)
+    forward = run_forward(model, ids, mask, torch.tensor([[1, 3, 4, 6]]))
+    _, factor, _, (mean, head_ids), _ = fisher_factor(forward, None, "split", 4, head_mass=0.95, max_head=64)
+    sizes = [len(set(position.tolist())) for position in head_ids[0]]
+    assert len(set(sizes)) > 1 and max(sizes) > 16, sizes
+    full = fisher_matrix(forward, dtype=torch.float64)
+    probs, weight = forward.probs(), forward.weight.double()
+    for p in range(4):
+        tail = torch.ones(weight.shape[0], dtype=torch.bool)
+        tail[head_ids[0, p]] = False
+        rows = probs[0, p, tail].sqrt()[:, None] * (weight[tail] - mean[0, p])
+        torch.testing.assert_close(factor[0, p].T @ factor[0, p] + rows.T @ rows, full[0, p], rtol=1e-9, atol=1e-12)

@@ -32,6 +32,7 @@ in the forward's compute dtype (float32 at least, float64 for a float64 model).
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterator, Optional
 
 import torch
@@ -52,6 +53,7 @@ __all__ = [
     "signs",
     "head_tokens",
     "head_rows",
+    "head_fisher",
     "tail_probes",
     "choose_path",
 ]
@@ -236,6 +238,40 @@ def head_rows(forward: ScopeForward, ids: Tensor, mean: Tensor) -> Tensor:
         rows = rows * forward.head_slope.gather(-1, ids)[..., None]
     p = probs.gather(-1, ids)
     return p.sqrt()[..., None] * (rows - mean[..., None, :])
+
+
+def head_fisher(forward: ScopeForward, ids: Tensor, mean: Tensor, contribution: Tensor, head_mass: float,
+                vocab_chunk: int = 8192) -> tuple[Tensor, Tensor]:
+    """``F_head`` (B, P, d, d) formed from the centred head rows, for heads of more
+    than d tokens, and the head ids with each position's own head.
+
+    :func:`head_tokens` gives every position the largest count any of them needs;
+    here each position sums only the ``N_p`` tokens that hold its ``head_mass``
+    (``N_p d^2`` multiply-adds: one uncertain position does not make the confident
+    ones pay for its head), and its ids past ``N_p`` repeat its first id, so that
+    the tail (every token not among the ids, :func:`tail_probes`) is exactly what
+    ``F_head`` leaves out.
+
+    Args:
+        ids: (B, P, N) from :func:`head_tokens`, largest contribution first.
+        mean: (B, P, d) :func:`fisher_mean`; contribution: (B, P, V) from :func:`head_tokens`.
+    Returns:
+        ``(F_head, ids)``, ids (B, P, N) padded as above.
+    """
+    held = contribution.gather(-1, ids).cumsum(-1) / contribution.sum(-1, keepdim=True).clamp_min(1e-300)
+    counts = ((held < head_mass).sum(-1) + 1).clamp(max=ids.shape[-1])  # (B, P)
+    probs = forward.probs()
+    d = forward.weight.shape[1]
+    fisher = probs.new_zeros(*ids.shape[:2], d, d)
+    for b, p in itertools.product(range(ids.shape[0]), range(ids.shape[1])):
+        for chunk in ids[b, p, : counts[b, p]].split(vocab_chunk):
+            rows = forward.weight[chunk.to(forward.weight.device)].to(probs.device, probs.dtype)
+            if forward.head_slope is not None:
+                rows = rows * forward.head_slope[b, p, chunk, None]
+            rows = probs[b, p, chunk].sqrt()[:, None] * (rows - mean[b, p])
+            fisher[b, p] += rows.T @ rows
+    beyond = torch.arange(ids.shape[-1], device=ids.device) >= counts[..., None]
+    return fisher, torch.where(beyond, ids[..., :1], ids)
 
 
 def tail_probes(forward: ScopeForward, mean: Tensor, head_ids: Tensor, draws: Tensor,

@@ -51,6 +51,7 @@ from captum_jscopes.fisher.algebra import (
     eigen,
     fisher_matrix,
     fisher_mean,
+    head_fisher,
     head_rows,
     head_tokens,
     signs,
@@ -832,11 +833,8 @@ def fisher_factor(forward: Optional[ScopeForward], fisher: Optional[Tensor], pat
             values, small = values.flip(-1).clamp(min=0), small.flip(-1)
             # sqrt(l_i) u_i = rows^T v_i: the head's eigen-directions, scaled, as rows (B, P, N, d)
             factor = small.transpose(-1, -2) @ rows
-        else:  # more head tokens than d: F_head (d x d) from the centred rows, N d^2, in chunks
-            head = 0
-            for chunk in head_ids.split(vocab_chunk, dim=-1):
-                rows = head_rows(forward, chunk, mean)
-                head = head + rows.transpose(-1, -2) @ rows
+        else:  # more head tokens than d: F_head (d x d) formed, each position from its own head
+            head, head_ids = head_fisher(forward, head_ids, mean, contribution, head_mass, vocab_chunk)
             values, vectors = eigen(head)
             factor = (vectors * values[..., None, :].sqrt()).transpose(-1, -2)
         total = contribution.sum(-1)
