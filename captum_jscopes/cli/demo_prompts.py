@@ -108,10 +108,11 @@ DEMO_EXAMPLES: tuple[DemoExample, ...] = (
         prompt="The largest city in France, and its capital, is",
         runs=_all_scopes(" Paris"),
         about="factual recall: ' France' should drive ' Paris'",
-        claims=(DemoClaim("semantic", " France"), DemoClaim("temperature", " France"), DemoClaim("fisher", " France", 2)),
+        claims=(DemoClaim("semantic", " France"), DemoClaim("temperature", " France"), DemoClaim("fisher", " France", 3)),
         note=(
             "Semantic and Temperature rank ' France' first. Fisher ranks the function word 'The', the "
-            f"first token, first, and ' France' second. {_SINK} "
+            "first token, first, and (exact) ' France' second, ' largest' close behind: the default "
+            f"48-pass estimator (seed 0) swaps those two, so ' France' shows third. {_SINK} "
             "On 'The capital of France is' all three scopes put 'The' first for that reason."
         ),
     ),
