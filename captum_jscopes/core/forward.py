@@ -15,14 +15,31 @@ Shapes used throughout: ``B`` prompts, ``n`` tokens, ``e`` embedding width,
 from __future__ import annotations
 
 import inspect
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
+from captum_jscopes.core.lrp import lrp_rules
+
 _BATCHED_VJP_WORKS: dict[type, bool] = {}
+
+#: how the backward pass runs: ``"gradient"`` (the plain Jacobian) or ``"lrp"`` (AttnLRP's
+#: rules, :mod:`captum_jscopes.core.lrp`)
+RULES = ("gradient", "lrp")
+#: how a token's VJP ``g_t`` (e,) becomes its score: ``"norm"`` (``||g_t||``, what a
+#: perturbation of the token in any direction moves) or ``"input"`` (``g_t . x_t``, the
+#: first-order effect of removing the token's embedding)
+REDUCTIONS = ("norm", "input")
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``, else a one-line ValueError."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return str(value)
 
 
 def module_device(module: nn.Module) -> torch.device:
@@ -151,6 +168,11 @@ class ScopeForward:
             multiple of B (prompt ``i % B`` of the batch), to the final hidden
             state at the explained positions (K, P, d), without a graph; what
             :meth:`jvp` differences. None when the forward cannot be rerun.
+        rules: ``"gradient"`` or ``"lrp"``: the backward pass the graph was built
+            with (:data:`RULES`).
+        reduce: ``"norm"`` or ``"input"``: what :meth:`token_vectors` keeps of each
+            token's VJP (:data:`REDUCTIONS`); a scope sets it on its view of a shared
+            forward (``dataclasses.replace``).
     """
 
     embeddings: Tensor
@@ -162,6 +184,8 @@ class ScopeForward:
     attention_mask: Tensor
     layer_states: Optional[list[Tensor]] = None
     rerun: Optional[Callable[[Tensor], Tensor]] = field(default=None, repr=False)
+    rules: str = "gradient"
+    reduce: str = "norm"
     #: largest batch of backward passes that fit in memory (None: not limited yet)
     _batch_limit: Optional[int] = field(default=None, repr=False)
 
@@ -208,7 +232,9 @@ class ScopeForward:
         the Jacobian), not for scores.
 
         Args:
-            tangents: (m, B, n, e) one tangent per input embedding, per prompt.
+            tangents: (m, B, n, e) one tangent per input embedding, per prompt; or
+                (m, B, n, 1), coefficients of each token's own embedding (the space of
+                ``reduce="input"``'s token vectors): the tangent ``c_t x_t``.
             chunk_size: forward passes batched together. Default 32.
             step: the perturbation's norm relative to the embeddings'. Default 1e-3.
         Returns:
@@ -219,6 +245,8 @@ class ScopeForward:
         m, batch = tangents.shape[:2]
         base = self.embeddings.detach()
         tangents = tangents.to(base.device, self.compute_dtype)
+        if tangents.shape[-1] == 1 and base.shape[-1] != 1:
+            tangents = tangents * base.to(self.compute_dtype)
         # one step per (tangent, prompt), scaled to the prompt's embeddings so float32 keeps the difference
         scale = step * base.to(self.compute_dtype).flatten(1).norm(dim=1) / tangents.flatten(2).norm(dim=2).clamp_min(1e-30)
         shifted = (base[None].to(self.compute_dtype) + scale[..., None, None] * tangents).to(base.dtype)
@@ -230,8 +258,21 @@ class ScopeForward:
             out.append((moved - centre[None]) / steps[..., None, None])
         return torch.cat(out)
 
+    def token_vectors(self, grads: Tensor, inputs: Optional[Tensor] = None) -> Tensor:
+        """What each token's score is the squared norm of: its VJP ``g_t`` (..., n, e)
+        itself (``reduce="norm"``) or ``g_t . x_t`` as (..., n, 1) (``"input"``), with
+        ``x`` the input embeddings (B, n, e) or the given ``inputs`` (a layer's states).
+        Squared norms and dot products of these vectors are what every scope and
+        estimator computes, so one place decides the reduction."""
+        if self.reduce == "norm":
+            return grads
+        inputs = (self.embeddings if inputs is None else inputs).detach()
+        # (B, n, e) against (..., B, P, n, e): the prompt's inputs at every explained position
+        return (grads * inputs[:, None].to(grads.dtype)).sum(-1, keepdim=True)
+
     def squared_norms(self, directions: Tensor, chunk_size: int = 32) -> Tensor:
-        """Per-token squared L2 norm of ``v^T J_t`` over the embedding dimension,
+        """Per-token squared L2 norm of :meth:`token_vectors` of ``v^T J_t``
+        (``||v^T J_t||^2``, or ``(v^T J_t x_t)^2`` with ``reduce="input"``),
         computed in chunks of ``chunk_size`` backward passes so memory stays bounded.
 
         Args:
@@ -247,12 +288,14 @@ class ScopeForward:
         per_chunk = max(1, chunk_size // n_pos)
         if self.layer_states is None:
             out = [
-                self.vjp(chunk).to(self.compute_dtype).pow(2).sum(-1)
+                self.token_vectors(self.vjp(chunk)).to(self.compute_dtype).pow(2).sum(-1)
                 for chunk in directions.split(per_chunk, dim=0)
             ]
         else:
+            inputs = [self.embeddings, *self.layer_states]
             out = [
-                torch.stack([g.to(self.compute_dtype).pow(2).sum(-1) for g in self._vjp_all(chunk)], dim=3)
+                torch.stack([self.token_vectors(g, x).to(self.compute_dtype).pow(2).sum(-1)
+                             for g, x in zip(self._vjp_all(chunk), inputs)], dim=3)
                 for chunk in directions.split(per_chunk, dim=0)
             ]
         return torch.cat(out, dim=0)
@@ -405,6 +448,7 @@ def run_forward(
     embedding_scale: float = 1.0,
     *,
     layers: bool = False,
+    rules: str = "gradient",
 ) -> ScopeForward:
     """Run the model once from its own embedding lookup, recording the final
     hidden state where the output-embedding module consumes it.
@@ -417,7 +461,11 @@ def run_forward(
             path-integrated Semantic Scope); 1 for the scopes themselves.
         layers: also keep the residual stream after every decoder layer
             (:attr:`ScopeForward.layer_states`), for maps at every layer.
+        rules: ``"gradient"`` (default) or ``"lrp"``: build the graph under AttnLRP's
+            rules (:func:`captum_jscopes.core.lrp.lrp_rules`, removed again after the
+            forward), so that every VJP taken from it is LRP's modified one.
     """
+    check_choice("rules", rules, RULES)
     head = model.get_output_embeddings()
     with torch.no_grad():
         embeddings = model.get_input_embeddings()(input_ids)
@@ -454,7 +502,8 @@ def run_forward(
 
         handles += [layer.register_forward_hook(record_layer) for layer in decoder_layers(model)]
     try:
-        output = model(**kwargs)
+        with lrp_rules(model) if rules == "lrp" else nullcontext():
+            output = model(**kwargs)
     finally:
         for handle in handles:
             handle.remove()
@@ -511,6 +560,7 @@ def run_forward(
         attention_mask=attention_mask,
         layer_states=states if layers else None,
         rerun=rerun,
+        rules=rules,
     )
 
 

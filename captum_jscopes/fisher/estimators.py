@@ -582,7 +582,10 @@ class KrylovEstimator(FisherEstimator):
         generator = torch.Generator().manual_seed(seed)
         embeddings = forward.embeddings
         width = min(self.sketch_size, rank)
-        tangents = torch.randn(width, *embeddings.shape, generator=generator, dtype=torch.float64)
+        # in the token vectors' space: (n, e) tangents, or with reduce="input" one coefficient of
+        # each token's own embedding, so that the sketch sees the Jacobian the scores reduce
+        width_e = 1 if forward.reduce == "input" else embeddings.shape[-1]
+        tangents = torch.randn(width, *embeddings.shape[:-1], width_e, generator=generator, dtype=torch.float64)
         tangents = tangents * forward.attention_mask.cpu()[None, :, :, None]  # no tangent on padding
         sketched = torch.einsum("bprd,sbpd->bprs", factor, forward.jvp(tangents, chunk_size).to(factor))
         counter.add(width)
@@ -639,12 +642,13 @@ def _leading(image: Tensor, basis: Tensor, size: int) -> Tensor:
 def _run(forward: ScopeForward, directions: Tensor, chunk_size: int, counter: "_PassCounter",
          keep: bool) -> tuple[Tensor, Optional[Tensor]]:
     """Squared norms (m, B, P, n) (or (m, B, P, L + 1, n) with layer states) of the
-    directions (m, B, P, d), and with ``keep`` their VJPs (m, B, P, n, e)."""
+    directions (m, B, P, d), and with ``keep`` their token vectors (m, B, P, n, e), or
+    (m, B, P, n, 1) with ``reduce="input"`` (:meth:`ScopeForward.token_vectors`)."""
     per_chunk = max(1, chunk_size // max(1, directions.shape[2]))
     norms, vectors = [], []
     for chunk in directions.split(per_chunk, dim=0):
         if forward.layer_states is None or keep:
-            grads = forward.vjp(chunk)
+            grads = forward.token_vectors(forward.vjp(chunk))
             if forward.layer_states is None:
                 norms.append(grads.to(forward.compute_dtype).pow(2).sum(-1))
             if keep:

@@ -9,7 +9,7 @@ hidden space it projects on (:meth:`JacobianScope._scores`).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional, Union
 
 import torch
@@ -17,7 +17,15 @@ from captum.attr import GradientAttribution
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from captum_jscopes.core.forward import ScopeForward, prepare_inputs, resolve_positions, run_forward
+from captum_jscopes.core.forward import (
+    REDUCTIONS,
+    RULES,
+    ScopeForward,
+    check_choice,
+    prepare_inputs,
+    resolve_positions,
+    run_forward,
+)
 from captum_jscopes.core.model_state import check_causal_lm, preserved_state
 from captum_jscopes.core.tokens import special_tokens_mask
 
@@ -39,7 +47,31 @@ class ScopeOptions:
     """Base of a scope's own options of :meth:`JacobianScope.attribute`: a
     frozen dataclass per scope (``SemanticScope.Options``, ``FisherScope.Options``),
     whose fields carry their default and ``metadata={"help": ...}``, from which
-    the command line builds its flags. This base has no option."""
+    the command line builds its flags. This base holds the two options every
+    scope takes, registered ones included:
+
+    - ``rules``: ``"gradient"`` (default: the plain Jacobian) or ``"lrp"``: every
+      vector-Jacobian product runs through AttnLRP's propagation rules
+      (:mod:`captum_jscopes.core.lrp`; Llama, Mistral, Qwen2/3, Gemma-3, GPT-2).
+    - ``reduce``: ``"norm"`` (default: ``||v^T J_t||``, a token's influence along
+      any direction) or ``"input"``: ``|v^T J_t x_t|``, the first-order effect of
+      removing the token's embedding (Fisher: ``x_t^T J_t^T F J_t x_t``, the
+      second-order KL of deleting it). Scores under ``"input"`` add over a span.
+    """
+
+    rules: str = field(
+        default="gradient",
+        metadata={"help": "backward pass: gradient (the plain Jacobian) or lrp (AttnLRP's rules for norms, "
+                          "activations, gates and attention; Llama, Mistral, Qwen2/3, Gemma-3, GPT-2). "
+                          "Default: gradient",
+                  "choices": RULES},
+    )
+    reduce: str = field(
+        default="norm",
+        metadata={"help": "a token's score from its VJP g_t: norm (||g_t||) or input (|g_t . x_t|, the first-order "
+                          "effect of deleting the token; Fisher: x_t^T J_t^T F J_t x_t). Default: norm",
+                  "choices": REDUCTIONS},
+    )
 
 
 class JacobianScope(GradientAttribution):
@@ -122,7 +154,19 @@ class JacobianScope(GradientAttribution):
         if unknown:
             known = ", ".join(cls.option_names()) or "none"
             raise TypeError(f"unexpected option(s) for the {cls.name} scope: {', '.join(unknown)} (its options: {known})")
-        return cls.Options(**options)
+        made = cls.Options(**options)
+        check_choice("rules", made.rules, RULES)
+        check_choice("reduce", made.reduce, REDUCTIONS)
+        return made
+
+    @classmethod
+    def span_rule_of(cls, options: Optional[ScopeOptions] = None) -> str:
+        """How token scores made with ``options`` combine over a span: ``"sum"`` under
+        ``reduce="input"`` (first-order effects of deleting tokens add up), else the
+        scope's :attr:`span_rule`."""
+        if options is not None and options.reduce == "input":
+            return "sum"
+        return cls.span_rule
 
     @classmethod
     def backward_passes(cls, options: ScopeOptions, hidden_size: int) -> int:
@@ -292,12 +336,17 @@ class JacobianScope(GradientAttribution):
             if forward is not None:
                 if scale != 1.0:
                     raise ValueError("a shared forward pass serves scale 1 only; run a path-integrated scope alone")
+                if forward.rules != opts.rules:
+                    raise ValueError(f"the shared forward pass was run with rules={forward.rules!r}, this scope "
+                                     f"asks for rules={opts.rules!r}; run one forward per rules")
                 result = forward
             else:
-                result = run_forward(self.model, ids, mask, positions, embedding_scale=scale, layers=layers)
+                result = run_forward(self.model, ids, mask, positions, embedding_scale=scale, layers=layers,
+                                     rules=opts.rules)
             if scale == 1.0 and not logits:
                 logits.append(result.logits)
-            return result
+            # this scope's view: its own reduction on the (possibly shared) graph
+            return dataclasses.replace(result, reduce=opts.reduce)
 
         with preserved_state(self.model):
             if progress and not self.shows_own_progress(opts) and positions.shape[1] > 1:
@@ -316,7 +365,8 @@ class JacobianScope(GradientAttribution):
     ) -> tuple[Tensor, Optional[Tensor]]:
         """(batch, P, seq) raw scores and their standard error (None when exact);
         ``run(scale)`` performs the forward pass (scale multiplies the embeddings).
-        The default projects on :meth:`directions`: the L2 norm of ``v^T J_t``."""
+        The default projects on :meth:`directions`: the L2 norm of ``v^T J_t``
+        (``|v^T J_t x_t|`` with ``reduce="input"``)."""
         forward = run(1.0)
         return forward.squared_norms(self.directions(forward, targets), self.chunk_size)[0].sqrt(), None
 

@@ -226,6 +226,9 @@ class FisherScope(JacobianScope):
         self, run: RunForward, targets: Optional[Tensor], options: FisherOptions, *, progress: bool = False
     ) -> tuple[Tensor, Optional[Tensor]]:
         chosen = self.estimator_of(options)
+        if options.gradient_checkpointing and options.rules == "lrp":
+            # the checkpointed layers rerun their forward in the backward pass, after the rules' hooks are gone
+            raise ValueError("gradient_checkpointing cannot run with rules='lrp'; drop one of them")
         with _checkpointing(self.model, options.gradient_checkpointing):
             forward = run(1.0)
             scores, error, self.last_info = chosen.scores(

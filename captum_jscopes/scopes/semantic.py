@@ -42,7 +42,8 @@ class SemanticScope(JacobianScope):
         n_steps (int, optional): path-integrated Semantic Scope, the paper's
             comparison: average the gradient over the embeddings scaled by
             ``alpha = k / n_steps``, k = 1..n_steps, multiply by the embeddings and
-            take the L2 norm. Costs n_steps forward and backward passes. The paper
+            take the L2 norm (``reduce="input"``: the absolute sum, Integrated
+            Gradients' token attribution). Costs n_steps forward and backward passes. The paper
             advises against it for LLMs (attribution piles onto attention sinks).
     """
 
@@ -118,8 +119,9 @@ class SemanticScope(JacobianScope):
                 grads = forward.vjp(self._direction(forward, targets)[None])[0]  # (B, P, n, e)
                 total = grads if total is None else total + grads
                 bar.update(1)
-        path = (total / n_steps) * embeddings[:, None]
-        return path.to(forward.compute_dtype).norm(dim=-1), None
+        path = ((total / n_steps) * embeddings[:, None]).to(forward.compute_dtype)
+        # "input": the signed sum, Integrated Gradients' own token attribution (its completeness holds)
+        return (path.sum(-1).abs() if options.reduce == "input" else path.norm(dim=-1)), None
 
     @staticmethod
     def _direction(forward, targets: Optional[Tensor]) -> Tensor:
