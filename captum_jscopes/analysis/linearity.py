@@ -95,8 +95,11 @@ class LinearityResult:
         tol: the tolerance the radii were computed with.
         n_draws, seed: the noise draws of the Fisher check (unused otherwise).
         fisher_reference: ``"expected"`` or ``"paired"`` for an isotropic check (Fisher), else None.
-        perturbation: the scope's ``perturbation``: ``"gradient"`` (moves along the
-            unit gradient; Semantic, Temperature) or ``"isotropic"`` (Gaussian noise; Fisher).
+        perturbation: what was moved: the scope's ``perturbation``, ``"gradient"``
+            (along the unit gradient; Semantic, Temperature) or ``"isotropic"``
+            (Gaussian noise; Fisher); or ``"deletion"`` for a map made with
+            ``reduce="input"``: each ``x_t`` moved toward zero, ``x_t -> (1 - eps) x_t``.
+        rules: the backward pass of the map checked (``"gradient"`` or ``"lrp"``).
     """
 
     epsilons: Tensor
@@ -119,6 +122,7 @@ class LinearityResult:
     seed: int
     fisher_reference: Optional[str] = None
     perturbation: str = "gradient"
+    rules: str = "gradient"
 
     def summary(self) -> str:
         """A short text report: one line per checked token with its score, radius
@@ -323,7 +327,6 @@ def linearity_check(
         raise TypeError(f"scope must be a Jacobian Scope instance (e.g. SemanticScope), got {type(scope).__name__}")
     if type(scope).readout is JacobianScope.readout:
         raise TypeError(f"{type(scope).__name__} defines no readout (what its map predicts): linearity_check cannot test it")
-    isotropic = scope.perturbation == "isotropic"
     model = scope.model
     eps = _check_epsilons(epsilons)
     tol = _check_tol(tol)
@@ -343,6 +346,10 @@ def linearity_check(
     own = scope.local_options(scope.make_options(**{k: v for k, v in options.items() if k in names}))
     options = {k: v for k, v in options.items() if k not in names}
     options.update({f.name: getattr(own, f.name) for f in dataclasses.fields(own)})
+    # reduce="input": the map claims the first-order effect of removing x_t, so x_t is moved
+    # toward zero (deterministically); the read-out is the scope's own (a scalar or the KL)
+    deletion = own.reduce == "input"
+    isotropic = scope.perturbation == "isotropic"
     if fisher_reference not in FISHER_REFERENCES:
         raise ValueError(f"fisher_reference must be one of {FISHER_REFERENCES}, got {fisher_reference!r}")
     pos = int(resolve_positions(position, mask)[0])
@@ -354,19 +361,27 @@ def linearity_check(
             x = model.get_input_embeddings()(ids)[0].detach()  # (n, e)
         norms = x.to(torch.float64).norm(dim=-1).cpu()
         checked = _tokens_to_check(wanted, scores, norms)
-        directions, targets, noise, quadratic = None, None, None, None
+        directions, slopes, targets, noise, quadratic = None, None, None, None, None
         if isotropic:
-            generator = torch.Generator().manual_seed(seed)
-            # the same standard-normal draws at every eps of a token: smoother curves
-            noise = torch.randn(len(checked), n_draws, x.shape[-1], generator=generator, dtype=torch.float64)
-            if fisher_reference == "paired":
-                quadratic = _paired_quadratic(scope, ids, mask, pos, checked, noise)
+            targets = None
+            if deletion:
+                # one move per eps: toward zero, scaled so that sigma^2 s / 2 is eps^2 s / 2 (see _measure)
+                unit = x.to("cpu", torch.float64)[checked] / norms[checked][:, None]
+                noise = -unit[:, None] * math.sqrt(x.shape[-1])
+            else:
+                generator = torch.Generator().manual_seed(seed)
+                # the same standard-normal draws at every eps of a token: smoother curves
+                noise = torch.randn(len(checked), n_draws, x.shape[-1], generator=generator, dtype=torch.float64)
+            if fisher_reference == "paired" and not deletion:
+                quadratic = _paired_quadratic(scope, ids, mask, pos, checked, noise, own.rules)
         else:
-            directions, targets = _unit_gradients(scope, ids, mask, pos, target, scores, checked)
+            directions, slopes, targets = _unit_gradients(scope, ids, mask, pos, target, scores, checked, own, x,
+                                                           norms)
         with torch.no_grad():
             predicted, observed, sampling, floor = _measure(
                 scope, x, mask, pos, checked, eps, scores, norms,
-                directions=directions, targets=targets, noise=noise, quadratic=quadratic, seed=seed,
+                directions=directions, slopes=slopes, targets=targets, noise=noise, quadratic=quadratic, seed=seed,
+                deletion=deletion,
                 batch_size=batch_size,
             )
             swap = _swap_distance(model, ids[0], x, norms)
@@ -410,8 +425,9 @@ def linearity_check(
         tol=tol,
         n_draws=n_draws,
         seed=seed,
-        fisher_reference=fisher_reference if isotropic else None,
-        perturbation=scope.perturbation,
+        fisher_reference=fisher_reference if isotropic and not deletion else None,
+        perturbation="deletion" if deletion else scope.perturbation,
+        rules=own.rules,
     )
 
 
@@ -435,28 +451,38 @@ def _tokens_to_check(wanted: Optional[list[int]], scores: Tensor, norms: Tensor)
 
 
 def _unit_gradients(
-    scope: JacobianScope, ids: Tensor, mask: Tensor, pos: int, target: Any, scores: Tensor, checked: list[int]
-) -> tuple[Tensor, Optional[Tensor]]:
-    """(K, e) unit gradients ``u_t`` of the scope's readout w.r.t. ``x_t`` (float64
-    CPU), from one forward and one backward pass of the library's engine along the
-    scope's own direction, and the explained target ids (None for a scope without
-    target)."""
+    scope: JacobianScope, ids: Tensor, mask: Tensor, pos: int, target: Any, scores: Tensor, checked: list[int],
+    options: Any, x: Tensor, norms: Tensor,
+) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """(K, e) the moves' unit directions ``u_t``, (K,) the slope the map claims along
+    them (``delta . u_t`` times it is the map's first-order prediction), and the
+    explained target ids (None for a scope without target); float64 CPU, from one
+    forward and one backward pass of the library's engine along the scope's own
+    direction, under the map's ``rules``. ``reduce="norm"``: ``u_t`` the unit
+    gradient, slope ``||g_t||``; ``"input"``: ``u_t = -x_t / ||x_t||`` (toward
+    deletion), slope ``g_t . u_t``, whose absolute value times ``||x_t||`` is the score."""
     positions = torch.tensor([[pos]], device=ids.device)
-    forward = run_forward(scope.model, ids, mask, positions)
+    forward = run_forward(scope.model, ids, mask, positions, rules=options.rules)
     targets = scope.explained_targets(target, forward.logits)
     direction = scope.directions(forward, targets)
     if direction.shape[0] != 1:
         raise TypeError(f"the {scope.name} scope projects on {direction.shape[0]} directions; a gradient check needs one")
     grads = forward.vjp(direction)[0, 0, 0].detach().to("cpu", torch.float64)  # (n, e)
     grads = grads[checked]
-    norm = grads.norm(dim=-1)
     expected = scores[checked]
-    if not torch.allclose(norm, expected, rtol=5e-2, atol=0):
+    if options.reduce == "input":
+        unit = -x.to("cpu", torch.float64)[checked] / norms[checked][:, None]
+        slope = (grads * unit).sum(-1)
+        claimed = slope.abs() * norms[checked]
+    else:
+        norm = grads.norm(dim=-1)
+        unit, slope, claimed = grads / norm[:, None], norm, norm
+    if not torch.allclose(claimed, expected, rtol=5e-2, atol=0):
         raise RuntimeError(
-            f"the gradient norms {norm.tolist()} disagree with the scope's scores {expected.tolist()}: "
+            f"the engine's values {claimed.tolist()} disagree with the scope's scores {expected.tolist()}: "
             "the check would not test the scope's map"
         )
-    return grads / norm[:, None], targets
+    return unit, slope, targets
 
 
 def _read_out(scope: JacobianScope, embeds: Tensor, mask: Tensor, pos: int, targets: Optional[Tensor]) -> Tensor:
@@ -489,12 +515,13 @@ def _read_out(scope: JacobianScope, embeds: Tensor, mask: Tensor, pos: int, targ
     return scope.readout(y, z, targets).cpu()
 
 
-def _paired_quadratic(scope, ids: Tensor, mask: Tensor, pos: int, checked: list[int], noise: Tensor) -> Tensor:
+def _paired_quadratic(scope, ids: Tensor, mask: Tensor, pos: int, checked: list[int], noise: Tensor,
+                      rules: str = "gradient") -> Tensor:
     """(K, D) ``z^T J_t^T F J_t z`` for each token's standard-normal draws ``z``
     (K, D, e): with ``F = sum_i v_i v_i^T`` (the scope's exact directions) this is
     ``sum_i (v_i^T J_t . z)^2``, from d backward passes of the library's engine."""
     positions = torch.tensor([[pos]], device=ids.device)
-    forward = run_forward(scope.model, ids, mask, positions)
+    forward = run_forward(scope.model, ids, mask, positions, rules=rules)
     directions = scope.exact_directions(forward)
     total = torch.zeros(noise.shape[:2], dtype=torch.float64)
     rows = torch.tensor(checked, device=forward.embeddings.device)
@@ -515,6 +542,8 @@ def _measure(
     norms: Tensor,
     *,
     directions: Optional[Tensor],
+    slopes: Optional[Tensor],
+    deletion: bool = False,
     targets: Optional[Tensor],
     noise: Optional[Tensor],
     quadratic: Optional[Tensor],
@@ -533,14 +562,16 @@ def _measure(
     if isotropic:
         sigma = size / math.sqrt(e)
         deltas = sigma[:, :, None, None] * noise[:, None]  # (K, E, D, e)
-        if quadratic is None:
+        if deletion:  # the move is -eps x_t: the map claims KL = eps^2 x^T J^T F J x / 2 = eps^2 s / 2
+            predicted = grid[None, :].pow(2) * s / 2
+        elif quadratic is None:
             predicted = sigma.pow(2) * s / 2
         else:
             per_draw = sigma[:, :, None].pow(2) * quadratic[:, None, :] / 2  # (K, E, D)
             predicted = per_draw.mean(-1)
     else:
         deltas = (size[:, :, None] * directions[:, None, :])[:, :, None]  # (K, E, 1, e)
-        predicted = size * s
+        predicted = size * slopes[:, None]
     draws = deltas.shape[2]
     token_of = torch.tensor(checked).repeat_interleave(E * draws)
     flat = deltas.reshape(-1, e)
@@ -578,12 +609,15 @@ def _measure(
     else:
         # first-order prediction g_t . delta of the applied move: eps ||x_t|| s_t unless the
         # embedding dtype rounded the move (half precision at small eps)
-        slope = (directions * s)[:, None, :]  # (K, 1, e) = g_t
+        slope = (directions * slopes[:, None])[:, None, :]  # (K, 1, e): g_t's component along the move
         predicted = (moved[: K * E].view(K, E, e) * slope).sum(-1)
         side = moved[K * E :].view(K, _FLOOR_PROBES, e)
         side_change = out[K * E :].view(K, _FLOOR_PROBES) - base - (side * slope).sum(-1)
         observed = out[: K * E].view(K, E) - base
         floor = side_change.abs().max(-1).values[:, None] / predicted.abs()
+        if not bool((slopes == scores[checked]).all()):
+            # a deletion move: the gradient has components across it, so the side probes are not flat
+            floor = torch.full_like(floor, float("nan"))
     return predicted, observed, sampling, floor
 
 

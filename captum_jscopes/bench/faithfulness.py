@@ -55,7 +55,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -63,6 +63,7 @@ import torch
 from torch import nn
 
 from captum_jscopes.metrics import (
+    ABLATION_MODES,
     AOPC_FRACTIONS,
     AblationSettings,
     ablated_log_probs,
@@ -116,6 +117,9 @@ class Settings:
         curve_fractions: fractions of the deletion curve. Default 0, 0.05, ..., 0.5.
         batch_size: ablated variants per forward in the metrics. Default 16.
         ig_batch: Integrated Gradients steps per forward. Default 10.
+        extra_ablations: deletion operators besides the paper's zero embedding
+            (``"token"``: the replacement token; ``"mask"``: the attention mask) whose
+            AOPC each method also gets, under ``"ablations"`` in its record. Default none.
     """
 
     methods: tuple[str, ...] = DEFAULT_METHODS
@@ -125,6 +129,7 @@ class Settings:
     curve_fractions: tuple[float, ...] = BENCH_CURVE_FRACTIONS
     batch_size: int = 16
     ig_batch: int = IG_INTERNAL_BATCH
+    extra_ablations: tuple[str, ...] = ()
 
 
 def parse_fractions(text: str) -> tuple[float, ...]:
@@ -224,6 +229,15 @@ def _evaluate_methods(model, tokenizer, ids, target, prompt_id, settings, ablati
         )
         if loo is not None:
             entries[method]["loo"] = finite_or_none(asdict(loo_agreement(scores[method], loo)))
+    # the same rankings under the other deletion operators, at the AOPC's fractions only
+    for mode in settings.extra_ablations:
+        other = replace(ablation, mode=mode)
+        curves = deletion_curves(model, ids, scores, fractions=list(settings.aopc_fractions), target=target,
+                                 settings=other)
+        for method, curve in curves.items():
+            deltas = list(curve.deltas)
+            entries[method].setdefault("ablations", {})[mode] = {
+                "aopc": trapezoid_area(settings.aopc_fractions, deltas), "deltas": deltas}
     return entries
 
 
@@ -255,6 +269,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                         help="leave-one-out agreement on the first K prompts after --offset (default 0: none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random method and Fisher probes (default 0)")
     parser.add_argument("--batch-size", type=int, default=16, help="ablated variants per forward (default 16)")
+    parser.add_argument("--extra-ablations", default="", metavar="MODE[,MODE]",
+                        help="deletion operators besides the zero embedding whose AOPC is also recorded: "
+                        f"{', '.join(m for m in ABLATION_MODES if m != 'zero')} (default: none)")
     parser.add_argument("--combine", default=None, metavar="DIR,DIR[,...]",
                         help="join the records of runs of different methods on the same prompts into --out "
                         "(paired tables across them) and report; unfinished runs give a partial report")
@@ -273,7 +290,18 @@ def _check_args(args: argparse.Namespace) -> tuple[str, ...]:
     if args.combine and (args.out is None or args.report_only):
         raise ValueError("--combine needs --out (the combined run's folder) and excludes --report-only")
     parse_fractions(args.curve_fractions)
+    parse_extra_ablations(args.extra_ablations)
     return methods
+
+
+def parse_extra_ablations(text: str) -> tuple[str, ...]:
+    """``"token,mask"`` -> ("token", "mask"); a one-line ValueError for another mode."""
+    modes = tuple(dict.fromkeys(m.strip() for m in str(text or "").split(",") if m.strip()))
+    bad = [m for m in modes if m not in ABLATION_MODES or m == "zero"]
+    if bad:
+        raise ValueError(f"--extra-ablations: unknown mode(s) {', '.join(bad)}; choose among "
+                         f"{', '.join(m for m in ABLATION_MODES if m != 'zero')}")
+    return modes
 
 
 def _device(choice: Optional[str]) -> str:
@@ -300,12 +328,16 @@ def _run(args: argparse.Namespace, methods: tuple[str, ...], out_dir: Path) -> d
         "curve_fractions": list(curve_fractions),
         "ablation": "zero",
     }
+    extra = parse_extra_ablations(args.extra_ablations)
+    if extra:  # only then: runs made before the option resume with the same settings
+        meta["extra_ablations"] = list(extra)
     settings = Settings(
         methods=methods,
         loo_ids=frozenset(p.id for p in prompts[: args.loo_n]),
         seed=args.seed,
         curve_fractions=curve_fractions,
         batch_size=args.batch_size,
+        extra_ablations=extra,
     )
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -31,7 +31,8 @@ from captum_jscopes.metrics import replacement_token_id
 from captum_jscopes.core.model_state import preserved_state
 from captum_jscopes.scopes.registry import SCOPES
 
-__all__ = ["BenchMethod", "METHODS", "DEFAULT_METHODS", "method", "parse_methods", "random_scores"]
+__all__ = ["BenchMethod", "METHODS", "DEFAULT_METHODS", "VARIANTS", "method", "parse_methods", "random_scores",
+           "scope_variants"]
 
 
 @dataclass(frozen=True)
@@ -179,17 +180,47 @@ _TABLE = (
     BenchMethod("random", "random", "random", in_default=True),
 )
 
+#: the options every scope takes beside its own, as name suffixes of a scope method: ``+lrp``
+#: (``rules="lrp"``) then ``+input`` (``reduce="input"``), e.g. ``semantic+lrp+input``, ``fisher_eig1+lrp``
+VARIANTS = (
+    ("+lrp", {"rules": "lrp"}, "AttnLRP's rules"),
+    ("+input", {"reduce": "input"}, "input reduction |g.x|"),
+)
+
+
+def scope_variants(base: BenchMethod) -> list[BenchMethod]:
+    """The scope method ``base`` under every combination of :data:`VARIANTS`
+    (``+lrp``, ``+input``, ``+lrp+input``), in that order; none for a baseline."""
+    if not base.is_scope:
+        return []
+    out = []
+    for mask in range(1, 2 ** len(VARIANTS)):
+        chosen = [v for i, v in enumerate(VARIANTS) if mask >> i & 1]
+        options = dict(base.options)
+        for _, extra, _ in chosen:
+            options.update(extra)
+        out.append(BenchMethod(
+            base.name + "".join(suffix for suffix, _, _ in chosen),
+            f"{base.label}; {', '.join(what for _, _, what in chosen)}",
+            "scope", scope=base.scope, options=options, slow=base.slow))
+    return sorted(out, key=lambda m: len(m.name))  # +lrp, +input, then +lrp+input
+
+
 class _MethodTable(abc.Mapping):
     """name -> method, in the order of the reports' tables: the entries above,
     then every scope registered outside the package
     (:func:`captum_jscopes.scopes.registry.register_scope`) under its own name
-    with its default options."""
+    with its default options; after each scope method, its :func:`scope_variants`."""
 
     def _entries(self) -> dict[str, BenchMethod]:
-        table = {m.name: m for m in _TABLE}
+        bases = {m.name: m for m in _TABLE}
         for name, cls in SCOPES.items():
-            if name not in table:
-                table[name] = _scope(name, f"{cls.__name__} (registered)", name)
+            if name not in bases:
+                bases[name] = _scope(name, f"{cls.__name__} (registered)", name)
+        table = {}
+        for name, entry in bases.items():
+            table[name] = entry
+            table.update((variant.name, variant) for variant in scope_variants(entry))
         return table
 
     def __getitem__(self, name: str) -> BenchMethod:

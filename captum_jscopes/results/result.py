@@ -127,8 +127,9 @@ class ScopeResult(LLMAttributionResult):
 
         Args:
             rule: how token scores combine, ``"l2"`` (root of the sum of squares)
-                or ``"sum"``. Default: from ``metadata["scope"]``: "l2" for
-                semantic and temperature, "sum" for fisher; another scope raises.
+                or ``"sum"``. Default: from ``metadata["scope"]`` and its settings:
+                "l2" for semantic and temperature, "sum" for fisher and for any
+                scope under ``reduce="input"``; another scope raises.
         Returns:
             a ScopeResult with one input "token" per word: ``input_tokens`` are
             the words' raw pieces joined, ``input_display`` their text,
@@ -165,7 +166,8 @@ class ScopeResult(LLMAttributionResult):
         return self._view(chosen, "spans", rule)
 
     def _view(self, chosen: list[Span], unit: str, rule: Optional[str]) -> "ScopeResult":
-        rule = aggregation_rule(self.metadata.get("scope")) if rule is None else rule
+        if rule is None:
+            rule = aggregation_rule(self.metadata.get("scope"), self.metadata.get("settings"))
         token_attr = None if self.token_attr is None else aggregate(self.token_attr, chosen, rule)
         if token_attr is not None:
             seq_attr = token_attr.sum(0)

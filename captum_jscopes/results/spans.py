@@ -20,7 +20,7 @@ spell, :class:`~captum_jscopes.display.text.Span` groups) is in
 from __future__ import annotations
 
 import unicodedata
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -118,14 +118,19 @@ def char_spans(groups: Sequence[Span], ranges: Sequence[tuple[int, int]]) -> lis
 
 
 # ---------------------------------------------------------------- aggregation
-def aggregation_rule(scope: Optional[str]) -> str:
-    """The ``span_rule`` of the registered scope named ``scope``: ``"l2"`` for
-    "semantic" and "temperature" (norms of one VJP), ``"sum"`` for "fisher" (a trace).
+def aggregation_rule(scope: Optional[str], settings: Optional[Mapping[str, Any]] = None) -> str:
+    """The span rule of the registered scope named ``scope`` under the options its
+    result was made with (``settings``, the JSON settings: ``reduce`` and the
+    scope's own): ``"l2"`` for "semantic" and "temperature" (norms of one VJP),
+    ``"sum"`` for "fisher" (a trace) and for every scope under ``reduce="input"``
+    (first-order effects of deleting tokens add up).
 
     Raises ValueError for a name no scope is registered under (a Captum baseline
     has none): pass ``rule=`` yourself ("sum" fits any additive attribution, such as IG)."""
     if scope in SCOPES:
-        return SCOPES[scope].span_rule
+        cls = SCOPES[scope]
+        given = {k: v for k, v in (settings or {}).items() if k in ("rules", "reduce")}
+        return cls.span_rule_of(cls.make_options(**given))
     raise ValueError(
         f"no aggregation rule for scope {scope!r} (registered scopes: {sorted(SCOPES)}); "
         "pass rule='l2' (scores that are norms of a VJP) or rule='sum' (additive scores)"
