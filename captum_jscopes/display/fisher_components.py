@@ -8,6 +8,8 @@ from typing import Any
 
 from torch import Tensor
 
+from captum_jscopes.display.fonts import drawable_labels, use_fonts
+from captum_jscopes.display.text import prompt_labels
 
 __all__ = ["plot_components"]
 
@@ -35,19 +37,20 @@ def plot_components(found: Any, tokenizer: Any, input_ids: Tensor, path=None, ro
     import matplotlib.pyplot as plt
 
     ids = input_ids if input_ids.dim() == 2 else input_ids[None]
-    labels = [tokenizer.decode([int(t)]) if tokenizer is not None else str(int(t)) for t in ids[row]]
-    lines = found.describe(tokenizer, ids, row, n_tokens)
+    # readable labels (the tokens of one character named once) in fonts for every script
+    labels, lines = drawable_labels([prompt_labels(ids[row], tokenizer), found.describe(tokenizer, ids, row, n_tokens)])
     k = found.values.shape[1]
     width = max(6.0, 0.32 * len(labels))
-    fig, axes = plt.subplots(k, 1, figsize=(width, 1.3 * k + 0.6), squeeze=False)
-    for i, ax in enumerate(axes[:, 0]):
-        scores = found.token_scores[row, i].float().cpu()
-        ax.imshow(scores[None].numpy(), aspect="auto", cmap="Reds", vmin=0)
-        ax.set_yticks([])
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, rotation=90, fontsize=7)
-        ax.set_title(lines[i], fontsize=8, loc="left")
-    fig.tight_layout()
+    with use_fonts():
+        fig, axes = plt.subplots(k, 1, figsize=(width, 1.3 * k + 0.6), squeeze=False)
+        for i, ax in enumerate(axes[:, 0]):
+            scores = found.token_scores[row, i].float().cpu()
+            ax.imshow(scores[None].numpy(), aspect="auto", cmap="Reds", vmin=0)
+            ax.set_yticks([])
+            ax.set_xticks(range(len(labels)))
+            ax.set_xticklabels(labels, rotation=90, fontsize=7)
+            ax.set_title(lines[i], fontsize=8, loc="left")
+        fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig

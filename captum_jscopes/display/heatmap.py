@@ -6,7 +6,10 @@ Works for any Captum ``LLMAttributionResult`` (ours or a baseline's). Colours
 come from :func:`captum_jscopes.display.common.token_colors`, as in the HTML.
 Every box shows readable text (:mod:`captum_jscopes.display.text`): the tokens
 of one character (byte-level BPE splits '🍣' into three) show it once, the
-others '·'. Fonts: :mod:`captum_jscopes.display.fonts`.
+others '·'. Every script is drawn: fonts are found per script
+(:mod:`captum_jscopes.display.fonts`), Arabic and Hebrew are joined and read
+right to left, Devanagari and Thai are shaped, and the boxes of an Arabic or
+Hebrew prompt run from the right (:mod:`captum_jscopes.display.shaping`).
 
 Only the Agg canvas is used (no window, no pyplot state): returned figures are
 plain ``matplotlib.figure.Figure`` objects; Jupyter shows them when they are the
@@ -31,6 +34,7 @@ from matplotlib.textpath import text_to_path
 from captum_jscopes.display.common import CLIP_QUANTILE, DIVERGING_CMAP, TARGET_COLOR, PathLike, as_scores, check_tokens
 from captum_jscopes.display.common import color_scale, result_row, result_view, text_color, token_colors
 from captum_jscopes.display.fonts import drawable, font_properties, warn_missing
+from captum_jscopes.display.shaping import right_to_left
 from captum_jscopes.display.text import TokenLabel, box_labels, display_token, readable_tokens, token_label
 
 __all__ = ["PNG_DPI", "plot_token_heatmap", "save_heatmap"]
@@ -199,9 +203,11 @@ def plot_token_heatmap(
             scores clip, the colour bar has an arrow and its label says where.
         label: colour bar label. Default "influence".
     Returns:
-        the Figure. Characters no installed font has are drawn as '□' with one
-        :class:`~captum_jscopes.display.fonts.MissingGlyphWarning` (see
-        :data:`~captum_jscopes.display.fonts.FONT_FAMILIES`).
+        the Figure. A prompt whose first letter is right-to-left (Arabic,
+        Hebrew) is laid out from the right. Characters no installed font has
+        are drawn as '□' with one
+        :class:`~captum_jscopes.display.fonts.MissingGlyphWarning` naming the
+        Debian packages with fonts for them (see :mod:`captum_jscopes.display.fonts`).
     """
     tokens = check_tokens(tokens)
     values = as_scores(scores, len(tokens))
@@ -238,6 +244,8 @@ def plot_token_heatmap(
         line_width, ax_h = _ax_size_pt(ax)
         style = _fit_font(labels, style, line_width, ax_h)
     placed = _layout(labels, style, line_width)
+    if right_to_left("".join(display)):  # an Arabic or Hebrew prompt reads from the right
+        placed = [(line_width - x - w, line, w) for x, line, w in placed]
     _draw_boxes(ax, labels, placed, colors, style, target_index)
     _set_point_axes(ax, line_width, max(_n_lines(placed) * style.line_h, _ax_size_pt(ax)[1]))
     return fig

@@ -148,7 +148,9 @@ def _html_line(line: _HtmlLine, colors) -> str:
         )
         if line.prob is not None:
             spans.append(f' <span style="color: #666; font-size: 12px;">p = {line.prob:.3g}</span>')
-    return f'<div style="margin: 0.3em 0; padding-bottom: 0.2em; border-bottom: 1px solid #eee;">{"".join(spans)}</div>'
+    # dir="auto": an Arabic or Hebrew prompt reads from the right, as in the picture
+    return (f'<div dir="auto" style="margin: 0.3em 0; padding-bottom: 0.2em; border-bottom: 1px solid #eee;">'
+            f'{"".join(spans)}</div>')
 
 
 def _html_legend(mappable: ScalarMappable, note: Optional[str] = None, n_stops: int = 11) -> str:

@@ -7,8 +7,11 @@ the modules that do the work, each of which can be imported directly:
 
 * :mod:`captum_jscopes.display.text`: a token's readable text (byte-level pieces
   merged into the characters they spell, :func:`display_token`, :func:`readable_tokens`);
-* :mod:`captum_jscopes.display.fonts`: the CJK/emoji font fallback
-  (:data:`FONT_FAMILIES`) and the missing-glyph warning;
+* :mod:`captum_jscopes.display.fonts`: fonts for every script of the text
+  (:data:`FONT_FAMILIES` first) and the missing-glyph warning that names the
+  Debian packages to install;
+* :mod:`captum_jscopes.display.shaping`: Arabic and Hebrew joined and read right
+  to left, Devanagari and Thai shaped (matplotlib's libraqm engine);
 * :mod:`captum_jscopes.display.heatmap`: :func:`plot_token_heatmap`, :func:`save_heatmap`;
 * :mod:`captum_jscopes.display.html`: :func:`render_html`, :func:`save_html`;
 * :mod:`captum_jscopes.display.series`: :func:`plot_series_influence`.
