@@ -29,6 +29,7 @@ from captum_jscopes.runs.runner import read_records
 from captum_jscopes.cli.main import main
 from captum_jscopes.runs.dataset import DatasetSettings, attribute_dataset, page_name, read_results, select_prompts
 from captum_jscopes.runs.explain import explain
+from captum_jscopes.scopes.registry import SCOPES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PLAIN_WORDS = [w for w in WORDS if w.isalpha()]
@@ -215,8 +216,11 @@ def test_settings_are_checked_and_stored_in_one_order():
     settings = DatasetSettings(scopes=("fisher", "semantic", "fisher"))
     assert settings.scopes == ("semantic", "fisher")
     assert settings == DatasetSettings.of(scopes=["semantic", "fisher"])
-    assert "fisher_estimator" in settings.to_dict()
-    assert "fisher_estimator" not in DatasetSettings(scopes="semantic").to_dict()  # irrelevant, so not in run.json
+    assert "fisher_estimator" not in settings.to_dict()  # the default: not stored, so runs of earlier versions resume
+    chosen = DatasetSettings(scopes=("semantic", "fisher"), fisher_estimator="eig")
+    assert chosen.to_dict()["fisher_estimator"] == "eig" and chosen.fisher_estimator == "eig"
+    assert DatasetSettings(fisher_estimator="krylov") == DatasetSettings()  # a default given is no setting
+    assert "fisher_estimator" not in DatasetSettings(scopes="semantic", fisher_estimator="eig").to_dict()  # irrelevant
     assert DatasetSettings(scopes="all") == DatasetSettings(scopes=("semantic", "all")) == DatasetSettings()
     with pytest.raises(ValueError, match="unknown scope 'integrated'"):
         DatasetSettings(scopes=("integrated",))
@@ -245,6 +249,9 @@ def test_the_command_has_a_flag_for_every_setting(capsys):
     assert main(["attribute-dataset", "--help"]) == 0
     usage = capsys.readouterr().out
     for f in dataclasses.fields(DatasetSettings):
+        if f.name == "scope_settings":  # one flag per option of each scope, from the scopes' Options
+            assert all(f"--{name}-rules" in usage for name in SCOPES) and "--fisher-tol" in usage
+            continue
         assert f.metadata["flag"] in usage and f.metadata["help"].split(";")[0][:30] in " ".join(usage.split())
     assert "--fisher-method" not in usage.split("options:")[1].split("--fisher-estimator")[0]  # hidden alias
 
@@ -460,3 +467,16 @@ def test_two_processes_share_the_prompts(model_dir, tiny, tmp_path):
         torch.testing.assert_close(by_scope["semantic"].seq_attr, explain(model, tokenizer, text, "semantic").seq_attr)
     assert output.count("files written:") == 1  # only the main process reports
     assert json.loads((out / "summary.json").read_text())["n_prompts"] == n
+
+
+def test_run_json_of_earlier_versions_is_read_in_todays_form():
+    """Earlier versions stored the Fisher estimator whenever the Fisher Scope ran (its
+    default too), under its former name before that; today only what differs from a
+    scope's default is stored."""
+    today = DatasetSettings(scopes="fisher").to_dict()
+    for stored in ({"fisher_estimator": "krylov"}, {"fisher_method": "krylov"}):
+        assert DatasetSettings.upgrade_dict({**today, **stored}) == today
+    chosen = DatasetSettings(scopes="fisher", fisher_estimator="eig", fisher_tol=0.05).to_dict()
+    assert DatasetSettings.upgrade_dict({**today, "fisher_method": "eig", "fisher_tol": 0.05}) == chosen
+    bad = {**today, "fisher_estimator": "fast"}
+    assert DatasetSettings.upgrade_dict(bad) == bad  # unreadable: left as it is, so it differs from any run

@@ -85,6 +85,15 @@ def test_options_pass_through_kwargs_and_attribution_args(llama, tokenizer):
                                       exclude_special_tokens=False))
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_rules_and_reduce_pass_as_every_methods_options(method, llama, tokenizer):
+    # every field of the scope's Options is an option of its method, read from the scope
+    assert set(METHODS[method].option_names()) <= set(inseq_methods.inseq_method(METHODS[method]).options())
+    options = {"rules": "lrp", "reduce": "input", **({"estimator": "eig"} if method == "fisher_scope" else {})}
+    out = attribute(llama, tokenizer, method, **options)
+    assert_steps_equal(out, reference(METHODS[method](llama, tokenizer), tokenizer, **options))
+
+
 @pytest.mark.parametrize(
     "method, kwargs, error, message",
     [

@@ -6,15 +6,16 @@ with ``--layers`` also ``<out>/<scope>_layers.png``, the map at every layer
 (:func:`write_layers`).
 
 The work is :func:`captum_jscopes.runs.explain.explain` and
-:func:`~captum_jscopes.runs.explain.write_result`; ``--chat``, ``--keep-special``
-and ``--fisher-estimator`` are the fields of
-:class:`~captum_jscopes.runs.dataset.DatasetSettings`, as in ``attribute-dataset``.
+:func:`~captum_jscopes.runs.explain.write_result`; ``--chat`` and ``--keep-special``
+are fields of :class:`~captum_jscopes.runs.dataset.DatasetSettings`, and every
+scope's options are flags made from the scopes' ``Options``
+(``--<scope>-<option>``, ``--rules``, ``--reduce``; :mod:`captum_jscopes.cli.scope_flags`),
+as in ``attribute-dataset``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,6 +34,7 @@ from captum_jscopes.cli._common import (
     target_line,
 )
 from captum_jscopes.cli.flags import add_dataclass_flags, values_from_args
+from captum_jscopes.cli.scope_flags import add_scope_flags, flag_of, scope_settings_from_args
 from captum_jscopes.core.tokens import encode_target
 from captum_jscopes.integrations.captum import LLMScopeAttribution
 from captum_jscopes.results.result import ScopeResult
@@ -56,7 +58,7 @@ DESCRIPTION = (
     "Scopes. Writes <out>/<scope>.png, .html and .json for each scope."
 )
 #: the settings of one explain() call that are also a dataset's (same flags)
-SETTINGS = ("chat", "keep_special", "fisher_estimator", "fisher_tol")
+SETTINGS = ("chat", "keep_special")
 #: tokens listed per scope in the terminal
 TOP_K = 5
 #: estimates at least this long suggest the quick estimator
@@ -78,6 +80,7 @@ def add_parser(subcommands: Any) -> argparse.ArgumentParser:
     add_model_flags(p)
     p.add_argument("--out", default="jscopes-out", metavar="DIR", help="output folder (default: ./jscopes-out)")
     add_dataclass_flags(p, DatasetSettings, only=SETTINGS)
+    add_scope_flags(p)
     p.add_argument(
         "--layers",
         action="store_true",
@@ -93,11 +96,12 @@ def run(args: argparse.Namespace, forwarded: list[str]) -> int:
     prompt = check_prompt(args.prompt)
     if args.target == "":
         raise ValueError("--target is empty; leave it out to explain the model's own prediction")
-    settings = DatasetSettings(**values_from_args(args, DatasetSettings, only=SETTINGS, note=note))
+    settings = DatasetSettings(**values_from_args(args, DatasetSettings, only=SETTINGS, note=note),
+                               scope_settings=scope_settings_from_args(args, note=note))
     scopes = tuple(SCOPES) if args.scope == "all" else (args.scope,)
     out = output_folder(args.out)
     model, tokenizer = load_model_from_args(args)
-    values = dataclasses.asdict(settings)
+    values = dict(settings.scope_settings)
 
     def estimate(scope: str, timing: PassTiming, passes: int) -> None:
         # a costly scope (Fisher: 40 backward passes per explained token by default) says
@@ -197,8 +201,8 @@ def write_layers(model: Any, tokenizer: Any, result: ScopeResult, scope: str, ta
 
 
 def estimate_line(timing: PassTiming, scope: str, options: dict) -> str:
-    """'Fisher: 40 backward passes over 3,400 tokens, about 12 min; --fisher-estimator
-    eig for a quick look': the cost of ``scope`` with its ``options`` from one
+    """'Fisher: 40 backward passes over 3,400 tokens, about 12 min; --fisher-<option>
+    <value> for a quick look': the cost of ``scope`` with its ``options`` from one
     measured pass (:meth:`~captum_jscopes.runs.explain.PassTiming.seconds`), and the
     scope's ``quick_look`` options as flags when they are cheaper and it is long."""
     passes = backward_passes(scope, timing.hidden_size, **options)
@@ -208,7 +212,7 @@ def estimate_line(timing: PassTiming, scope: str, options: dict) -> str:
     line = f"{scope.title()}: {what}, about {_duration(seconds)}"
     quick = scope_class(scope).quick_look
     if quick and seconds >= QUICK_LOOK_SECONDS and backward_passes(scope, timing.hidden_size, **quick) < passes:
-        flags = " ".join(f"--{scope}-{name.replace('_', '-')} {value}" for name, value in quick.items())
+        flags = " ".join(f"{flag_of(scope, name)} {value}" for name, value in quick.items())
         line += f"; {flags} for a quick look"
     return line
 

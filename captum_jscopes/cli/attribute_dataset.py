@@ -4,8 +4,9 @@ shipped set or hub dataset, sharded over processes and resumable
 
 The options that change what is computed are the fields of
 :class:`~captum_jscopes.runs.dataset.DatasetSettings`, made into flags from the
-fields' metadata (:mod:`captum_jscopes.cli.flags`); the others (``--slice``,
-the model flags, ``--out``, ``--overwrite``) are the command's own.
+fields' metadata (:mod:`captum_jscopes.cli.flags`), and the scopes' options,
+made into flags from each scope's ``Options`` (:mod:`captum_jscopes.cli.scope_flags`);
+the others (``--slice``, the model flags, ``--out``, ``--overwrite``) are the command's own.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from captum_jscopes.cli._common import (
     short,
 )
 from captum_jscopes.cli.flags import add_dataclass_flags, values_from_args
+from captum_jscopes.cli.scope_flags import add_scope_flags, scope_settings_from_args
 from captum_jscopes.runs.dataset import (
     DatasetSettings,
     PreviousRunError,
@@ -61,6 +63,7 @@ def add_parser(subcommands: Any) -> argparse.ArgumentParser:
         "or hf:NAME[:SPLIT] (needs the datasets package)",
     )
     add_dataclass_flags(p, DatasetSettings)
+    add_scope_flags(p)
     p.add_argument(
         "--slice",
         type=_parse_slice,
@@ -84,7 +87,8 @@ def run(args: argparse.Namespace, forwarded: list[str]) -> int:
     # Everything that reads only the arguments and FILE comes first, so that bad
     # input is a usage error before the model (seconds to minutes) loads.
     try:
-        settings = DatasetSettings(**values_from_args(args, DatasetSettings, note=note))
+        settings = DatasetSettings(**values_from_args(args, DatasetSettings, note=note),
+                                   scope_settings=scope_settings_from_args(args, note=note))
         out = output_folder(args.out)
         prompts = select_prompts(args.file, settings, start=args.slice.start, stop=args.slice.stop)
     except (ValueError, TypeError, ImportError) as err:

@@ -31,7 +31,7 @@ import sys
 import typing
 from typing import Any, Callable, Collection, Optional
 
-__all__ = ["add_dataclass_flags", "values_from_args"]
+__all__ = ["add_dataclass_flags", "values_from_args", "print_note"]
 
 #: prefix of the hidden ``dest`` of a former spelling: its value is told apart
 #: from the current flag's, so that using it can be noted
@@ -78,7 +78,7 @@ def values_from_args(
     options left out (their defaults apply). A former spelling's value counts
     as the flag's, and ``note`` (default: a line ``note: ...`` on stderr) is
     told that it is deprecated."""
-    note = _print_note if note is None else note
+    note = print_note if note is None else note
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for f in _flagged_fields(cls, only):
@@ -134,5 +134,6 @@ def _deprecated_dest(name: str, flag: str) -> str:
     return f"{_DEPRECATED_DEST}{name}:{flag}"
 
 
-def _print_note(text: str) -> None:
+def print_note(text: str) -> None:
+    """``note: TEXT`` on stderr (the default ``note`` of the values' readers)."""
     print(f"note: {text}", file=sys.stderr)

@@ -24,7 +24,7 @@ How it is wired, and why:
   scope's public ``attribute``) on ``attribution_model.model`` for the step's
   prefix (``(batch, prefix_len)`` ids and attention mask, left-padded by Inseq)
   and target token. The step's numbers are therefore exactly what
-  ``SemanticScope / TemperatureScope / FisherScope(model, tokenizer).attribute(prefix, ...)``
+  the scope's own ``attribute(prefix, ...)`` (``SemanticScope(model, tokenizer)``, ...)
   returns.
 - The classes are Inseq gradient methods (subclasses of its
   ``GradientAttributionRegistry``) with ``attribute_batch_ids = True``: Inseq
@@ -43,15 +43,19 @@ How it is wired, and why:
   for the scopes (it writes into its argument, hence the clone). Inseq stores
   step outputs as float32.
 
-Options. Each scope's own options (Semantic: ``n_steps``; Fisher: ``method``,
-``k``, ``n_probes``, ``seed``, ``vocab_chunk``; all three:
-``exclude_special_tokens``, default True) pass as keyword arguments of
-``m.attribute`` or in ``attribution_args={...}``. Fisher's ``method`` must go
-through ``attribution_args={"method": "exact"}``: ``method=`` of
-``m.attribute`` is Inseq's own (the attribution method's name). An unknown
-option in ``attribution_args`` raises a TypeError naming it, a bad value the
-scope's ValueError; an unknown *keyword* argument is caught by Inseq before it
-reaches us and only logged ("Unused arguments during attribution").
+Options. Every option of a scope, the fields of its ``Options`` dataclass
+(``cls.option_names()``: ``rules`` and ``reduce`` for every scope; Semantic:
+``n_steps``; Fisher: ``estimator``, ``k``, ``n_probes``, ``budget``, ``seed``,
+``tol``, ``max_passes``, ``path``, ``vocab_chunk``, ``gradient_checkpointing``;
+any registered scope's own), its deprecated names (``cls.deprecated_options``)
+and ``exclude_special_tokens`` (default True) pass as keyword arguments of
+``m.attribute`` or in ``attribution_args={...}`` (:meth:`JacobianScopeRegistry.options`
+reads them from the scope, so nothing here names one). A name that ``m.attribute``
+itself takes (``method=``, the attribution method's name) must go through
+``attribution_args``. An unknown option in ``attribution_args`` raises a TypeError
+naming it, a bad value the scope's ValueError; an unknown *keyword* argument is
+caught by Inseq before it reaches us and only logged ("Unused arguments during
+attribution").
 
 What a scope explains is fixed (Semantic: the target token's logit direction;
 Temperature: the hidden-state norm; Fisher: the whole next-token
@@ -132,8 +136,9 @@ class JacobianScopeRegistry(GradientAttributionRegistry, Registry):
 
     @classmethod
     def options(cls) -> tuple[str, ...]:
-        """Names of the options a call may pass: the scope's own (its
-        ``Options``) and ``exclude_special_tokens``."""
+        """Names of the options a call may pass: every field of the scope's
+        ``Options`` (``rules`` and ``reduce`` included), its deprecated names and
+        ``exclude_special_tokens``."""
         scope = cls.scope_class
         return (*scope.option_names(), *scope.deprecated_options, *_COMMON_OPTIONS)
 

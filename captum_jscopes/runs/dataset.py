@@ -40,9 +40,9 @@ import json
 import os
 import re
 import time
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 from urllib.parse import quote
 
 from captum_jscopes.core.settings import Settings
@@ -56,14 +56,7 @@ from captum_jscopes.runs.runner import (
     write_json_atomic,
     write_text_atomic,
 )
-from captum_jscopes.fisher.estimators import ESTIMATORS
-from captum_jscopes.runs.explain import (
-    DEFAULT_FISHER_ESTIMATOR,
-    FISHER_ESTIMATORS,
-    explain,
-    fisher_estimator_argument,
-    model_name,
-)
+from captum_jscopes.runs.explain import explain, find_setting, model_name, resolve_scope_settings
 from captum_jscopes.scopes.registry import SCOPES, scope_class
 from captum_jscopes.results.result import ScopeResult
 from captum_jscopes.display.html import render_html
@@ -104,7 +97,15 @@ Source = Union[str, os.PathLike, Sequence[Prompt]]
 # ----------------------------------------------------------------------------- settings
 
 
-@dataclass(frozen=True)
+class _ScopeChoices:
+    """The ``--scope`` choices: the registry's names and "all", read when a parser
+    is built, so that a scope registered after this module's import is offered too."""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((*SCOPES, ALL_SCOPES))
+
+
+@dataclass(frozen=True, init=False)
 class DatasetSettings(Settings):
     """What is computed for every prompt; stored in ``run.json``, so a rerun into
     the same folder with other settings is refused.
@@ -112,7 +113,8 @@ class DatasetSettings(Settings):
     Each field's ``metadata`` holds its command-line flag and help text:
     ``jscopes attribute-dataset`` makes its options from them
     (:func:`captum_jscopes.cli.flags.add_dataclass_flags`), so a new setting is
-    one field here.
+    one field here. The scopes' own options have their flags made from the
+    scopes' ``Options`` (:mod:`captum_jscopes.cli.scope_flags`).
 
     Attributes:
         scopes: scope names of :data:`captum_jscopes.scopes.registry.SCOPES` (a single name
@@ -125,19 +127,23 @@ class DatasetSettings(Settings):
             scored. Default False.
         keep_special: also show and score special tokens (BOS, chat markers).
             Default False.
-        fisher_estimator: Fisher Scope estimator, one of
-            :data:`~captum_jscopes.runs.explain.FISHER_ESTIMATORS` ("krylov",
-            "hutchinson", "deflated", "exact", "eig"); only used, and only stored,
-            when "fisher" is among the scopes. Default "krylov".
-        fisher_method: the former name of ``fisher_estimator`` (init only); still
-            accepted, with a DeprecationWarning.
+        scope_settings: the scopes' own options as settings ``{"<scope>_<option>":
+            value}`` (e.g. ``{"fisher_k": 4, "semantic_rules": "lrp"}``),
+            every option of every registered scope's ``Options`` included. Checked
+            and kept in today's names, and only where they differ from the scope's
+            default (:func:`~captum_jscopes.runs.explain.resolve_scope_settings`).
+            They can also be given as keywords, ``DatasetSettings(fisher_k=4)``
+            (a scope's deprecated option name, ``<scope>_<old name>``, with a
+            DeprecationWarning), and read as attributes, ``settings.fisher_k``
+            (the scope's default when not set). Stored flat in ``run.json``, only
+            for the chosen scopes, so that they do not block other reruns. Default: none.
     """
 
     scopes: tuple[str, ...] = field(
         default=tuple(SCOPES),
         metadata={
             "flag": "--scope",
-            "choices": (*SCOPES, ALL_SCOPES),
+            "choices": _ScopeChoices(),
             "help": "a scope to run; repeat for several (default: all)",
         },
     )
@@ -165,32 +171,30 @@ class DatasetSettings(Settings):
             "as attention sinks they would dominate the map",
         },
     )
-    fisher_estimator: str = field(
-        default=DEFAULT_FISHER_ESTIMATOR,
-        metadata={
-            "flag": "--fisher-estimator",
-            "deprecated_flags": ("--fisher-method",),
-            "choices": FISHER_ESTIMATORS,
-            "help": f"Fisher Scope estimator (default: {DEFAULT_FISHER_ESTIMATOR}, "
-            f"{ESTIMATORS[DEFAULT_FISHER_ESTIMATOR].budget} passes; eig: 1, "
-            "a quick look; exact: one per hidden dimension)",
-        },
-    )
-    fisher_tol: Optional[float] = field(
-        default=None,
-        metadata={
-            "flag": "--fisher-tol",
-            "metavar": "TOL",
-            "help": "Fisher Scope, krylov estimator: add probes until the estimated relative L2 error of each map is "
-            "below TOL (e.g. 0.02), at most d passes; default: the estimator's fixed passes",
-        },
-    )
-    fisher_method: InitVar[Optional[str]] = None
+    scope_settings: Mapping[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self, fisher_method: Optional[str]) -> None:
-        # stacklevel 4: the warning points at the caller of DatasetSettings(...)
-        estimator = fisher_estimator_argument(self.fisher_estimator, fisher_method, stacklevel=4)
-        object.__setattr__(self, "fisher_estimator", estimator)
+    def __init__(self, *args: Any, **settings: Any) -> None:
+        """The fields, by position or keyword, and the scopes' settings as
+        keywords (``semantic_rules="lrp"``): merged into ``scope_settings``."""
+        fields = dataclasses.fields(self)
+        if len(args) > len(fields):
+            raise TypeError(f"DatasetSettings takes at most {len(fields)} positional arguments, got {len(args)}")
+        given = dict(zip((f.name for f in fields), args))
+        twice = sorted(set(given) & set(settings))
+        if twice:
+            raise TypeError(f"DatasetSettings got several values for {', '.join(twice)}")
+        given.update(settings)
+        names = {f.name for f in fields}
+        scoped = {**dict(given.pop("scope_settings", None) or {}),
+                  **{key: given.pop(key) for key in list(given) if key not in names}}
+        for f in fields:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            object.__setattr__(self, f.name, given.get(f.name, default))
+        # stacklevel 3: a warning points at the caller of DatasetSettings(...)
+        object.__setattr__(self, "scope_settings", resolve_scope_settings(scoped, stacklevel=3))
+        self._check()
+
+    def _check(self) -> None:
         chosen = (self.scopes,) if isinstance(self.scopes, str) else tuple(self.scopes)
         if not chosen:
             raise ValueError("scopes is empty: choose at least one of " + ", ".join(SCOPES))
@@ -204,49 +208,75 @@ class DatasetSettings(Settings):
             raise ValueError(f"text_field must be a non-empty string, got {self.text_field!r}")
         if self.target_field is not None and (not isinstance(self.target_field, str) or not self.target_field):
             raise ValueError(f"target_field must be None or a non-empty string, got {self.target_field!r}")
-        tol = self.fisher_tol
-        if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1):
-            raise ValueError(f"fisher_tol must be a relative error in (0, 1), e.g. 0.02, got {tol!r}")
         for name in ("chat", "keep_special"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
 
-    #: fisher_method: the init-only former name of fisher_estimator
-    former_names = ("fisher_method",)
+    def __getattr__(self, name: str) -> Any:
+        # only reached for names that are no field: a scope's setting, <scope>_<option>
+        if not name.startswith("_"):
+            try:
+                setting, _ = find_setting(name)
+            except KeyError:
+                pass
+            else:
+                return vars(self).get("scope_settings", {}).get(setting.key, setting.default)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "scope_settings")
+                    + tuple(sorted(self.scope_settings.items())))
 
     @classmethod
-    def _renamed(cls, overrides: dict) -> dict:
-        method = overrides.pop("fisher_method", None)
-        if method is not None:
-            # an override of the estimator, whatever ``settings`` chose before
-            overrides["fisher_estimator"] = fisher_estimator_argument(
-                overrides.get("fisher_estimator", DEFAULT_FISHER_ESTIMATOR), method, stacklevel=5
-            )
-        return overrides
+    def of(cls, settings: Optional["DatasetSettings"] = None, **overrides: Any) -> "DatasetSettings":
+        """``settings`` (default: the defaults) with ``overrides`` applied: fields,
+        and scopes' settings (``semantic_rules="lrp"``), which replace the ones
+        ``settings`` holds; a TypeError names a keyword that is neither."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        scoped = {key: overrides.pop(key) for key in list(overrides) if key not in names and _names_a_setting(key)}
+        made = super().of(settings, **overrides)
+        if not scoped:
+            return made
+        # stacklevel 3: a warning points at the caller of of()
+        changed = resolve_scope_settings(scoped, drop_defaults=False, stacklevel=3)
+        return dataclasses.replace(made, scope_settings={**made.scope_settings, **changed})
 
     def to_dict(self) -> dict:
-        """The settings as stored in ``run.json`` (JSON types; ``fisher_estimator``
-        only with the Fisher Scope, so that it does not block other reruns)."""
-        data = dataclasses.asdict(self)
+        """The settings as stored in ``run.json`` (JSON types): the fields, and the
+        scopes' settings flat, ``<scope>_<option>``, only those of the chosen scopes
+        (so that they do not block other reruns)."""
+        data: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                if f.name != "scope_settings"}
         data["scopes"] = list(self.scopes)
-        for name in list(data):
-            # a scope's own setting (<scope>_<option>) only with that scope
-            owner = next((scope for scope in SCOPES if name.startswith(f"{scope}_")), None)
-            if owner is not None and owner not in self.scopes:
-                del data[name]
-        if data.get("fisher_tol") is None:
-            data.pop("fisher_tol", None)  # unset: the run.json of runs made before the option stays the same
+        for key, value in self.scope_settings.items():
+            if find_setting(key)[0].scope.name in self.scopes:
+                data[key] = value
         return data
 
     @staticmethod
     def upgrade_dict(data: dict) -> dict:
         """Settings as an earlier version stored them (``to_dict``) in today's
-        form: the estimator was stored as ``fisher_method``. ``data`` is not changed."""
-        if "fisher_method" not in data or "fisher_estimator" in data:
+        form: a scope's deprecated option name (``<scope>_<old name>``; the Fisher
+        Scope's estimator was stored under its former name) read as its option's,
+        and values equal to the scope's default (earlier versions stored the Fisher
+        Scope's estimator also when it was the default) left out, as
+        :meth:`to_dict` leaves them out now. ``data`` is not changed; settings that
+        cannot be read are returned as they are (and then differ from any run's)."""
+        names = {f.name for f in dataclasses.fields(DatasetSettings)}
+        scoped = {key: value for key, value in data.items() if key not in names}
+        try:
+            upgraded = resolve_scope_settings(scoped, strict=False, warn=False)
+        except (TypeError, ValueError):
             return data
-        data = dict(data)
-        data["fisher_estimator"] = data.pop("fisher_method")
-        return data
+        return {**{key: value for key, value in data.items() if key in names}, **upgraded}
+
+
+def _names_a_setting(key: str) -> bool:
+    try:
+        find_setting(key)
+    except KeyError:
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------- running
@@ -323,8 +353,8 @@ def attribute_prompt(
                 prompt.target,
                 chat=settings.chat,
                 keep_special=settings.keep_special,
-                fisher_estimator=settings.fisher_estimator,
                 progress=progress,
+                settings=settings.scope_settings,
             )
             seconds[scope] = time.perf_counter() - began
             results[scope] = result.to_dict()  # a NaN score is a ValueError here, recorded like the others
@@ -380,8 +410,8 @@ def attribute_dataset(
     Raises:
         ValueError: bad settings or input.
         PreviousRunError (a ValueError): other settings than the run already in
-            ``out_dir`` (a ``run.json`` of an earlier version, with its
-            ``fisher_method`` key, is read as today's), or prompts whose text or
+            ``out_dir`` (a ``run.json`` of an earlier version is read in today's
+            form, :meth:`DatasetSettings.upgrade_dict`), or prompts whose text or
             target differ from the ones that run attributed under the same ids
             (the source changed).
     """

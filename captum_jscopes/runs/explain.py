@@ -13,11 +13,15 @@ command line (:mod:`captum_jscopes.cli`) only parses its arguments and calls the
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
+import types
+import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 from captum.attr import TextTokenInput
@@ -27,8 +31,7 @@ from captum_jscopes.display.interactive import save_interactive_html
 from captum_jscopes.core.model_state import preserved_state
 from captum_jscopes.core.provenance import model_name, versions
 from captum_jscopes.integrations.captum import LLMScopeAttribution, chat_input
-from captum_jscopes.fisher.estimators import DEFAULT_ESTIMATOR, ESTIMATORS
-from captum_jscopes.scopes.registry import scope_class
+from captum_jscopes.scopes.registry import SCOPES, scope_class
 from captum_jscopes.results.result import ScopeResult
 from captum_jscopes.core.tokens import encode_target, special_token_ids
 from captum_jscopes.display.heatmap import save_heatmap
@@ -47,17 +50,14 @@ __all__ = [
     "PassTiming",
     "measure_pass",
     "backward_passes",
-    "FISHER_ESTIMATORS",
-    "DEFAULT_FISHER_ESTIMATOR",
-    "fisher_estimator_argument",
+    "ScopeSetting",
+    "settings_of",
+    "find_setting",
+    "deprecated_names",
+    "resolve_scope_settings",
+    "value_types",
     "no_target_given",
 ]
-
-#: The Fisher Scope's estimator names and the default, as the runs and the
-#: command line offer them (:data:`captum_jscopes.fisher.estimators.ESTIMATORS`).
-FISHER_ESTIMATORS: tuple[str, ...] = tuple(ESTIMATORS)
-DEFAULT_FISHER_ESTIMATOR: str = DEFAULT_ESTIMATOR
-
 
 #: file name ending of the interactive page of a multi-token result
 INTERACTIVE_SUFFIX = "_interactive.html"
@@ -72,16 +72,16 @@ def explain(
     *,
     chat: bool = False,
     keep_special: bool = False,
-    fisher_estimator: str = DEFAULT_FISHER_ESTIMATOR,
     progress: bool = False,
-    fisher_method: Optional[str] = None,
+    settings: Optional[Mapping[str, Any]] = None,
+    **scope_settings: Any,
 ) -> "ScopeResult":
     """Explain the continuation of ``prompt`` with one scope.
 
     Args:
         model, tokenizer: a Hugging Face causal LM and its tokenizer (not modified).
         prompt: the text; must not be empty.
-        scope: "semantic", "temperature" or "fisher".
+        scope: a registered scope's name ("semantic", "temperature", "fisher", ...).
         target: the continuation to explain (e.g. " Paris"); several tokens are
             attributed one by one, teacher-forced. Default None: the model's top-1
             next token.
@@ -90,13 +90,14 @@ def explain(
         keep_special: show and score special tokens (BOS, chat markers); with
             ``chat``, every token of the template too. Default False: they are
             left out of the result.
-        fisher_estimator: Fisher Scope estimator, one of :data:`FISHER_ESTIMATORS`
-            ("krylov" (default), "hutchinson", "deflated", "exact", "eig").
         progress: tqdm progress bars on stderr for the long parts (the tokens of a
             multi-token target; the Fisher probes where fisher.py shows them).
             Default False; ``jscopes attribute`` turns them on.
-        fisher_method: the former name of ``fisher_estimator``; still accepted,
-            with a DeprecationWarning.
+        settings, **scope_settings: the scope's options as settings
+            ``<scope>_<option>`` (:func:`resolve_scope_settings`), e.g.
+            ``fisher_k=4``, ``semantic_rules="lrp"``; a scope's deprecated option
+            name (``<scope>_<old name>``) is accepted with a DeprecationWarning.
+            Not given: the scope's defaults.
     Returns:
         ScopeResult with ``input_tokens`` (n,), ``output_tokens`` (m target tokens),
         ``token_attr`` (m, n), ``seq_attr`` (n,) = sum of the rows, ``output_probs``
@@ -106,9 +107,9 @@ def explain(
         reads files of earlier versions), prediction {token, id, prob}, target_hint
         (:func:`target_hint`), settings, versions.
     """
-    fisher_estimator = fisher_estimator_argument(fisher_estimator, fisher_method)
+    values = resolve_scope_settings({**(settings or {}), **scope_settings}, stacklevel=3)
     results = explain_scopes(model, tokenizer, prompt, (scope,), target, chat=chat, keep_special=keep_special,
-                             settings={"fisher_estimator": fisher_estimator}, progress=progress)
+                             settings=values, progress=progress)
     return next(results)
 
 
@@ -116,7 +117,7 @@ def scope_options(scope: str, settings: Mapping[str, Any]) -> dict:
     """The options of the scope named ``scope`` that ``settings`` holds, by the
     rule of the settings objects (:class:`~captum_jscopes.runs.dataset.DatasetSettings`,
     the CLI's flags): the setting ``<scope>_<option>`` is the scope's option
-    ``<option>`` (``fisher_estimator`` -> the Fisher Scope's ``estimator``)."""
+    ``<option>`` (``semantic_rules`` -> the Semantic Scope's ``rules``)."""
     cls = scope_class(scope)
     return {name: settings[f"{cls.name}_{name}"] for name in cls.option_names() if f"{cls.name}_{name}" in settings}
 
@@ -138,17 +139,20 @@ def explain_scopes(
     pass: the prompt is tokenised once, the forward over prompt + target (teacher
     forcing) gives the model's prediction and keeps its graph, and each scope takes
     its vector-Jacobian products from it. The scores equal one :func:`explain`
-    call per scope.
+    call per scope. The forward is built under the scopes' ``rules``: scopes with
+    other rules (``fisher_rules="lrp"`` next to gradient ones) get one forward per
+    rules value, run when the first of them starts.
 
     Args:
         model, tokenizer, prompt, target, chat, keep_special, progress: as in :func:`explain`.
         scopes: registered scope names, run in this order.
         settings: the scopes' options as settings, ``<scope>_<option>`` (e.g.
-            ``{"fisher_estimator": "eig"}``; see :func:`scope_options`). Default: none.
+            ``{"fisher_k": 4, "semantic_rules": "lrp"}``; see
+            :func:`scope_options`); other keys are ignored. Default: none.
         on_estimate: called as ``on_estimate(scope, timing, passes)`` before a
             scope that costs more than one backward pass per explained token
-            starts, with the measured :class:`PassTiming` of this call (the shared
-            forward, and one backward pass: the previous one-pass scope's, or one
+            starts, with the measured :class:`PassTiming` of this call (its forward,
+            and one backward pass: the previous one-pass scope's, or one
             measured on the shared graph) and the scope's pass count. Default None.
     Yields:
         one :class:`ScopeResult` per scope as it is done (see :func:`explain`);
@@ -157,28 +161,35 @@ def explain_scopes(
     classes = [scope_class(name) for name in scopes]
     if not classes:
         raise ValueError("no scope given")
-    settings = dict(settings or {})
+    settings = resolve_scope_settings(settings or {}, strict=False, stacklevel=3)
+    options = [scope_options(name, settings) for name in scopes]
+    made = [cls.make_options(**opts) for cls, opts in zip(classes, options)]  # bad options: before any work
+    last_use = {opts.rules: i for i, opts in enumerate(made)}  # a forward is dropped after its last scope
     inp = prompt_input(model, tokenizer, check_prompt(prompt), chat=chat, keep_special=keep_special)
     wrappers = [LLMScopeAttribution(cls(model, tokenizer, exclude_special_tokens=not keep_special), tokenizer)
                 for cls in classes]
     target_ids = None if target is None else encode_target(tokenizer, target)
     with preserved_state(model):
-        began = time.perf_counter()
         if target_ids is None:  # the prediction is the target: the forward over the prompt alone gives it
             _, _, ids, positions = wrappers[0].model_inputs(inp, torch.zeros(1, dtype=torch.long))
         else:
             _, _, ids, positions = wrappers[0].model_inputs(inp, torch.tensor(target_ids))
         ids, mask = prepare_inputs(model, ids, None)  # checks vocabulary and context length
-        forward = run_forward(model, ids, mask, positions.to(ids.device))
-        forward_seconds = time.perf_counter() - began
-        probs = torch.softmax(forward.logits[0, 0].float(), dim=-1)
-        top = int(probs.argmax())
-        prediction = {"token": tokenizer.decode([top]), "id": top, "prob": float(probs[top])}
-        target_ids = [top] if target_ids is None else target_ids
+        forwards: dict[str, tuple[Any, float]] = {}  # rules -> (forward, its seconds)
+        prediction: Optional[dict] = None
         backward_seconds: Optional[float] = None
-        for name, cls, wrapper in zip(scopes, classes, wrappers):
-            options = scope_options(name, settings)
-            passes = cls.backward_passes(cls.make_options(**options), int(forward.hidden.shape[-1]))
+        for i, (name, cls, wrapper, opts) in enumerate(zip(scopes, classes, wrappers, made)):
+            if opts.rules not in forwards:
+                began = time.perf_counter()
+                forwards[opts.rules] = (run_forward(model, ids, mask, positions.to(ids.device), rules=opts.rules),
+                                        time.perf_counter() - began)
+            forward, forward_seconds = forwards[opts.rules]
+            if prediction is None:
+                probs = torch.softmax(forward.logits[0, 0].float(), dim=-1)
+                top = int(probs.argmax())
+                prediction = {"token": tokenizer.decode([top]), "id": top, "prob": float(probs[top])}
+                target_ids = [top] if target_ids is None else target_ids
+            passes = cls.backward_passes(opts, int(forward.hidden.shape[-1]))
             if on_estimate is not None and passes > 1:
                 if backward_seconds is None:  # no one-pass scope ran yet: time one pass on the shared graph
                     start = time.perf_counter()
@@ -188,10 +199,12 @@ def explain_scopes(
                                              forward_seconds, backward_seconds), passes)
             start = time.perf_counter()
             result = wrapper.attribute(inp, target=torch.tensor(target_ids), forward=forward, progress=progress,
-                                       **options)
+                                       **options[i])
             seconds = time.perf_counter() - start
             if passes == 1 and backward_seconds is None:
                 backward_seconds = seconds / len(target_ids)
+            if last_use[opts.rules] == i:
+                del forwards[opts.rules]  # its graph is no longer needed
             # The wrapper already records the model, the settings (chat, keep_special,
             # the scope's options, dtype, device) and the versions; the prompt is replaced by
             # the text as given (the wrapper can only decode it back from the ids).
@@ -205,23 +218,202 @@ def explain_scopes(
             yield result
 
 
-def fisher_estimator_argument(
-    fisher_estimator: str = DEFAULT_FISHER_ESTIMATOR, fisher_method: Optional[str] = None, *, stacklevel: int = 3
-) -> str:
-    """The Fisher estimator of a call that takes ``fisher_estimator`` and the
-    deprecated ``fisher_method`` keyword (a DeprecationWarning when the latter is
-    given; a TypeError when both are, with different values); a ValueError names
-    the known estimators."""
-    if fisher_method is not None:
-        if fisher_estimator not in (DEFAULT_FISHER_ESTIMATOR, fisher_method):
-            raise TypeError(f"give fisher_estimator ({fisher_estimator!r}) or fisher_method ({fisher_method!r}), not both")
-        warnings.warn(
-            "fisher_method= is deprecated; use fisher_estimator=", DeprecationWarning, stacklevel=stacklevel
-        )
-        fisher_estimator = fisher_method
-    if fisher_estimator not in FISHER_ESTIMATORS:
-        raise ValueError(f"fisher_estimator must be one of {', '.join(FISHER_ESTIMATORS)}, got {fisher_estimator!r}")
-    return fisher_estimator
+# ----------------------------------------------------------------------------- the scopes' options as settings
+
+
+@dataclass(frozen=True)
+class ScopeSetting:
+    """One option of a registered scope as a flat setting ``<scope>_<option>``:
+    the key of :class:`~captum_jscopes.runs.dataset.DatasetSettings` and
+    ``run.json``, of :func:`explain`'s keywords and, with dashes, of the flag
+    ``--<scope>-<option>``. Read from the field of the scope's ``Options``
+    dataclass (:func:`settings_of`), so a scope registered from outside the
+    package has its settings with no other change.
+
+    Attributes:
+        scope: the scope class.
+        option: the field's name (the keyword of the scope's ``attribute``).
+        kind: the field's type, its annotation resolved (e.g. ``Optional[int]``).
+        default: the field's default (the scope's default).
+        choices: the values it takes (metadata ``"choices"``, or a ``Literal``'s), or None.
+        help: its help text (metadata ``"help"``), or None.
+    """
+
+    scope: type
+    option: str
+    kind: Any
+    default: Any
+    choices: Optional[tuple] = None
+    help: Optional[str] = None
+
+    @property
+    def key(self) -> str:
+        """``<scope>_<option>``, e.g. ``semantic_rules``."""
+        return f"{self.scope.name}_{self.option}"
+
+    def check(self, value: Any, key: Optional[str] = None) -> Any:
+        """``value`` when the option takes it (one of :attr:`choices`; of a type of
+        :attr:`kind`, where an int is a float and a bool is no int); else a one-line
+        ValueError / TypeError naming ``key`` (default :attr:`key`). A type the
+        check does not know (not bool, int, float, str, None or a Union / Literal
+        of them) is left to the scope."""
+        key = key or self.key
+        if self.choices is not None:
+            if value not in self.choices:
+                raise ValueError(f"{key} must be one of {', '.join(map(str, self.choices))}, got {value!r}")
+            return value
+        kinds = value_types(self.kind)
+        if kinds and not any(_is_a(value, kind) for kind in kinds):
+            names = " or ".join("None" if kind is type(None) else kind.__name__ for kind in kinds)
+            raise TypeError(f"{key} must be {names}, got {value!r}")
+        return value
+
+
+#: the plain types a setting's value can be checked against (and a flag converts to)
+PLAIN_TYPES = (bool, int, float, str, type(None))
+
+
+def value_types(kind: Any) -> Optional[tuple]:
+    """The plain types (:data:`PLAIN_TYPES`) a value of annotation ``kind`` may
+    have: ``Optional[int]`` -> ``(int, NoneType)``, ``Union[int, str, None]`` ->
+    ``(int, str, NoneType)``, ``Literal["a", 1]`` -> ``(str, int)``; None when
+    ``kind`` holds anything else."""
+    if kind in PLAIN_TYPES:
+        return (kind,)
+    origin = typing.get_origin(kind)
+    if origin is typing.Literal:
+        return tuple(dict.fromkeys(type(arg) for arg in typing.get_args(kind)))
+    if origin in (typing.Union, types.UnionType):
+        parts = [value_types(arg) for arg in typing.get_args(kind)]
+        if all(part is not None for part in parts):
+            return tuple(dict.fromkeys(k for part in parts for k in part))
+    return None
+
+
+def _is_a(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def settings_of(scope: Union[str, type]) -> tuple[ScopeSetting, ...]:
+    """The settings of a scope (its name or class): one :class:`ScopeSetting` per
+    field of its ``Options``, in field order (``rules`` and ``reduce``, which every
+    scope has, first)."""
+    cls = scope_class(scope) if isinstance(scope, str) else scope
+    try:
+        hints = typing.get_type_hints(cls.Options)
+    except Exception:  # noqa: BLE001 -- an annotation that does not resolve: its type is not checked
+        hints = {}
+    made = []
+    for f in dataclasses.fields(cls.Options):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        kind = hints.get(f.name, f.type)
+        choices = f.metadata.get("choices")
+        if choices is None and typing.get_origin(kind) is typing.Literal:
+            choices = typing.get_args(kind)
+        made.append(ScopeSetting(cls, f.name, kind, default, None if choices is None else tuple(choices),
+                                 f.metadata.get("help")))
+    return tuple(made)
+
+
+@functools.lru_cache(maxsize=None)
+def deprecated_names(cls: type) -> dict[str, str]:
+    """``{deprecated name: option}`` of the scope class ``cls``: which option each
+    name of ``cls.deprecated_options`` stands for (``{"method": "estimator"}`` for
+    the Fisher Scope), found by asking the scope: ``cls.make_options(name=probe)``
+    and the field that took the probe value. A name the scope does not map that
+    way is left out (it still works as a keyword of the scope's ``attribute``)."""
+    names = {}
+    for name in cls.deprecated_options:
+        probe = f"\x00{name}"  # a value no option has by default
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                made = cls.make_options(**{name: probe})
+        except Exception:  # noqa: BLE001 -- the scope checks the value: not mapped
+            continue
+        target = [f.name for f in dataclasses.fields(made) if getattr(made, f.name) == probe]
+        if len(target) == 1:
+            names[name] = target[0]
+    return names
+
+
+def find_setting(key: str) -> tuple[ScopeSetting, bool]:
+    """The setting a key names among the registered scopes: ``(setting, False)``
+    for ``<scope>_<option>``, ``(setting, True)`` for ``<scope>_<deprecated name>``
+    (the setting of the option it stands for). A KeyError when it
+    names none."""
+    for cls in sorted(SCOPES.values(), key=lambda c: -len(c.name)):  # the longest name first
+        prefix = f"{cls.name}_"
+        if not key.startswith(prefix):
+            continue
+        option = key[len(prefix):]
+        option = deprecated_names(cls).get(option, option)
+        for setting in settings_of(cls):
+            if setting.option == option:
+                return setting, setting.key != key
+    raise KeyError(key)
+
+
+def resolve_scope_settings(
+    values: Mapping[str, Any], *, strict: bool = True, warn: bool = True, drop_defaults: bool = True,
+    stacklevel: int = 2,
+) -> dict[str, Any]:
+    """The scopes' options given as settings ``{"<scope>_<option>": value}`` in
+    today's form: a deprecated name (``<scope>_<old name>``) replaced by its
+    option's setting (a DeprecationWarning when ``warn``), each
+    value checked (:meth:`ScopeSetting.check`), and values equal to the scope's
+    default dropped, so that a default given or not is the same setting.
+
+    Args:
+        values: the settings.
+        strict: a key that names no scope's option is a TypeError (default); with
+            False it is kept as it is.
+        warn: a DeprecationWarning for a deprecated name (default True).
+        drop_defaults: leave out the values equal to the scope's default
+            (default True); False keeps them (an override of another value).
+        stacklevel: of the warning (2: the caller of this function).
+    Returns:
+        ``{"<scope>_<option>": value}``, keys in the order given.
+    Raises:
+        TypeError: an unknown key (``strict``); a deprecated name next to its
+            option's setting with another value (before any warning); a value of
+            the wrong type. ValueError: a value outside the option's choices.
+    """
+    found: dict[str, tuple[Optional[ScopeSetting], bool]] = {}
+    for key in values:
+        try:
+            found[key] = find_setting(key)
+        except KeyError:
+            if strict:
+                known = ", ".join(s.key for cls in SCOPES.values() for s in settings_of(cls))
+                raise TypeError(f"unknown setting {key!r}; the scopes' settings are {known}") from None
+            found[key] = (None, False)
+    for key, (setting, deprecated) in found.items():
+        if deprecated and setting.key in values and values[setting.key] != values[key]:
+            raise TypeError(f"give {setting.key} ({values[setting.key]!r}) or {key} ({values[key]!r}), not both "
+                            f"({key} is its deprecated name)")
+    resolved: dict[str, Any] = {}
+    for key, (setting, deprecated) in found.items():
+        if setting is None:
+            resolved[key] = values[key]
+            continue
+        if deprecated and warn:
+            warnings.warn(f"{key}= is deprecated; use {setting.key}=", DeprecationWarning, stacklevel=stacklevel)
+        value = setting.check(values[key], setting.key)
+        if drop_defaults and value == setting.default:
+            resolved.pop(setting.key, None)
+        else:
+            resolved[setting.key] = value
+    return resolved
 
 
 def no_target_given(metadata: dict) -> Optional[bool]:
@@ -315,7 +507,7 @@ class PassTiming:
     backward_seconds: float
     device_type: Optional[str] = None
 
-    #: backward passes a scope batches into one (``FisherScope``'s default ``chunk_size``)
+    #: backward passes a scope batches into one (the scopes' default ``chunk_size``)
     CHUNK_SIZE = 32
     #: on a CPU, the cost of one pass inside a batch of b passes over n tokens, as a multiple of a
     #: lone pass: 1 up to b * n**2 = BATCH_KNEE, then rising to BATCH_MAX_FACTOR at 4 * BATCH_KNEE
