@@ -41,7 +41,7 @@ from captum_jscopes.bench.report import (check_same_settings, finite_or_none, fo
                                          read_run_records, wilcoxon_p)
 
 __all__ = ["paired_stats", "method_costs", "strongest_baseline", "verdict", "budget_picks", "render_verdict",
-           "win_analysis", "plot_wins", "pooled_records", "loo_agreement", "loo_rows", "main"]
+           "win_analysis", "plot_wins", "pooled_records", "loo_agreement", "loo_rows", "format_p", "main"]
 
 #: "no slower than the scope": a baseline's mean time at most this many times the scope's.
 SAME_BUDGET = 1.5
@@ -223,7 +223,8 @@ def _loo_best(agreement: dict[str, dict]) -> Optional[dict]:
 
 
 # ====================================================================== rendering
-def _p(p: float) -> str:
+def format_p(p: float) -> str:
+    """A p-value for the reports: "< 1e-4", two significant digits, or "n/a"."""
     if p is None or not math.isfinite(p):
         return "n/a"
     return "< 1e-4" if p < 1e-4 else f"{p:.2g}"
@@ -239,7 +240,7 @@ def render_verdict(verdicts: Sequence[dict]) -> str:
         lines.append("")
         lines += [f"- {v['name']} (n = {v['n']}): `{r['baseline']}` beats `{r['scope']}` by "
                   f"{format_number(r['mean_difference'])} AOPC (95% CI {format_number(r['ci_low'])} to "
-                  f"{format_number(r['ci_high'])}, p = {_p(r['wilcoxon_p'])}; the scope is better on "
+                  f"{format_number(r['ci_high'])}, p = {format_p(r['wilcoxon_p'])}; the scope is better on "
                   f"{100 * r['share_better']:.0f}% of prompts)" for v, r in wins]
     else:
         lines.append("No baseline is significantly more faithful than any scope in these runs.")
@@ -250,7 +251,7 @@ def render_verdict(verdicts: Sequence[dict]) -> str:
                   f"{ALPHA}):**", ""]
         lines += [f"- {v['name']} (n = {r['n']}): `{r['baseline']}` agrees better than `{r['scope']}` by "
                   f"{format_number(-r['mean_difference'])} (95% CI {format_number(-r['ci_high'])} to "
-                  f"{format_number(-r['ci_low'])}, p = {_p(r['wilcoxon_p'])}; the scope agrees better on "
+                  f"{format_number(-r['ci_low'])}, p = {format_p(r['wilcoxon_p'])}; the scope agrees better on "
                   f"{100 * r['share_better']:.0f}% of prompts)" for v, r in loo_losses]
     lines += ["", "Difference = scope AOPC - baseline AOPC per prompt (negative = the scope is more faithful), "
               "mean with its 95% t interval; Wilcoxon signed-rank p; share of prompts where the scope is better. "
@@ -263,7 +264,7 @@ def render_verdict(verdicts: Sequence[dict]) -> str:
         for r in v["rows"]:
             lines.append(
                 f"| {r['scope']} | {r['comparison']} | {r['baseline']} | {format_number(r['mean_difference'])} "
-                f"[{format_number(r['ci_low'])}, {format_number(r['ci_high'])}] | {_p(r['wilcoxon_p'])} | "
+                f"[{format_number(r['ci_low'])}, {format_number(r['ci_high'])}] | {format_p(r['wilcoxon_p'])} | "
                 f"{100 * r['share_better']:.0f}% | {r['n']} |")
         lines += ["", "What to pick for which budget (each is more faithful than every cheaper method; mean "
                   "attribution seconds per prompt on this run's machine):", ""]
@@ -280,7 +281,7 @@ def render_verdict(verdicts: Sequence[dict]) -> str:
             lines += ["", "| scope | vs | baseline | Spearman difference [95% CI] | Wilcoxon p | scope agrees "
                       "better on |", "|---|---|---|---|---|---|"]
             lines += [f"| {r['scope']} | {r['comparison']} | {r['baseline']} | {format_number(r['mean_difference'])} "
-                      f"[{format_number(r['ci_low'])}, {format_number(r['ci_high'])}] | {_p(r['wilcoxon_p'])} | "
+                      f"[{format_number(r['ci_low'])}, {format_number(r['ci_high'])}] | {format_p(r['wilcoxon_p'])} | "
                       f"{100 * r['share_better']:.0f}% |" for r in v["loo_rows"]]
         lines.append("")
     return "\n".join(lines)
@@ -388,7 +389,7 @@ def plot_wins(analysis: dict, path: Path, title: str = "") -> Path:
         share.set_ylim(0, 1)
         if i == len(features) - 1:
             share.set_ylabel(f"share of prompts {analysis['method']} wins (line)")
-        ax.set_title(f"Spearman {feature['spearman']:.2f} (p = {_p(feature['spearman_p'])})", fontsize=9)
+        ax.set_title(f"Spearman {feature['spearman']:.2f} (p = {format_p(feature['spearman_p'])})", fontsize=9)
     fig.suptitle(title or f"Where {analysis['method']} beats {analysis['rival']} (red), n = {analysis['n']}",
                  fontsize=10)
     fig.tight_layout()
@@ -406,7 +407,7 @@ def render_analysis(analysis: dict) -> str:
              "|---|---|---|---|"]
     for name, f in analysis["features"].items():
         bins = "; ".join(f"{b['low']:.3g}-{b['high']:.3g}: {100 * b['win_share']:.0f}% (n {b['n']})" for b in f["bins"])
-        lines.append(f"| {_FEATURE_LABELS[name]} | {format_number(f['spearman'], 2)} ({_p(f['spearman_p'])}) | "
+        lines.append(f"| {_FEATURE_LABELS[name]} | {format_number(f['spearman'], 2)} ({format_p(f['spearman_p'])}) | "
                      f"{f['n']} | {bins} |")
     lines += ["", "A negative Spearman: the larger the feature, the more often the first method wins."]
     return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""Tests of captum_jscopes.bench.study (the rules x reduction study) on synthetic
+records: operators found, pairing with AttnLRP, the decomposition adding up, the
+leave-one-out leader and the recommendation both ways, the command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from captum_jscopes.bench import study as S
+
+FAMILY = ("semantic", "semantic+lrp", "semantic+input", "semantic+lrp+input")
+
+
+def records(n=40, seed=0, offsets=None, loo=None):
+    """Per-prompt AOPC = a prompt effect + a method offset + noise, under three operators
+    (token and mask shifted), and leave-one-out Spearmans = a method level + noise."""
+    offsets = offsets or {"semantic": 0.2, "semantic+lrp": 0.0, "semantic+input": 0.1, "semantic+lrp+input": 0.05,
+                          "grad_x_input": 0.1, "attnlrp": 0.05, "random": 0.9}
+    loo = loo or {m: 0.4 for m in offsets}
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        base = -1.0 + 0.3 * rng.standard_normal()
+        methods = {}
+        for m, off in offsets.items():
+            value = base + off + (0 if m in ("attnlrp", "semantic+lrp+input") else 0.02 * rng.standard_normal())
+            methods[m] = {"aopc": value, "time_s": 1.0,
+                          "ablations": {"token": {"aopc": value - 0.5}, "mask": {"aopc": value + 0.5}},
+                          "loo": {"spearman": loo[m] + 0.05 * rng.standard_normal()}}
+        out.append({"id": str(i), "n_tokens": 20, "methods": methods})
+    return out
+
+
+def test_operators_pairs_and_decomposition_add_up():
+    recs = records()
+    s = S.study(recs, "run")
+    assert s["operators"] == ["zero", "mask", "token"]
+    assert s["families"] == ["semantic"]
+    row = s["aopc"]["zero"]["semantic"]["vs_reference"]
+    assert row["mean_difference"] == pytest.approx(np.mean(S.aopcs(recs, "semantic") - S.aopcs(recs, "attnlrp")))
+    assert row["mean_difference"] > 0 and row["wilcoxon_p"] < 0.05  # AttnLRP more faithful than plain semantic
+    for op in s["operators"]:
+        steps = s["steps"][op]["semantic"]
+        assert [x["step"] for x in steps] == ["rules", "reduction", "direction"]
+        total = sum(x["mean_difference"] for x in steps)
+        assert total == pytest.approx(s["aopc"][op]["semantic"]["vs_reference"]["mean_difference"])
+    assert s["aopc"]["token"]["semantic"]["mean"] == pytest.approx(s["aopc"]["zero"]["semantic"]["mean"] - 0.5)
+
+
+def test_recommendation_names_a_combination_only_where_it_holds_in_every_run():
+    loo = {m: 0.4 for m in ("semantic", "semantic+lrp", "semantic+input", "semantic+lrp+input", "grad_x_input",
+                            "attnlrp", "random")}
+    loo["semantic+lrp"] = 0.6  # leads leave-one-out, and (offset 0.0 < 0.05) is not beaten on AOPC
+    good = [S.study(records(seed=k, loo=loo), f"run {k}") for k in range(2)]
+    advice = S.recommend(good)
+    assert advice["method"] == "semantic+lrp"
+    assert "Recommendation" in S.render_study(good)
+    # in a run where AttnLRP beats it on AOPC, nothing is named
+    worse = dict(semantic=0.2, **{"semantic+lrp": 0.3}, **{"semantic+input": 0.1}, **{"semantic+lrp+input": 0.05},
+                 grad_x_input=0.1, attnlrp=0.05, random=0.9)
+    mixed = good + [S.study(records(seed=5, offsets=worse, loo=loo), "run 3")]
+    advice = S.recommend(mixed)
+    assert advice["method"] is None
+    assert [r["name"] for r in advice["per_run"]] == ["run 0", "run 1", "run 3"]
+    assert "No single pick" in S.render_study(mixed)
+
+
+def test_command_line_writes_markdown_and_json(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"benchmark": "faithfulness", "format": 1, "model": "m", "data": "d",
+                                              "dtype": "float32", "seed": 0, "aopc_fractions": [0.05, 0.1, 0.2],
+                                              "ablation": "zero"}))
+    with open(run / "shard-000-of-001.jsonl", "w") as f:
+        for r in records(n=12):
+            f.write(json.dumps(r) + "\n")
+    out = tmp_path / "study.md"
+    assert S.main(["--run", f"tiny={run}", "--out", str(out)]) == 0
+    assert "## tiny (n = 12 prompts)" in out.read_text()
+    assert json.loads(out.with_suffix(".json").read_text())[0]["families"] == ["semantic"]
+    assert S.main([]) == 2
+    assert "give at least one --run" in capsys.readouterr().err
