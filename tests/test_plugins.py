@@ -149,17 +149,12 @@ def test_a_module_that_registers_nothing_is_named(installed):
     sys.modules.pop("jscopes_demo_empty", None)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    make_model("llama").save_pretrained(folder)
-    make_tokenizer().save_pretrained(folder)
-    return folder
-
-
-def test_the_command_line_runs_an_installed_plugin_scope(plugin_dir, model_dir, tmp_path):
+def test_the_command_line_runs_an_installed_plugin_scope(plugin_dir, tmp_path):
     """In a fresh process, as after ``pip install``: ``--scope logit_mean`` is a choice
     and runs; the broken plugins cost one warning line each and nothing else."""
+    model_dir = tmp_path / "tiny-llama"  # a tiny Llama checkpoint with the test tokenizer
+    for part in (make_model("llama"), make_tokenizer()):
+        part.save_pretrained(model_dir)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_dir), str(ROOT)]), "MPLBACKEND": "Agg",
            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "out"

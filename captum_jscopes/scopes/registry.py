@@ -14,6 +14,7 @@ See ``docs/extending.md``.
 
 from __future__ import annotations
 
+import functools
 import sys
 import types
 import warnings
@@ -47,6 +48,17 @@ class ScopePluginWarning(UserWarning):
     """A scope plugin (an entry point of :data:`ENTRY_POINT_GROUP`) could not be loaded."""
 
 
+def _read_first(method):
+    """``method`` of dict, preceded by :meth:`_Scopes._read`."""
+
+    @functools.wraps(method)
+    def read(self, *args):
+        self._read()
+        return method(self, *args)
+
+    return read
+
+
 class _Scopes(dict):
     """The table: a dict that loads the scope plugins the first time it is read
     (:func:`load_plugins`), not while ``captum_jscopes`` itself is being imported
@@ -58,41 +70,15 @@ class _Scopes(dict):
             _plugins_pending = False
             load_plugins()
 
-    def __getitem__(self, name):
-        self._read()
-        return super().__getitem__(name)
-
-    def __contains__(self, name) -> bool:
-        self._read()
-        return super().__contains__(name)
-
-    def __iter__(self):
-        self._read()
-        return super().__iter__()
-
-    def __len__(self) -> int:
-        self._read()
-        return super().__len__()
-
-    def get(self, name, default=None):
-        self._read()
-        return super().get(name, default)
-
-    def keys(self):
-        self._read()
-        return super().keys()
-
-    def values(self):
-        self._read()
-        return super().values()
-
-    def items(self):
-        self._read()
-        return super().items()
-
-    def __repr__(self) -> str:
-        self._read()
-        return super().__repr__()
+    __getitem__ = _read_first(dict.__getitem__)
+    __contains__ = _read_first(dict.__contains__)
+    __iter__ = _read_first(dict.__iter__)
+    __len__ = _read_first(dict.__len__)
+    __repr__ = _read_first(dict.__repr__)
+    get = _read_first(dict.get)
+    keys = _read_first(dict.keys)
+    values = _read_first(dict.values)
+    items = _read_first(dict.items)
 
 
 #: name -> scope class, in the order the command line and the reports list them:
