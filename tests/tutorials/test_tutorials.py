@@ -58,6 +58,7 @@ EXPECTED_FIGURES = {
         "lambada_shares.png",
         "translation_cat.png",
     ],
+    "10_rules": ["two_by_two.png", "deletion.png"],
 }
 
 

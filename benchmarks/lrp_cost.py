@@ -1,0 +1,84 @@
+"""Cost of rules="lrp" (and reduce="input") against the plain scope, per scope, on LAMBADA passages.
+
+Each prompt is timed with every variant interleaved (plain, +lrp, +input, +lrp+input, and
+LXT's AttnLRP where installed), after one warm-up call, the best of --repeat rounds (robust to
+other jobs on a shared CPU); the table gives the median time per prompt and the median ratio to
+the plain scope over the prompts, on one thread. Writes
+benchmarks/results/lrp_cost.md (or --out).
+
+    .venv/bin/python benchmarks/lrp_cost.py --model smollm2 --n 10
+    .venv/bin/python benchmarks/lrp_cost.py --model gemma3-270m --n 10
+"""
+import argparse
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from captum_jscopes import FisherScope, SemanticScope, TemperatureScope, load_model
+from captum_jscopes.runs.prompts import load_prompts, prepare_prompt
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+parser.add_argument("--model", default="smollm2", help="smollm2 (default) or gemma3-270m")
+parser.add_argument("--n", type=int, default=10, help="LAMBADA prompts (default 10)")
+parser.add_argument("--repeat", type=int, default=3, help="rounds per prompt, the fastest kept (default 3)")
+parser.add_argument("--out", default=None, help="Markdown file to append to (default benchmarks/results/lrp_cost.md)")
+args = parser.parse_args()
+torch.set_num_threads(1)
+model, tok = load_model() if args.model == "smollm2" else load_model(args.model)
+prompts = [prepare_prompt(tok, p.text).input_ids for p in load_prompts("lambada", args.n)]
+try:
+    from captum_jscopes.bench.attnlrp import attnlrp_scores
+
+    attnlrp_scores(model, tok, prompts[0], 0)
+except ImportError:
+    attnlrp_scores = None
+
+VARIANTS = {"plain": {}, "+lrp": {"rules": "lrp"}, "+input": {"reduce": "input"},
+            "+lrp+input": {"rules": "lrp", "reduce": "input"}}
+SCOPES = {"semantic": (SemanticScope, {}), "temperature": (TemperatureScope, {}),
+          "fisher_eig1": (FisherScope, {"estimator": "eig", "k": 1}), "fisher (krylov)": (FisherScope, {})}
+
+
+def seconds(call):
+    best = float("inf")
+    for _ in range(args.repeat):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+rows = []
+for name, (cls, options) in SCOPES.items():
+    scope = cls(model, tok)
+    times = {v: [] for v in VARIANTS}
+    if name == "semantic" and attnlrp_scores is not None:
+        times["AttnLRP (LXT)"] = []
+    for ids in prompts:
+        with torch.no_grad():
+            target = int(model(ids).logits[0, -1].argmax())
+        extra = {"target": target} if cls.takes_target else {}
+        scope.attribute(ids, **extra, **options)  # warm-up
+        for v, more in VARIANTS.items():
+            times[v].append(seconds(lambda: scope.attribute(ids, **extra, **options, **more)))
+        if "AttnLRP (LXT)" in times:
+            times["AttnLRP (LXT)"].append(seconds(lambda: attnlrp_scores(model, tok, ids, target)))
+    for v, t in times.items():
+        ratio = statistics.median(a / b for a, b in zip(t, times["plain"]))
+        rows.append(f"| {name} | {v} | {statistics.median(t):.3f} | {ratio:.2f} |")
+        print(rows[-1], flush=True)
+
+lengths = [ids.shape[1] for ids in prompts]
+text = "\n".join([
+    f"## {args.model}: {args.n} LAMBADA prompts ({min(lengths)}-{max(lengths)} tokens), 1 thread, best of "
+    f"{args.repeat}, "
+    f"{platform.processor() or platform.machine()}", "",
+    "| scope | variant | median s per prompt | median ratio to plain |", "|---|---|---|---|", *rows, "",
+    f"`.venv/bin/python benchmarks/lrp_cost.py --model {args.model} --n {args.n} --repeat {args.repeat}`", ""])
+out = Path(args.out or Path(__file__).parent / "results" / "lrp_cost.md")
+with open(out, "a", encoding="utf-8") as f:
+    f.write(text + "\n")
+print(f"appended to {out}")
