@@ -84,7 +84,8 @@ class _Font:
 
 def _charmap(path: str, index: int = 0) -> Optional[frozenset]:
     try:
-        return frozenset(FT2Font(path, face_index=index).get_charmap())
+        font = FT2Font(path, face_index=index) if index else FT2Font(path)  # face_index: matplotlib >= 3.10
+        return frozenset(font.get_charmap())
     except (OSError, RuntimeError, ValueError):  # an unreadable font file: skip it
         return None
 
@@ -99,9 +100,9 @@ def _preferred_fonts() -> tuple[_Font, ...]:
     found, seen = [], set()
     for family in FONT_FAMILIES:
         where = paths.get(family)
-        if where is None or where in seen:  # the CJK families share one file
+        if where is None or where[0] in seen:  # the CJK families share one file
             continue
-        seen.add(where)
+        seen.add(where[0])
         chars = _charmap(*where)
         if chars is not None:
             found.append(_Font(family, chars))
