@@ -29,7 +29,7 @@ from captum_jscopes.display.layers import (
     plot_layer_scores,
     save_layer_map,
 )
-from captum_jscopes.display.text import CONTINUATION_MARK
+from captum_jscopes.core.text import CONTINUATION_MARK
 
 PROMPT = "the cat sat on the"
 

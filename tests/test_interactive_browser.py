@@ -21,7 +21,7 @@ from helpers import assert_unchanged, make_model, snapshot
 
 from captum_jscopes import LLMScopeAttribution, ScopeResult, SemanticScope
 from captum_jscopes.display.interactive import DATA_ID, page_data, render_interactive_html, save_interactive_html
-from captum_jscopes.display.text import CONTINUATION_MARK, token_labels
+from captum_jscopes.core.text import CONTINUATION_MARK, token_labels
 
 INSTALL = "apt-get update && apt-get install -y chromium chromium-driver"
 PROMPT = "Tom liked the food . he went to the"

@@ -27,7 +27,7 @@ from captum_jscopes.runs.runner import read_records
 
 PROMPT = "the cat likes 🍣 and"
 SUSHI = "🍣"  # four bytes: F0 9F 8D A3, one token each below
-LONE_BYTE = "\\xf0"  # how the first byte alone is shown (display.text.output_token_texts)
+LONE_BYTE = "\\xf0"  # how the first byte alone is shown (core.text.output_token_texts)
 
 
 def byte_level_tokenizer(text: str) -> PreTrainedTokenizerFast:

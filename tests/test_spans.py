@@ -10,7 +10,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from captum_jscopes import FisherScope, LLMScopeAttribution, SemanticScope, TemperatureScope, linearity_check
-from captum_jscopes.display import text as T
+from captum_jscopes.core import text as T
 from captum_jscopes.results import spans as S
 
 SENTENCES = [

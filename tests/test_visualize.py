@@ -19,7 +19,9 @@ from captum_jscopes.display.fonts import FONT_FAMILIES, MISSING_GLYPH, MissingGl
 from captum_jscopes.display.heatmap import plot_token_heatmap, save_heatmap
 from captum_jscopes.display.html import render_html, save_html
 from captum_jscopes.display.series import plot_series_influence
-from captum_jscopes.display.text import display_token
+from captum_jscopes.core.text import CONTINUATION_MARK, display_token, readable_tokens
+from captum_jscopes.display import visualize
+from captum_jscopes.display.labels import NEWLINE_MARK, box_labels, token_label
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HOSTILE = "<script>alert(1)</script>"
@@ -369,3 +371,19 @@ def test_html_shows_readable_text_and_the_probability():
     shown = re.sub(r'title="[^"]*"', "", out)  # the tooltips name the raw pieces, on purpose
     assert not any(ch in shown for ch in "ĠðŁįæĿ")
     assert "p = 0.25" in out and ">city</span>" in out
+
+
+def test_box_labels():
+    labels = box_labels([" big", "\n", " 🍣", "", "  "])
+    assert [lab.text for lab in labels] == ["big", NEWLINE_MARK, "🍣", CONTINUATION_MARK, "␣␣"]
+    assert [lab.word_start for lab in labels] == [True, False, True, False, False]
+    assert labels[1].newline_after and token_label("x" * 40).text == "x" * 29 + "…"
+
+
+def test_visualize_reexports_the_display_modules():
+    from captum_jscopes.display import heatmap, html, series
+
+    assert visualize.display_token is display_token and visualize.readable_tokens is readable_tokens
+    assert visualize.save_heatmap is heatmap.save_heatmap and visualize.save_html is html.save_html
+    assert visualize.plot_series_influence is series.plot_series_influence
+    assert all(hasattr(visualize, name) for name in visualize.__all__)

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from captum_jscopes.core.forward import accepts, prepare_inputs, resolve_positions, run_forward
 from captum_jscopes.core.model_state import preserved_state
-from captum_jscopes.display.text import prompt_labels
+from captum_jscopes.core.text import prompt_labels
 from captum_jscopes.scopes.base import JacobianScope
 
 __all__ = ["DEFAULT_EPSILONS", "FISHER_REFERENCES", "LinearityResult", "linearity_check", "check_tokens"]
@@ -89,7 +89,7 @@ class LinearityResult:
             float64 but not in half precision) and for unchecked tokens.
         tokens: (K,) int64 positions that were checked, ascending.
         input_ids: (seq,) int64 token ids of the prompt.
-        token_labels: readable text per prompt token (display.text.prompt_labels), or the ids.
+        token_labels: readable text per prompt token (core.text.prompt_labels), or the ids.
         position: absolute index of the explained token.
         scope: the scope's name ("semantic", "temperature", "fisher", or a registered one).
         tol: the tolerance the radii were computed with.

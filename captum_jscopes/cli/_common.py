@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from captum_jscopes.display.text import display_token
+from captum_jscopes.core.text import display_token
 from captum_jscopes.models import ModelNotAvailableError, load_model
 from captum_jscopes.results.result import ScopeResult
 

@@ -10,7 +10,7 @@ constant.
 
 Output token texts (:func:`pretty_tokens`) are not Captum's
 ``_convert_ids_to_pretty_tokens`` but the same form made by
-:func:`captum_jscopes.display.text.output_token_texts`: in Captum 0.9 its
+:func:`captum_jscopes.core.text.output_token_texts`: in Captum 0.9 its
 fallback indexes past the end of the ids when the last one is a fragment of a
 multi-byte character (a predicted next token such as the first byte of an
 emoji), so a prompt whose prediction is such a fragment could not be explained.
@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence, Union
 from captum.attr import LLMGradientAttribution
 from torch import Tensor
 
-from captum_jscopes.display.text import output_token_texts
+from captum_jscopes.core.text import output_token_texts
 
 #: The Captum release whose private API this module was checked against.
 CAPTUM_VERSION = "0.9.0"
@@ -33,7 +33,7 @@ __all__ = ["CAPTUM_VERSION", "pretty_tokens", "target_token_ids", "prompt_token_
 
 def pretty_tokens(ids: Union[Tensor, Sequence[int]], tokenizer: Any) -> list[str]:
     """One display string per token id, in Captum's style, never raising
-    (:func:`captum_jscopes.display.text.output_token_texts`)."""
+    (:func:`captum_jscopes.core.text.output_token_texts`)."""
     return output_token_texts(ids, tokenizer)
 
 

@@ -21,7 +21,7 @@ from captum.attr import LLMAttributionResult
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 
-from captum_jscopes.display.text import result_texts
+from captum_jscopes.core.text import result_texts
 
 PathLike = Union[str, Path]
 
@@ -143,7 +143,7 @@ class ResultView:
 
 def result_view(result: Any) -> ResultView:
     """The :class:`ResultView` of any Captum ``LLMAttributionResult`` (a ScopeResult
-    gives its own texts, any other is decoded: :func:`~captum_jscopes.display.text.result_texts`)."""
+    gives its own texts, any other is decoded: :func:`~captum_jscopes.core.text.result_texts`)."""
     if not isinstance(result, LLMAttributionResult):
         raise TypeError(f"expected a captum LLMAttributionResult, not {type(result).__name__}")
     inputs, outputs = result_texts(result)

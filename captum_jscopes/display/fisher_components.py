@@ -9,7 +9,7 @@ from typing import Any
 from torch import Tensor
 
 from captum_jscopes.display.fonts import drawable_labels, use_fonts
-from captum_jscopes.display.text import prompt_labels
+from captum_jscopes.core.text import prompt_labels
 
 __all__ = ["plot_components"]
 

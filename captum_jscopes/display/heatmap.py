@@ -4,7 +4,7 @@ in red (:func:`plot_token_heatmap`, :func:`save_heatmap`).
 
 Works for any Captum ``LLMAttributionResult`` (ours or a baseline's). Colours
 come from :func:`captum_jscopes.display.common.token_colors`, as in the HTML.
-Every box shows readable text (:mod:`captum_jscopes.display.text`): the tokens
+Every box shows readable text (:mod:`captum_jscopes.core.text`): the tokens
 of one character (byte-level BPE splits '🍣' into three) show it once, the
 others '·'. Every script is drawn: fonts are found per script
 (:mod:`captum_jscopes.display.fonts`), Arabic and Hebrew are joined and read
@@ -35,7 +35,8 @@ from captum_jscopes.display.common import CLIP_QUANTILE, DIVERGING_CMAP, TARGET_
 from captum_jscopes.display.common import color_scale, result_row, result_view, text_color, token_colors
 from captum_jscopes.display.fonts import drawable, font_properties, warn_missing
 from captum_jscopes.display.shaping import right_to_left
-from captum_jscopes.display.text import TokenLabel, box_labels, display_token, readable_tokens, token_label
+from captum_jscopes.core.text import display_token, readable_tokens
+from captum_jscopes.display.labels import TokenLabel, box_labels, token_label
 
 __all__ = ["PNG_DPI", "plot_token_heatmap", "save_heatmap"]
 

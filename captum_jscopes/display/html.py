@@ -1,7 +1,7 @@
 """Self-contained HTML of token attributions (:func:`render_html`,
 :func:`save_html`): inline styles only, no script, no external asset; the same
 colours as the heatmap (:func:`captum_jscopes.display.common.token_colors`) and
-the same readable text (:mod:`captum_jscopes.display.text`)."""
+the same readable text (:mod:`captum_jscopes.core.text`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from matplotlib.colors import to_hex
 
 from captum_jscopes.display.common import CLIP_QUANTILE, DIVERGING_CMAP, TARGET_COLOR, PathLike, as_scores, check_tokens
 from captum_jscopes.display.common import color_scale, result_row, result_view, text_color, token_colors
-from captum_jscopes.display.text import box_labels, display_token, readable_tokens, token_label, token_labels
+from captum_jscopes.core.text import display_token, readable_tokens, token_labels
+from captum_jscopes.display.labels import box_labels, token_label
 
 __all__ = ["render_html", "save_html"]
 

@@ -39,7 +39,8 @@ import torch
 from captum.attr import LLMAttributionResult
 
 from captum_jscopes.display.layers import HANDOFF_MIN
-from captum_jscopes.display.text import NEWLINE_MARK, display_token, token_labels
+from captum_jscopes.core.text import display_token, token_labels
+from captum_jscopes.display.labels import NEWLINE_MARK
 
 __all__ = ["render_interactive_html", "save_interactive_html", "page_data", "layer_data"]
 
@@ -386,7 +387,7 @@ def _layer_view(scores: torch.Tensor) -> dict:
 def _readable(result: Any) -> tuple[list[str], list[str], list[str], list[str]]:
     """Per input token its readable text, its label on the map, its label in the
     tooltip, and per output token its text. A ScopeResult knows its readable
-    text (:mod:`captum_jscopes.display.text`: the pieces of one character are grouped,
+    text (:mod:`captum_jscopes.core.text`: the pieces of one character are grouped,
     the text on the first and a continuation mark on the others, whose tooltip
     says "' 🍣 (2/3)'"); any other Captum result is shown piece by piece."""
     display = getattr(result, "input_display", None)

@@ -5,7 +5,7 @@
 Rows are layers with the input embeddings (layer 0) at the BOTTOM and depth
 growing upwards, so the token labels sit under the row that scores the tokens
 themselves. Columns are the prompt's tokens, labelled with their readable text
-(:mod:`captum_jscopes.display.text`). The explained position has a red label and
+(:mod:`captum_jscopes.core.text`). The explained position has a red label and
 a red outline; each token's hand-off layer
 (:meth:`~captum_jscopes.analysis.layers.LayerMap.handoff`) is an orange bar under
 the first row from which the token's own position no longer carries its
@@ -35,7 +35,8 @@ from matplotlib.textpath import text_to_path
 
 from captum_jscopes.display.common import TARGET_COLOR, PathLike
 from captum_jscopes.display.fonts import drawable, font_properties, use_fonts, warn_missing
-from captum_jscopes.display.text import NEWLINE_MARK, display_token, readable_tokens, token_labels
+from captum_jscopes.core.text import display_token, readable_tokens, token_labels
+from captum_jscopes.display.labels import NEWLINE_MARK
 
 __all__ = [
     "NORMALISE",
@@ -82,7 +83,7 @@ _BAR_LABELS = {
 
 def layer_labels(ids: Any, tokenizer: Any = None) -> list[str]:
     """A short readable label per token id (n,) for the grid's columns: the
-    token's text (:func:`~captum_jscopes.display.text.readable_tokens`; the 2nd,
+    token's text (:func:`~captum_jscopes.core.text.readable_tokens`; the 2nd,
     3rd ... piece of one character shows '·'), newlines as '⏎', a token of spaces
     only as '␣', cut to :data:`LABEL_CHARS` with '…'. Without a tokenizer the ids."""
     ids = [int(i) for i in (ids.flatten().tolist() if hasattr(ids, "flatten") else ids)]

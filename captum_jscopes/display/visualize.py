@@ -5,7 +5,7 @@ explained (target) token comes last in red.
 This module is the documented entry point; it only gathers the public names of
 the modules that do the work, each of which can be imported directly:
 
-* :mod:`captum_jscopes.display.text`: a token's readable text (byte-level pieces
+* :mod:`captum_jscopes.core.text`: a token's readable text (byte-level pieces
   merged into the characters they spell, :func:`display_token`, :func:`readable_tokens`);
 * :mod:`captum_jscopes.display.fonts`: fonts for every script of the text
   (:data:`FONT_FAMILIES` first) and the missing-glyph warning that names the
@@ -40,7 +40,8 @@ from captum_jscopes.display.fonts import (
 from captum_jscopes.display.heatmap import PNG_DPI, plot_token_heatmap, save_heatmap
 from captum_jscopes.display.html import render_html, save_html
 from captum_jscopes.display.series import plot_series_influence
-from captum_jscopes.display.text import NEWLINE_MARK, display_token, readable_tokens
+from captum_jscopes.core.text import display_token, readable_tokens
+from captum_jscopes.display.labels import NEWLINE_MARK
 
 __all__ = [
     "CLIP_QUANTILE",

@@ -4,7 +4,7 @@ inline display in Jupyter, and small helpers (top tokens, attention-sink share).
 
 A ``ScopeResult`` IS an ``LLMAttributionResult``, so Captum's own
 ``plot_token_attr`` / ``plot_seq_attr`` keep working on it (they show the
-readable text, see :mod:`captum_jscopes.display.text`).
+readable text, see :mod:`captum_jscopes.core.text`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from captum.attr import LLMAttributionResult
 from torch import Tensor
 
-from captum_jscopes.display.text import Span, groups_from_display, input_texts, output_texts, token_labels
+from captum_jscopes.core.text import Span, groups_from_display, input_texts, output_texts, token_labels
 from captum_jscopes.results.spans import aggregate, aggregation_rule, char_spans, position_spans, word_spans
 
 PathLike = Union[str, Path]
@@ -47,7 +47,7 @@ class ScopeResult(LLMAttributionResult):
             "scope", "model", "settings", "versions", "prediction" ({"token", "prob"}),
             "position", "target". Default: empty dict.
         input_display: optional list[str] (n,): readable text per input token.
-            Default: computed on first use by :func:`captum_jscopes.display.text.input_texts`
+            Default: computed on first use by :func:`captum_jscopes.core.text.input_texts`
             (a group's text on its first token, "" on the others, so that
             ``"".join(input_display)`` is the decoded prompt).
         output_display: optional list[str] (m,): the same for the output tokens.
@@ -117,7 +117,7 @@ class ScopeResult(LLMAttributionResult):
 
     def groups(self) -> list[Span]:
         """The readable groups of the input tokens: smallest runs that decode
-        cleanly, as :class:`~captum_jscopes.display.text.Span` (text, positions)."""
+        cleanly, as :class:`~captum_jscopes.core.text.Span` (text, positions)."""
         return groups_from_display(self.input_display)
 
     # ------------------------------------------------------------ words and spans

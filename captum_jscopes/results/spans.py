@@ -1,8 +1,8 @@
 """Scores of words or any span of tokens.
 
 The readable text of tokens (byte-level pieces merged into the characters they
-spell, :class:`~captum_jscopes.display.text.Span` groups) is in
-:mod:`captum_jscopes.display.text`; this module
+spell, :class:`~captum_jscopes.core.text.Span` groups) is in
+:mod:`captum_jscopes.core.text`; this module
 
 * groups those readable runs into words (:func:`word_spans`) or into spans the
   user chooses (:func:`position_spans`, :func:`char_spans`);
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from captum_jscopes.scopes.registry import SCOPES
-from captum_jscopes.display.text import Span
+from captum_jscopes.core.text import Span
 
 __all__ = [
     "word_spans",

@@ -60,7 +60,7 @@ from captum_jscopes.runs.explain import explain, find_setting, model_name, resol
 from captum_jscopes.scopes.registry import SCOPES, scope_class
 from captum_jscopes.results.result import ScopeResult
 from captum_jscopes.display.html import render_html
-from captum_jscopes.display.text import display_token
+from captum_jscopes.core.text import display_token
 
 __all__ = [
     "DatasetSettings",

@@ -1,6 +1,6 @@
-"""A token's readable text (captum_jscopes.display.text): output tokens in
+"""A token's readable text (captum_jscopes.core.text): output tokens in
 Captum's form that never raise, also for a token that is only part of a
-multi-byte character, and the one-home rule of the display modules."""
+multi-byte character; prompt labels; one piece decoded alone."""
 
 import pytest
 import torch
@@ -8,8 +8,7 @@ from captum.attr._core.llm_attr import _convert_ids_to_pretty_tokens
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from captum_jscopes.display import text as T
-from captum_jscopes.display import visualize
+from captum_jscopes.core import text as T
 
 
 @pytest.fixture(scope="module")
@@ -79,19 +78,3 @@ def test_display_token_and_readable_tokens():
     assert T.display_token("Ġthe") == " the" and T.display_token("Ċ") == "\n" and T.display_token("<0x0A>") == "\n"
     assert T.display_token("ç") == "ç"  # alone, a Latin-1 looking piece stays as written
     assert T.readable_tokens(["I", "ĠðŁ", "į", "£"]) == ["I", " 🍣", "", ""]
-
-
-def test_box_labels():
-    labels = T.box_labels([" big", "\n", " 🍣", "", "  "])
-    assert [lab.text for lab in labels] == ["big", T.NEWLINE_MARK, "🍣", T.CONTINUATION_MARK, "␣␣"]
-    assert [lab.word_start for lab in labels] == [True, False, True, False, False]
-    assert labels[1].newline_after and T.token_label("x" * 40).text == "x" * 29 + "…"
-
-
-def test_visualize_reexports_the_display_modules():
-    from captum_jscopes.display import heatmap, html, series
-
-    assert visualize.display_token is T.display_token and visualize.readable_tokens is T.readable_tokens
-    assert visualize.save_heatmap is heatmap.save_heatmap and visualize.save_html is html.save_html
-    assert visualize.plot_series_influence is series.plot_series_influence
-    assert all(hasattr(visualize, name) for name in visualize.__all__)

@@ -13,13 +13,11 @@ no one of them is text on its own. This module
 * gives the readable texts of a Captum result (:func:`input_texts`,
   :func:`output_texts`, :func:`result_texts`), the numbered labels of a prompt
   (:func:`prompt_labels`) and Captum-style output tokens that never raise, even
-  for a token that is only part of a character (:func:`output_token_texts`);
-* says how a token's text is drawn in a box (:class:`TokenLabel`,
-  :func:`token_label`, :func:`box_labels`: spaces become gaps, newlines
-  :data:`NEWLINE_MARK`).
+  for a token that is only part of a character (:func:`output_token_texts`).
 
-Word and span grouping and score aggregation are in
-:mod:`captum_jscopes.results.spans`. This module needs no matplotlib.
+How a token's text is drawn in a box (spaces as gaps, newlines as a mark) is in
+:mod:`captum_jscopes.display.labels`; word and span grouping and score
+aggregation are in :mod:`captum_jscopes.results.spans`. This module draws nothing.
 """
 
 from __future__ import annotations
@@ -34,10 +32,8 @@ from torch import Tensor
 
 __all__ = [
     "Span",
-    "NEWLINE_MARK",
     "CONTINUATION_MARK",
     "OVERLAP_MARK",
-    "MAX_LABEL_CHARS",
     "readable_groups",
     "groups_from_display",
     "token_display",
@@ -52,13 +48,7 @@ __all__ = [
     "output_token_texts",
     "byte_decoder",
     "piece_text",
-    "TokenLabel",
-    "token_label",
-    "box_labels",
 ]
-
-#: drawn for a newline inside a token's box or label
-NEWLINE_MARK = "⏎"
 
 #: label of the 2nd, 3rd ... token of a group in pictures (its text is on the first)
 CONTINUATION_MARK = "·"
@@ -66,9 +56,6 @@ CONTINUATION_MARK = "·"
 #: Captum's mark on an output token that shares a character with the token
 #: before it (``"🍣 [OVERLAP]"``); :func:`output_token_texts` writes it too
 OVERLAP_MARK = " [OVERLAP]"
-
-#: longer box labels are cut with "…" so one box never fills a line
-MAX_LABEL_CHARS = 30
 
 # Longest run of tokens tried when looking for a clean decode: a character is
 # at most 4 bytes, so a longer run that still has U+FFFD holds invalid bytes.
@@ -522,44 +509,3 @@ def _fragment_text(tokenizer: Any, token_id: int, decoded: str) -> str:
     if not (_SP_BYTE.match(piece) or all(ch in decoder for ch in piece)):
         return decoded
     return _piece_bytes(piece, byte_level=True).decode("utf-8", errors="backslashreplace")
-
-
-# ---------------------------------------------------------------- box labels
-@dataclass
-class TokenLabel:
-    """How one token is drawn in a box: its text, whether a word starts there
-    (a leading space, drawn as a wider gap) and whether a line break follows."""
-
-    text: str
-    word_start: bool
-    newline_after: bool
-
-
-def token_label(text: str, limit: Optional[int] = MAX_LABEL_CHARS) -> TokenLabel:
-    """The box label of a token's readable text (a raw piece: decode it first
-    with :func:`display_token`). Leading spaces become ``word_start``, a newline
-    :data:`NEWLINE_MARK`, a tab '→', a token of spaces only '␣' per space; text
-    longer than ``limit`` characters (default :data:`MAX_LABEL_CHARS`; None: no
-    limit) is cut with '…'."""
-    stripped = text.lstrip(" ")
-    word_start = len(stripped) < len(text)
-    newline_after = text.endswith("\n")
-    shown = stripped.replace("\r", "\\r").replace("\n", NEWLINE_MARK).replace("\t", "→")
-    if not shown:  # a token made only of spaces
-        shown, word_start = "␣" * len(text), False
-    if limit is not None and len(shown) > limit:
-        shown = shown[: limit - 1] + "…"
-    return TokenLabel(shown, word_start, newline_after)
-
-
-def box_labels(display: Sequence[str]) -> list[TokenLabel]:
-    """Box labels of readable tokens (n,): the 2nd, 3rd ... token of a group
-    ("" in ``display``) shows :data:`CONTINUATION_MARK` and sits close to the
-    first (no word gap)."""
-    labels = []
-    for text, shown in zip(display, token_labels(display)):
-        if text == "" and shown == CONTINUATION_MARK:
-            labels.append(TokenLabel(shown, False, False))
-        else:
-            labels.append(token_label(text))
-    return labels
