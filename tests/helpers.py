@@ -74,6 +74,14 @@ def make_model(arch: str = "llama", dtype: torch.dtype = torch.float32, seed: in
     return model
 
 
+def save_checkpoint(folder, arch: str = "llama"):
+    """``folder`` holding a tiny model of ``arch`` and the word-level test tokenizer, saved as a
+    checkpoint (what ``--model FOLDER`` and ``load_model(FOLDER)`` read)."""
+    make_model(arch).save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return folder
+
+
 def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     """Token ids that avoid the special tokens (ids < len(SPECIALS))."""
     generator = torch.Generator().manual_seed(seed)

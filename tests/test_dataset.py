@@ -269,7 +269,8 @@ def test_page_names_stay_in_their_folder_and_never_collide():
 @pytest.mark.parametrize(
     "content, extra, message",
     [
-        ('[{"text": "the cat"}, {"body": "a dog"}]', ["--text-field", "body"], "entry 0: missing a string 'body' field"),
+        # no entry is a prompt (one that is not is recorded as an error; tests/runs/test_dataset_errors.py)
+        ('[{"text": "the cat"}, {"text": "a dog"}]', ["--text-field", "body"], "entry 0: missing a string 'body' field"),
         ('[{"text": "the cat"}]', ["--target-field", "answer"], "missing a string 'answer' field (the target)"),
         ('[{"text": "the cat", "answer": ""}]', ["--target-field", "answer"], "empty target"),
         ("[]", [], "holds no prompt"),

@@ -99,7 +99,10 @@ def run(args: argparse.Namespace, forwarded: list[str]) -> int:
         print(f"model:   {model_name(model)}")
         print(f"prompts: {len(prompts)} from {args.file}; scopes: {', '.join(settings.scopes)}")
     try:
-        summary = attribute_dataset(model, tokenizer, prompts, out, settings, overwrite=args.overwrite, progress=True)
+        # the source itself, not the prompts read above: its order is the reports' order, also for the
+        # records of other slices run into the same --out
+        summary = attribute_dataset(model, tokenizer, args.file, out, settings, start=args.slice.start,
+                                    stop=args.slice.stop, overwrite=args.overwrite, progress=True)
     except PreviousRunError as err:  # named with the command's flags, not the Python keywords
         raise CommandError(err.describe(elsewhere="another --out", overwrite="--overwrite")) from err
     if summary is None:  # another process prints
@@ -126,10 +129,15 @@ def _print_summary(summary: dict, out: Path) -> int:
     """Print the run's summary; the exit status (1 when no prompt could be explained)."""
     n = summary["n_prompts"]
     seconds = summary["seconds"]
-    errors = summary["n_errors"]
+    errors, invalid = summary["n_errors"], summary.get("n_invalid", 0)
     failed_text = f", {errors} could not be explained" if errors else ""
-    print(f"done:    {n - summary['resumed']} prompts computed, {summary['resumed']} resumed from an earlier run"
-          f"{failed_text}")  # fmt: skip
+    if invalid:
+        failed_text += f" ({invalid} empty or invalid {'entry' if invalid == 1 else 'entries'} of the source)"
+    computed = summary.get("computed", n - summary["resumed"])
+    print(f"done:    {computed} prompts computed, {summary['resumed']} resumed from an earlier run{failed_text}")
+    earlier = n - computed - summary["resumed"]
+    if earlier > 0:  # records of other slices of the source, run into the same --out before
+        print(f"         the reports hold all {n} prompts of {out}: {earlier} more from earlier runs")
     if seconds["per_prompt"] is not None:
         per_scope = ", ".join(f"{s} {v:.3g} s" for s, v in seconds["per_scope"].items())
         print(f"time:    {seconds['per_prompt']:.3g} s per prompt ({per_scope})")

@@ -39,13 +39,16 @@ import html
 import json
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 from urllib.parse import quote
 
+from captum_jscopes.core.continuation import NEXT_UNITS, check_next
 from captum_jscopes.core.settings import Settings
+from captum_jscopes.runs.estimate import measure_run
 from captum_jscopes.runs.prompts import Prompt, load_prompts
 from captum_jscopes.runs.runner import (
     RUN_FILE,
@@ -53,10 +56,11 @@ from captum_jscopes.runs.runner import (
     read_records,
     read_shard_records,
     run_sharded,
+    settings_difference,
     write_json_atomic,
     write_text_atomic,
 )
-from captum_jscopes.runs.explain import explain, find_setting, model_name, resolve_scope_settings
+from captum_jscopes.runs.explain import explain, find_setting, model_name, resolve_scope_settings, settings_of
 from captum_jscopes.scopes.registry import SCOPES, scope_class
 from captum_jscopes.results.result import ScopeResult
 from captum_jscopes.display.html import render_html
@@ -89,6 +93,8 @@ PAGES_DIR = "pages"
 
 #: the ``scopes`` value (and ``--scope`` choice) that stands for every scope
 ALL_SCOPES = "all"
+#: the run's label in its estimate and progress lines
+DESC = "attribute-dataset"
 
 #: Where prompts come from: a file, a shipped set or hub name, or the prompts themselves.
 Source = Union[str, os.PathLike, Sequence[Prompt]]
@@ -127,6 +133,9 @@ class DatasetSettings(Settings):
             scored. Default False.
         keep_special: also show and score special tokens (BOS, chat markers).
             Default False.
+        next: for prompts without a target, what of the model's greedy
+            continuation is explained: "token" (default), "char" or "word"
+            (:func:`captum_jscopes.core.continuation.continuation`).
         scope_settings: the scopes' own options as settings ``{"<scope>_<option>":
             value}`` (e.g. ``{"fisher_k": 4, "semantic_rules": "lrp"}``),
             every option of every registered scope's ``Options`` included. Checked
@@ -171,6 +180,16 @@ class DatasetSettings(Settings):
             "as attention sinks they would dominate the map",
         },
     )
+    next: str = field(
+        default="token",
+        metadata={
+            "flag": "--next",
+            "choices": NEXT_UNITS,
+            "help": "without a target, explain the model's next token (default), or its greedy continuation "
+            "on to the end of a character (char: no byte fragment) or of a word (word: to the next space or "
+            "punctuation, at most 8 tokens)",
+        },
+    )
     scope_settings: Mapping[str, Any] = field(default_factory=dict)
 
     def __init__(self, *args: Any, **settings: Any) -> None:
@@ -211,6 +230,7 @@ class DatasetSettings(Settings):
         for name in ("chat", "keep_special"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
+        check_next(self.next)
 
     def __getattr__(self, name: str) -> Any:
         # only reached for names that are no field: a scope's setting, <scope>_<option>
@@ -268,7 +288,8 @@ class DatasetSettings(Settings):
             upgraded = resolve_scope_settings(scoped, strict=False, warn=False)
         except (TypeError, ValueError):
             return data
-        return {**{key: value for key, value in data.items() if key in names}, **upgraded}
+        # runs from before "next" existed explained the next token
+        return {"next": "token", **{key: value for key, value in data.items() if key in names}, **upgraded}
 
 
 def _names_a_setting(key: str) -> bool:
@@ -299,10 +320,14 @@ def select_prompts(
             (0 <= start < stop); default all. A ``stop`` past the end is allowed.
     Returns:
         list of Prompt; ids are the source's "id" field, else the position in the
-        whole source (so slices of one source never share an id).
+        whole source (so slices of one source never share an id). An entry that
+        is no prompt (an empty text, no text or target field, a JSONL line that is
+        not JSON) is a Prompt with its ``error`` set (``"p.jsonl, line 2: empty
+        text"``): the run records it as that prompt's error and goes on.
     Raises:
-        ValueError: a bad slice, a missing / empty / malformed source, an entry
-            without the text (or target) field, no prompt in the slice.
+        ValueError: a bad slice, a missing / empty / unreadable source, duplicate
+            ids, no prompt in the slice, or no entry of the slice that is a prompt
+            (a wrong ``text_field``, say: the message gives the first entry's problem).
         ImportError: a hub dataset without the ``datasets`` package.
     """
     settings = DatasetSettings.of(settings)
@@ -317,9 +342,38 @@ def select_prompts(
         selected = prompts[start:stop]
         if not selected:
             raise ValueError(f"no prompt in [{start}:{'' if stop is None else stop}] of {len(prompts)} prompts")
-        return selected
+        return _some_valid(selected)
     n = None if stop is None else stop - start
-    return load_prompts(source, n, offset=start, text_field=settings.text_field, target_field=settings.target_field)
+    return _some_valid(load_prompts(source, n, offset=start, text_field=settings.text_field,
+                                    target_field=settings.target_field, invalid="keep"))
+
+
+def _some_valid(prompts: list[Prompt]) -> list[Prompt]:
+    """``prompts``, unless none of them is a prompt: then a ValueError with the first one's problem."""
+    invalid = [p for p in prompts if getattr(p, "error", None)]
+    if invalid and len(invalid) == len(prompts):
+        every = f" (and so is every other entry, {len(prompts)} in all)" if len(prompts) > 1 else ""
+        raise ValueError(f"{invalid[0].error}{every}")
+    return prompts
+
+
+def _source_order(source: Source, settings: DatasetSettings, prompts: list[Prompt], out_dir: Path) -> list[str]:
+    """The order of records.jsonl, which also holds the records of earlier runs over
+    other slices: the ids of the whole source in its order. A list of prompts is
+    the whole source it knows; the ids of the records in ``out_dir`` that it lacks
+    are then put in numeric order with it when every id is a whole number (the
+    positions of one file), else after it."""
+    if not isinstance(source, (list, tuple)):
+        try:
+            every = load_prompts(source, text_field=settings.text_field, target_field=settings.target_field,
+                                 invalid="keep")
+            return [p.id for p in every]
+        except Exception:  # noqa: BLE001 -- read a moment ago; ordered as a list of prompts then
+            source = prompts
+    ids = list(dict.fromkeys([*(p.id for p in source), *(read_shard_records(out_dir) if out_dir.is_dir() else {})]))
+    if all(i.isdecimal() for i in ids):
+        return sorted(ids, key=int)
+    return ids
 
 
 def attribute_prompt(
@@ -335,12 +389,16 @@ def attribute_prompt(
         "results": {scope: ScopeResult.to_dict()}}``, or ``{"text", "target",
         "error": "ValueError: ..."}`` when the prompt cannot be explained (too
         long for the model, a target outside the vocabulary, only special
-        tokens, or any other exception raised while it was worked on): one
-        prompt that fails does not stop the run. Only an interruption
+        tokens, or any other exception raised while it was worked on), or
+        ``{"text", "target", "error": "invalid prompt: p.jsonl, line 2: empty
+        text", "invalid": true}`` for an entry of the source that is no prompt
+        (``prompt.error``): one prompt that fails does not stop the run. Only an interruption
         (KeyboardInterrupt, SystemExit) does; a rerun resumes after the last
         finished prompt.
     """
     record: dict = {"text": prompt.text, "target": prompt.target}
+    if getattr(prompt, "error", None):  # the source's entry is no prompt: its problem is the record
+        return {**record, "error": f"invalid prompt: {prompt.error}", "invalid": True}
     seconds, results = {}, {}
     try:
         for scope in settings.scopes:
@@ -353,6 +411,7 @@ def attribute_prompt(
                 prompt.target,
                 chat=settings.chat,
                 keep_special=settings.keep_special,
+                next=settings.next,
                 progress=progress,
                 settings=settings.scope_settings,
             )
@@ -401,12 +460,17 @@ def attribute_dataset(
             in the library; ``jscopes attribute-dataset`` turns them on.
     Returns:
         on the main process, the summary also written to ``summary.json``:
-        ``{"model", "dtype", "settings", "n_prompts", "n_errors", "n_hints",
-        "resumed" (prompts found done), "seconds": {"total", "per_prompt",
+        ``{"model", "dtype", "settings", "n_prompts", "n_errors", "n_invalid"
+        (entries of the source that are no prompt, counted in n_errors too),
+        "n_hints", "computed" (prompts of this call computed), "resumed"
+        (prompts of this call found done), "seconds": {"total", "per_prompt",
         "per_scope": {scope: mean}}, "prompts": [per prompt: "id", "page", "text",
         "target", and "explains", "prob", "prediction", "hint", "seconds",
         "seconds_per_scope", "top_tokens" {scope: [[index, token text, score],
-        ...]} (top 5), or "error"]}``; None on the other processes.
+        ...]} (top 5), or "error" (and "invalid")]}``; None on the other
+        processes. The summary, like ``records.jsonl``, covers every record in
+        ``out_dir``: those of earlier calls over other slices of the source too,
+        in the source's order.
     Raises:
         ValueError: bad settings or input.
         PreviousRunError (a ValueError): other settings than the run already in
@@ -425,21 +489,30 @@ def attribute_dataset(
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "settings": settings.to_dict(),
     }
-    resumed = 0 if overwrite else _check_resumed_prompts(out_dir, prompts, meta)
+    done = set() if overwrite else _check_previous_run(out_dir, prompts, meta)
+    resumed = sum(prompt.id in done for prompt in prompts)
+    pricing = None
+    pending = [prompt for prompt in prompts if prompt.id not in done]
+    if progress and pending and is_main_process(state):
+        # priced before the first prompt: each prompt by its length, each scope by its measured passes
+        print(f"{DESC}: timing the model's passes for an estimate ...", file=sys.stderr, flush=True)
+        pricing = measure_run(model, tokenizer, pending, settings)
     records_path = run_sharded(
         prompts,
         lambda prompt: attribute_prompt(model, tokenizer, prompt, settings, progress=progress),
         out_dir,
-        desc="attribute-dataset",
+        desc=DESC,
         state=state,
         meta=meta,
         overwrite=overwrite,
         progress=progress,
         upgrade_meta=upgrade_run_meta,
+        pricing=pricing,
+        order=_source_order(source, settings, prompts, out_dir),
     )
     if not is_main_process(state):
         return None  # one process writes the reports
-    return write_reports(out_dir, read_records(records_path), meta, resumed=resumed)
+    return write_reports(out_dir, read_records(records_path), meta, resumed=resumed, computed=len(pending))
 
 
 def upgrade_run_meta(meta: dict) -> dict:
@@ -454,21 +527,28 @@ def upgrade_run_meta(meta: dict) -> dict:
     return {**meta, "settings": DatasetSettings.upgrade_dict(settings)}
 
 
-def _check_resumed_prompts(out_dir: Path, prompts: list[Prompt], meta: dict) -> int:
-    """How many of ``prompts`` a previous run in ``out_dir`` already did; a
-    ValueError if one of them had another text or target under the same id
-    (run.json only holds the settings, not the data, so a changed file would
-    otherwise be mixed silently with the old results)."""
+def _check_previous_run(out_dir: Path, prompts: list[Prompt], meta: dict) -> set[str]:
+    """The ids of ``prompts`` that a previous run in ``out_dir`` already did. A
+    PreviousRunError when that run had other settings (naming only the settings
+    that differ, :func:`settings_difference`, the scopes' defaults filled in) or
+    one of the prompts had another text or target under the same id (run.json only
+    holds the settings, not the data, so a changed file would otherwise be mixed
+    silently with the old results)."""
     run_file = out_dir / RUN_FILE
     try:
         previous = json.loads(run_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         previous = None
     except (OSError, ValueError):
-        return 0  # run_sharded reports the unreadable run.json
+        return set()  # run_sharded reports the unreadable run.json
     # The JSON round trip makes meta comparable with what run.json reads back.
-    if previous is not None and upgrade_run_meta(previous) != json.loads(json.dumps(meta)):
-        return 0  # run_sharded refuses the other settings, with its own message
+    asked = json.loads(json.dumps(meta))
+    if previous is not None:
+        stored = upgrade_run_meta(previous)
+        if stored != asked:
+            stored, asked = _with_defaults(stored, asked)
+            raise PreviousRunError(f"{run_file} holds other settings than this run: "
+                                   f"{settings_difference(stored, asked)}")
     done = read_shard_records(out_dir) if out_dir.is_dir() else {}
     for prompt in prompts:
         record = done.get(prompt.id)
@@ -477,7 +557,26 @@ def _check_resumed_prompts(out_dir: Path, prompts: list[Prompt], meta: dict) -> 
                 f"{out_dir} holds a result for prompt {prompt.id!r} with another text or target than the "
                 "source gives now (the source changed since that run)"
             )
-    return sum(prompt.id in done for prompt in prompts)
+    return {prompt.id for prompt in prompts if prompt.id in done}
+
+
+def _with_defaults(stored: dict, asked: dict) -> tuple[dict, dict]:
+    """Two run.json contents with the options of the scopes both run filled in with
+    the scopes' defaults (run.json keeps only the others), so that a difference reads
+    ``fisher_estimator: krylov (stored) vs eig (asked)``, not "not set"."""
+    sides = [stored.get("settings"), asked.get("settings")]
+    if not all(isinstance(side, dict) and isinstance(side.get("scopes"), list) for side in sides):
+        return stored, asked
+    filled = [dict(side) for side in sides]
+    for scope in [name for name in sides[0]["scopes"] if name in sides[1]["scopes"]]:
+        try:
+            defaults = {setting.key: setting.default for setting in settings_of(scope)}
+        except ValueError:  # a scope that is not registered now
+            continue
+        for side in filled:
+            for key, value in defaults.items():
+                side.setdefault(key, value)
+    return {**stored, "settings": filled[0]}, {**asked, "settings": filled[1]}
 
 
 def is_main_process(state: Any = None) -> bool:
@@ -527,11 +626,14 @@ def page_name(prompt_id: str) -> str:
 # ----------------------------------------------------------------------------- reports
 
 
-def write_reports(out_dir: Union[str, os.PathLike], records: list[dict], meta: dict, *, resumed: int = 0) -> dict:
+def write_reports(out_dir: Union[str, os.PathLike], records: list[dict], meta: dict, *, resumed: int = 0,
+                  computed: Optional[int] = None) -> dict:
     """Write ``summary.json``, ``summary.md``, ``index.html`` and one page per
-    prompt under ``pages/`` from the run's ``records`` (``read_records``) and its
-    ``meta`` (run.json), each file atomically; return the summary (see
-    :func:`attribute_dataset`)."""
+    prompt under ``pages/`` from the run's ``records`` (``read_records``: every
+    record of the folder) and its ``meta`` (run.json), each file atomically;
+    return the summary (see :func:`attribute_dataset`). ``resumed`` and
+    ``computed`` say how many prompts of this call were found done and were
+    computed (default: the records not resumed)."""
     out_dir = Path(out_dir)
     (out_dir / PAGES_DIR).mkdir(parents=True, exist_ok=True)
     entries = []
@@ -540,7 +642,7 @@ def write_reports(out_dir: Union[str, os.PathLike], records: list[dict], meta: d
         if results:
             write_text_atomic(out_dir / PAGES_DIR / entry["page"], _prompt_page(entry, results, meta))
         entries.append(entry)
-    summary = _summary(entries, meta, resumed)
+    summary = _summary(entries, meta, resumed, len(entries) - resumed if computed is None else computed)
     write_json_atomic(out_dir / SUMMARY_JSON, summary)
     write_text_atomic(out_dir / SUMMARY_MD, _summary_markdown(summary))
     write_text_atomic(out_dir / INDEX_HTML, _index_page(summary))
@@ -551,7 +653,7 @@ def _summary_entry(record: dict) -> tuple[dict, dict[str, ScopeResult]]:
     """One prompt's line of the summary, and its results by scope (empty for an error)."""
     entry = {"id": record["id"], "page": page_name(record["id"]), "text": record["text"], "target": record["target"]}
     if "error" in record:
-        return {**entry, "error": record["error"]}, {}
+        return {**entry, "error": record["error"], **({"invalid": True} if record.get("invalid") else {})}, {}
     results = {scope: ScopeResult.from_dict(data) for scope, data in record["results"].items()}
     first = next(iter(results.values()))  # the target and the prediction are the same for every scope
     entry.update(
@@ -574,7 +676,7 @@ def _target_prob(result: ScopeResult) -> float:
     return float(result.output_probs.double().prod())
 
 
-def _summary(entries: list[dict], meta: dict, resumed: int) -> dict:
+def _summary(entries: list[dict], meta: dict, resumed: int, computed: int) -> dict:
     done = [e for e in entries if "error" not in e]
     scopes = meta["settings"]["scopes"]
     total = sum(e["seconds"] for e in done)
@@ -584,7 +686,9 @@ def _summary(entries: list[dict], meta: dict, resumed: int) -> dict:
         "settings": meta["settings"],
         "n_prompts": len(entries),
         "n_errors": len(entries) - len(done),
+        "n_invalid": sum(bool(e.get("invalid")) for e in entries),
         "n_hints": sum(bool(e["hint"]) for e in done),
+        "computed": computed,
         "resumed": resumed,
         "seconds": {
             "total": total,
@@ -625,7 +729,8 @@ def _summary_markdown(summary: dict) -> str:
         f"- model: {summary['model']} ({summary['dtype']})",
         f"- scopes: {', '.join(scopes)}; settings: `{json.dumps(summary['settings'])}`",
         f"- time: {_seconds_line(summary)}",
-        f"- prompts that could not be explained: {summary['n_errors']}",
+        f"- prompts that could not be explained: {summary['n_errors']}"
+        + (f" ({summary['n_invalid']} entries of the source that are no prompt)" if summary.get("n_invalid") else ""),
     ]
     if summary["n_hints"]:
         lines.append(f"- targets that lack their leading space (see each page's hint): {summary['n_hints']}")

@@ -43,11 +43,15 @@ class Prompt:
         text: the prompt text (non-empty).
         target: the continuation to explain (e.g. ``" Paris"``), read from ``load_prompts``'s
             ``target_field``; default None: none given (the model's own prediction is explained).
+        error: why the source's entry is no prompt (``"p.jsonl, line 2: empty text"``), set only by
+            ``load_prompts(..., invalid="keep")``; then ``text`` is the entry's text if it is a string,
+            else ``""``. Default None: a valid prompt.
     """
 
     id: str
     text: str
     target: Optional[str] = None
+    error: Optional[str] = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -62,6 +66,7 @@ def load_prompts(
     offset: int = 0,
     text_field: str = "text",
     target_field: str | None = None,
+    invalid: str = "raise",
 ) -> list[Prompt]:
     """Load prompts from a file or a Hugging Face dataset.
 
@@ -83,6 +88,10 @@ def load_prompts(
         text_field: the field (column) holding the prompt text (default ``"text"``).
         target_field: a field holding each prompt's target, a non-empty string stored as ``Prompt.target``
             (default ``None``: no target is read and ``Prompt.target`` is None).
+        invalid: what an entry that is no prompt does (not an object, no string text or target, an empty
+            text or target, a JSONL line that is not JSON, a bad ``"id"``): ``"raise"`` (default) a
+            ValueError; ``"keep"`` a :class:`Prompt` with its ``error`` set (id: its position), so that a
+            run can record it and go on. Duplicate ids, an unreadable or empty source raise either way.
 
     Returns:
         list of ``Prompt``, in source order.
@@ -94,6 +103,8 @@ def load_prompts(
         ImportError: a hub dataset was asked for but ``datasets`` is not installed.
     """
     _check_slice(n, offset)
+    if invalid not in ("raise", "keep"):
+        raise ValueError(f"invalid must be 'raise' or 'keep', got {invalid!r}")
     _check_field(text_field, "text_field")
     if target_field is not None:
         _check_field(target_field, "target_field")
@@ -109,14 +120,14 @@ def load_prompts(
         raise TypeError(f"source must be None, a path or a dataset name, got {type(source).__name__}")
 
     if isinstance(source, Path):
-        entries = _read_prompt_file(source)
+        entries = _read_prompt_file(source, keep_bad_lines=invalid == "keep")
         origin = str(source)
     else:
         name, split, field = source
         text_field = field or text_field  # a FIELD in the spec names the text column
         entries = _read_hub_dataset(name, split, text_field, target_field)
         origin = f"hub dataset {name!r}"
-    prompts = _prompts_from_entries(entries, origin, text_field, target_field)
+    prompts = _prompts_from_entries(entries, origin, text_field, target_field, keep_invalid=invalid == "keep")
     end = None if n is None else offset + n
     selected = prompts[offset:end]
     if not selected:
@@ -159,8 +170,9 @@ def _parse_hub_name(spec: str) -> tuple[str, str | None, str | None]:
     return name, split, field
 
 
-def _read_prompt_file(path: Path) -> list[tuple[str, Any]]:
-    """Raw entries of a JSON or JSONL file as (location for messages, entry) pairs."""
+def _read_prompt_file(path: Path, keep_bad_lines: bool = False) -> list[tuple[str, Any]]:
+    """Raw entries of a JSON or JSONL file as (location for messages, entry) pairs; with
+    ``keep_bad_lines`` a JSONL line that is not JSON is an entry :class:`_BadLine`."""
     if not path.exists():
         raise ValueError(f"prompts file {path} not found")
     if not path.is_file():
@@ -170,7 +182,7 @@ def _read_prompt_file(path: Path) -> list[tuple[str, Any]]:
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"prompts file {path} cannot be read: {e}") from e
     if path.suffix.lower() == ".jsonl":
-        return _parse_jsonl(content, path)
+        return _parse_jsonl(content, path, keep_bad_lines)
     return _parse_json_list(content, path)
 
 
@@ -184,15 +196,24 @@ def _parse_json_list(content: str, path: Path) -> list[tuple[str, Any]]:
     return [(f"entry {i}", entry) for i, entry in enumerate(data)]
 
 
-def _parse_jsonl(content: str, path: Path) -> list[tuple[str, Any]]:
-    entries = []
+@dataclass(frozen=True)
+class _BadLine:
+    """A JSONL line that is not JSON, kept as an entry (``load_prompts(..., invalid="keep")``)."""
+
+    problem: str
+
+
+def _parse_jsonl(content: str, path: Path, keep_bad_lines: bool = False) -> list[tuple[str, Any]]:
+    entries: list[tuple[str, Any]] = []
     for line_no, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             entries.append((f"line {line_no}", json.loads(line)))
         except json.JSONDecodeError as e:
-            raise ValueError(f"prompts file {path}, line {line_no}: not valid JSON: {e}") from e
+            if not keep_bad_lines:
+                raise ValueError(f"prompts file {path}, line {line_no}: not valid JSON: {e}") from e
+            entries.append((f"line {line_no}", _BadLine(f"not valid JSON: {e}")))
     return entries
 
 
@@ -234,36 +255,61 @@ def _single_split(dataset_dict: Any, name: str) -> Any:
 
 
 def _prompts_from_entries(
-    entries: list[tuple[str, Any]], origin: str, text_field: str = "text", target_field: str | None = None
+    entries: list[tuple[str, Any]], origin: str, text_field: str = "text", target_field: str | None = None,
+    keep_invalid: bool = False,
 ) -> list[Prompt]:
-    """Validate raw entries and turn them into prompts with unique ids."""
+    """Validate raw entries and turn them into prompts with unique ids; with
+    ``keep_invalid`` an entry that is no prompt is a Prompt with its ``error``."""
     if not entries:
         raise ValueError(f"{origin}: holds no prompt (empty list)")
     prompts, seen = [], set()
     for index, (where, entry) in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise ValueError(
-                f"{origin}, {where}: expected an object with a {text_field!r} field, got {type(entry).__name__}"
-            )
-        text = entry.get(text_field)
-        if not isinstance(text, str):
-            raise ValueError(f"{origin}, {where}: missing a string {text_field!r} field")
-        if not text.strip():
-            raise ValueError(f"{origin}, {where}: empty text")
-        target = None
-        if target_field is not None:
-            target = entry.get(target_field)
-            if not isinstance(target, str):
-                raise ValueError(f"{origin}, {where}: missing a string {target_field!r} field (the target)")
-            # Only "" is refused: a lone space can be a real token to explain.
-            if not target:
-                raise ValueError(f"{origin}, {where}: empty target in {target_field!r}")
-        prompt_id = _entry_id(entry, index, origin, where)
+        problem = _entry_problem(entry, text_field, target_field)
+        if problem is not None and not keep_invalid:
+            raise ValueError(f"{origin}, {where}: {problem}")
+        if problem is None:
+            prompt_id = _entry_id(entry, index, origin, where)
+            prompt = Prompt(id=prompt_id, text=entry[text_field],
+                            target=None if target_field is None else entry[target_field])
+        else:
+            try:
+                prompt_id = _entry_id(entry, index, origin, where) if isinstance(entry, dict) else str(index)
+            except ValueError:
+                prompt_id = str(index)
+            text = entry.get(text_field) if isinstance(entry, dict) else None
+            target = entry.get(target_field) if isinstance(entry, dict) and target_field is not None else None
+            prompt = Prompt(id=prompt_id, text=text if isinstance(text, str) else "",
+                            target=target if isinstance(target, str) else None, error=f"{origin}, {where}: {problem}")
         if prompt_id in seen:
             raise ValueError(f"{origin}, {where}: duplicate id {prompt_id!r}")
         seen.add(prompt_id)
-        prompts.append(Prompt(id=prompt_id, text=text, target=target))
+        prompts.append(prompt)
     return prompts
+
+
+def _entry_problem(entry: Any, text_field: str, target_field: str | None) -> str | None:
+    """Why a raw entry is no prompt, or None."""
+    if isinstance(entry, _BadLine):
+        return entry.problem
+    if not isinstance(entry, dict):
+        return f"expected an object with a {text_field!r} field, got {type(entry).__name__}"
+    text = entry.get(text_field)
+    if not isinstance(text, str):
+        return f"missing a string {text_field!r} field"
+    if not text.strip():
+        return "empty text"
+    if target_field is not None:
+        target = entry.get(target_field)
+        if not isinstance(target, str):
+            return f"missing a string {target_field!r} field (the target)"
+        # Only "" is refused: a lone space can be a real token to explain.
+        if not target:
+            return f"empty target in {target_field!r}"
+    if "id" in entry:
+        value = entry["id"]
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+            return f"'id' must be a non-empty string or an integer, got {value!r}"
+    return None
 
 
 def _entry_id(entry: dict, index: int, origin: str, where: str) -> str:

@@ -13,14 +13,18 @@ Several processes share the prompts when launched with accelerate. On a machine 
 
 Layout of ``out_dir``:
 
-- ``run.json``: the caller's settings (``meta``); a rerun with other settings is refused.
+- ``run.json``: the caller's settings (``meta``); a rerun with other settings is refused, naming the settings that
+  differ (:func:`settings_difference`).
 - ``shard-{index:03d}-of-{num:03d}.jsonl``: the records written by process ``index`` of ``num``, one JSON
   object per line with the prompt ``"id"``; appended and fsync'd after every prompt.
 - ``records.jsonl``: all records merged, deduplicated by id, in prompt order (written at the end).
 
 Long runs say how long they will take: after the first prompt the main process prints a one-line estimate of
 the whole run on stderr ("faithfulness: 1000 prompts, about 20 h 50 min on this machine at 75 s per prompt;
---n 20 for a look"). On a terminal a progress bar follows; when stderr is a file (a batch job's log) each process prints a
+--n 20 for a look"). A caller that can price each prompt (``pricing``, e.g.
+:class:`~captum_jscopes.runs.estimate.RunEstimate`: prompts of very different lengths) has its estimate said
+before the first prompt instead, revised after each one. On a terminal a progress bar follows; when stderr is a
+file (a batch job's log) each process prints a
 line with done/total, the time per prompt and the time left every ``max(1, total // 100)`` prompts or every
 60 s, whichever comes later (``JSCOPES_PROGRESS_SECONDS`` changes the 60 s), and a last line when it is done.
 """
@@ -33,7 +37,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from tqdm import tqdm
 
@@ -83,6 +87,8 @@ def run_sharded(
     progress: bool | None = None,
     upgrade_meta: Callable[[dict], dict] | None = None,
     size_flag: str | None = None,
+    pricing: "Pricing | None" = None,
+    order: Sequence[str] | None = None,
 ) -> Path:
     """Run ``fn`` over ``prompts``, sharing them between processes, and merge the results.
 
@@ -119,10 +125,20 @@ def run_sharded(
             compared with ``meta`` (e.g. a renamed key), so that such a run resumes. Default: compared as is.
         size_flag: how the caller's user asks for fewer prompts (e.g. ``"--n"`` for a command line), named
             in the estimate of a long run: "--n 20 for a look". Default: "20 prompts for a look".
+        pricing: prices each prompt before it runs (:class:`Pricing`, e.g.
+            :class:`~captum_jscopes.runs.estimate.RunEstimate`): then the main process says its estimate
+            before the first prompt (``pricing.announce``) instead of after it, learns from each prompt done
+            (``pricing.update``), gives the time left as the price of the prompts left, and says a revised
+            estimate when it moves by more than a quarter. Default None: every prompt costs what the first
+            one took.
+        order: the ids ``records.jsonl`` is ordered by; it then holds every record of the shards, also
+            those of earlier runs over other prompts (other slices of one source), the ids of ``order``
+            first, in its order, then the others in shard order. Default None: the records of
+            ``prompts`` only, in their order.
 
     Returns:
-        path of ``out_dir/records.jsonl``: one record per prompt, in prompt order, on every process
-        (all return after the main process has written it).
+        path of ``out_dir/records.jsonl``: one record per prompt, in prompt order (see ``order``), on
+        every process (all return after the main process has written it).
     """
     prompts = _check_prompts(prompts)
     if not callable(fn):
@@ -144,13 +160,14 @@ def run_sharded(
     report = _Progress(
         desc, state, total=_share(len(prompts), state.process_index, state.num_processes), resumed=resumed,
         run_total=len(prompts), run_pending=len(pending), size_flag=size_flag, enabled=progress is not False,
+        pricing=pricing, pending=[p.id for p in pending], mine=[p.id for p in mine],
     )
     _run_and_append(mine, fn, own_shard, report)
 
     state.wait_for_everyone()
     records_path = out_dir / RECORDS_FILE
     if state.is_main_process:
-        _merge_shards(out_dir, prompts, records_path)
+        _merge_shards(out_dir, prompts, records_path, order)
     state.wait_for_everyone()
     return records_path
 
@@ -233,7 +250,51 @@ def _check_run_settings(out_dir: Path, meta: dict, upgrade_meta: Callable[[dict]
     if upgrade_meta is not None:
         previous = _normalise_meta(upgrade_meta(previous))
     if previous != meta:
-        raise PreviousRunError(f"{run_file} holds other settings than this run: {previous} != {meta}")
+        raise PreviousRunError(f"{run_file} holds other settings than this run: {settings_difference(previous, meta)}")
+
+
+def settings_difference(stored: dict, asked: dict) -> str:
+    """The settings that differ between a stored ``run.json`` and this run's,
+    one ``name: stored value (stored) vs asked value (asked)`` each, joined by
+    "; " (``fisher_estimator: krylov (stored) vs eig (asked)``). Nested dicts
+    are compared key by key and named by their own keys (by the dotted path
+    where a name occurs twice); a key only one side has is "not set" on the other."""
+    flat_stored, flat_asked = _flatten(stored), _flatten(asked)
+    parts = []
+    for key in [*flat_stored, *(k for k in flat_asked if k not in flat_stored)]:
+        old, new = flat_stored.get(key, _NOT_SET), flat_asked.get(key, _NOT_SET)
+        if old != new:
+            parts.append(f"{key}: {_shown(old)} (stored) vs {_shown(new)} (asked)")
+    return "; ".join(parts) or "the same settings in another form"
+
+
+_NOT_SET = object()
+
+
+def _flatten(data: dict) -> dict[str, Any]:
+    """``{"settings": {"scopes": [...]}}`` -> ``{"scopes": [...]}``; the dotted path where a leaf name repeats."""
+    leaves: list[tuple[tuple[str, ...], Any]] = []
+
+    def walk(value: Any, path: tuple[str, ...]) -> None:
+        if isinstance(value, dict) and (value or not path):
+            for key, inner in value.items():
+                walk(inner, (*path, str(key)))
+        else:
+            leaves.append((path, value))
+
+    walk(data, ())
+    names = [path[-1] for path, _ in leaves]
+    return {(path[-1] if names.count(path[-1]) == 1 else ".".join(path)): value for path, value in leaves}
+
+
+def _shown(value: Any) -> str:
+    if value is _NOT_SET:
+        return "not set"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return ", ".join(value) if value else "none"
+    return json.dumps(value)
 
 
 def _clear_previous_run(out_dir: Path) -> None:
@@ -251,20 +312,47 @@ def _run_and_append(prompts: list[Prompt], fn: Callable[[Prompt], dict], shard: 
     """Compute and append one record per prompt to ``shard``, durably, reporting progress."""
     with report, shard.open("a", encoding="utf-8") as f:
         for prompt in prompts:
-            line = _record_line(prompt, fn(prompt))
+            record = fn(prompt)
+            line = _record_line(prompt, record)
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
-            report.update()
+            report.update(prompt.id, record)
+
+
+class Pricing(Protocol):
+    """What prices the prompts of a run for its progress report (see ``run_sharded``'s ``pricing``);
+    :class:`~captum_jscopes.runs.estimate.RunEstimate` is one."""
+
+    def announce(self, prompt_ids: Sequence[str], processes: int = 1, label: str = "prompts",
+                 done_before: int = 0) -> str:
+        """The line said before the first prompt: the run's time, what dominates it."""
+
+    def seconds(self, prompt_id: str) -> float:
+        """The prompt's price now (revised by the prompts done)."""
+
+    def total(self, prompt_ids: Iterable[str]) -> float:
+        """The price of these prompts together."""
+
+    def update(self, prompt_id: str, record: dict) -> None:
+        """Learn from a prompt done (its record)."""
+
+
+#: a priced run says a revised estimate when its projected time moves by more than this share of it,
+#: and by more than REVISE_SECONDS
+REVISE_SHARE = 0.25
+REVISE_SECONDS = 10.0
 
 
 class _Progress:
-    """What one process says on stderr while it runs its prompts: the estimate of the whole run after its first
-    prompt (main process only), then a tqdm bar on a terminal, or plain lines in a log."""
+    """What one process says on stderr while it runs its prompts: the estimate of the whole run (main process
+    only; before the first prompt with a pricing, else after it), then a tqdm bar on a terminal, or plain lines
+    in a log; with a pricing, the time left is the price of the prompts left, revised after each prompt."""
 
     def __init__(
         self, desc: str, state: Any, *, total: int, resumed: int, run_total: int, run_pending: int,
-        size_flag: str | None, enabled: bool,
+        size_flag: str | None, enabled: bool, pricing: Pricing | None = None, pending: Sequence[str] = (),
+        mine: Sequence[str] = (),
     ) -> None:
         self.label = desc if state.num_processes == 1 else f"{desc} [{state.process_index + 1}/{state.num_processes}]"
         self.desc, self.state, self.total, self.done = desc, state, total, resumed
@@ -275,12 +363,27 @@ class _Progress:
         self.interval = _progress_seconds()
         self.computed = 0
         self.bar = None
+        self.pricing = pricing if enabled else None
+        self.pending = list(pending)
+        self.left_ids = list(mine)  # this process's prompts not done yet, in the order they run
+        self.projected = 0.0  # the time this process was last said to take (priced runs)
 
     def __enter__(self) -> "_Progress":
-        self.start = self.last_time = time.perf_counter()
+        self.start = self.last_time = self.prompt_start = time.perf_counter()
         self.last_done = self.done
+        if self.pricing is not None:
+            self.projected = self.pricing.total(self.left_ids)
+            if self.state.is_main_process and self.pending:
+                self._say(self.pricing.announce(self.pending, self.state.num_processes, label=self.desc,
+                                                done_before=self.run_total - self.run_pending))
         if self.terminal:
-            self.bar = tqdm(total=self.total, initial=self.done, desc=self.label, position=self.state.process_index)
+            options = {}
+            if self.pricing is not None:  # the bar's own rate would count every prompt alike
+                options["bar_format"] = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+            self.bar = tqdm(total=self.total, initial=self.done, desc=self.label, position=self.state.process_index,
+                            **options)
+            if self.pricing is not None:
+                self.bar.set_postfix_str(f"about {format_duration(self.projected)} left", refresh=True)
         return self
 
     def __exit__(self, exc_type, *_) -> None:
@@ -289,13 +392,16 @@ class _Progress:
         elif self.enabled and exc_type is None and self.computed and self.done > self.last_done:
             self._line()
 
-    def update(self) -> None:
+    def update(self, prompt_id: str | None = None, record: dict | None = None) -> None:
         self.done += 1
         self.computed += 1
         if not self.enabled:
             return
         now = time.perf_counter()
-        first_estimate = self.computed == 1 and self.state.is_main_process
+        took, self.prompt_start = now - self.prompt_start, now
+        if self.pricing is not None and prompt_id is not None:
+            self._revise(prompt_id, record or {}, took, now)
+        first_estimate = self.pricing is None and self.computed == 1 and self.state.is_main_process
         if first_estimate:
             self._say(self._estimate(now - self.start))
         if self.bar is not None:
@@ -304,6 +410,25 @@ class _Progress:
             self.last_time, self.last_done = now, self.done  # the estimate was this prompt's line
         elif self.computed == 1 or (self.done - self.last_done >= self.every and now - self.last_time >= self.interval):
             self._line(now)
+
+    def _revise(self, prompt_id: str, record: dict, took: float, now: float) -> None:
+        """Re-price what is left from the prompt just done; say so when the projection moves a lot."""
+        priced = self.pricing.seconds(prompt_id)
+        self.pricing.update(prompt_id, record)
+        if prompt_id in self.left_ids:
+            self.left_ids.remove(prompt_id)
+        left = self._left()
+        projected = now - self.start + left
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"about {format_duration(left)} left", refresh=False)
+        moved = abs(projected - self.projected)
+        if self.state.is_main_process and left > 0 and moved > max(REVISE_SHARE * self.projected, REVISE_SECONDS):
+            self._say(f"{self.label}: revised after prompt {prompt_id!r} ({format_duration(took)}, priced at "
+                      f"{format_duration(priced)}): about {format_duration(left)} left")
+            self.projected = projected
+
+    def _left(self) -> float:
+        return self.pricing.total(self.left_ids) if self.pricing is not None else 0.0
 
     def _estimate(self, seconds: float) -> str:
         """The whole run's time (this machine, every process at this process's pace), from its first prompt."""
@@ -328,6 +453,8 @@ class _Progress:
         text = f"{self.label}: {self.done}/{self.total} prompts, {format_duration(per_prompt)} per prompt, "
         if self.done >= self.total:
             text += f"done in {format_duration(elapsed)}"
+        elif self.pricing is not None:
+            text += f"about {format_duration(self._left())} left"
         else:
             text += f"about {format_duration(per_prompt * (self.total - self.done))} left"
         self._say(text)
@@ -456,14 +583,18 @@ def _drop_partial_tail(shard: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _merge_shards(out_dir: Path, prompts: list[Prompt], records_path: Path) -> None:
+def _merge_shards(out_dir: Path, prompts: list[Prompt], records_path: Path, order: Sequence[str] | None = None) -> None:
     by_id = read_shard_records(out_dir)
     missing = [p.id for p in prompts if p.id not in by_id]
     if missing:
         raise RuntimeError(
             f"{len(missing)} prompt(s) have no record in {out_dir} (first: {missing[:5]}); rerun to complete them"
         )
-    lines = "".join(json.dumps(by_id[p.id], ensure_ascii=False) + "\n" for p in prompts)
+    if order is None:
+        ids = [p.id for p in prompts]
+    else:  # every record: those of `order` in its order, then the rest as the shards hold them
+        ids = list(dict.fromkeys(i for i in [*order, *by_id] if i in by_id))
+    lines = "".join(json.dumps(by_id[i], ensure_ascii=False) + "\n" for i in ids)
     write_text_atomic(records_path, lines)
 
 
