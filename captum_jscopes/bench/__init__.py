@@ -6,7 +6,9 @@
   German-English translation), loading, and "passage minus its last token".
 - :mod:`~captum_jscopes.runs.runner`: runs a function over prompts, sharded over processes,
   resumable, settings checked.
-- :mod:`~captum_jscopes.bench.speed`: seconds and memory per explained token, against a floor.
+- :mod:`~captum_jscopes.bench.speed`: seconds and memory per explained token, against a floor;
+  :mod:`~captum_jscopes.bench.fisher_study`: every Fisher estimator against exact Fisher;
+  :mod:`~captum_jscopes.bench.speed_report`: their ``speed.md`` and plots.
 - :mod:`~captum_jscopes.bench.faithfulness` and :mod:`~captum_jscopes.bench.report`: the paper's
   AOPC and leave-one-out protocol, and its summary, report and plots.
 - :mod:`~captum_jscopes.bench.paper`: the paper's published numbers.

@@ -4,9 +4,10 @@ one run on the same prompts.
 
     python benchmarks/speed.py --n 10            # or: jscopes bench speed --n 10
     python benchmarks/speed.py --fisher-n 50 --skip-speed   # Fisher accuracy vs cost
-    python benchmarks/speed.py --skip-speed --max-tokens 64 --fisher-exact FILE --fisher-seeds 3 \
-        --fisher-methods fisher_krylov,fisher_hutchinson   # the same against cached exact scores
     python benchmarks/speed.py --report-only --out benchmarks/results/speed-...   # rebuild speed.md
+
+The Fisher study (``--fisher-*`` flags) is :mod:`captum_jscopes.bench.fisher_study`;
+the report (``speed.md``, the plots) :mod:`captum_jscopes.bench.speed_report`.
 
 Methods are the floor and the entries of :data:`captum_jscopes.bench.methods.METHODS`
 (one implementation each, shared with the faithfulness benchmark).
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import threading
 import time
@@ -34,16 +34,16 @@ from typing import Any, Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from captum_jscopes.core.provenance import package_version
-from captum_jscopes.scopes.fisher import FisherScope
-from captum_jscopes.integrations.captum import LLMScopeAttribution
-from captum_jscopes.core.model_state import preserved_state
-from captum_jscopes.models import describe_model, load_model
-from captum_jscopes.scopes.semantic import SemanticScope
-from captum_jscopes.bench.methods import METHODS, method
-from captum_jscopes.runs.prompts import load_prompts, prepare_prompt
+from captum_jscopes.bench import fisher_study
 from captum_jscopes.bench.common import DEFAULT_RESULTS_FOLDER, cli_message
-from captum_jscopes.runs.runner import read_records, run_sharded
+from captum_jscopes.bench.fisher_study import FISHER_DIR, fisher_accuracy
+from captum_jscopes.bench.methods import METHODS, method
+from captum_jscopes.bench.speed_report import IG_REFERENCE, environment, markdown, plots, report_only
+from captum_jscopes.core.model_state import preserved_state
+from captum_jscopes.integrations.captum import LLMScopeAttribution
+from captum_jscopes.models import describe_model, load_model
+from captum_jscopes.runs.prompts import load_prompts, prepare_prompt
+from captum_jscopes.scopes.semantic import SemanticScope
 
 #: The per-token table: the floor, then methods of the table (captum_jscopes.bench.methods).
 SINGLE_TOKEN_METHODS = [
@@ -63,14 +63,7 @@ SINGLE_TOKEN_METHODS = [
     "feature_ablation",
 ]
 LENGTH_METHODS = ["floor", "semantic", "temperature", "fisher_krylov", "fisher_eig1", "ig50"]
-FISHER_STUDY_METHODS = ["fisher", "fisher_krylov", "fisher_hutchinson", "fisher_eig1", "fisher_eig4", "fisher_eig16",
-                        "fisher_eig64", "fisher_deflated_8_16", "fisher_deflated_16_16", "fisher_deflated_16_32"]
 IG_MAX_LENGTH = 256  # 50 interpolation steps in one batch: beyond this the CPU run takes minutes per call
-#: The reference every method's time is divided by in the "IG-50 / method" column.
-IG_REFERENCE = "ig50"
-#: Names of earlier versions of this benchmark (committed speed.json files), read as today's.
-LEGACY_NAMES = {"captum_ig50": "ig50", "captum_gradient": "saliency", "captum_grad_x_input": "grad_x_input",
-                "captum_feature_ablation": "feature_ablation"}
 
 
 # -- the methods ---------------------------------------------------------------
@@ -272,335 +265,6 @@ def bench_multi_token(args, model, tokenizer, encoded) -> dict:
     return {name: statistics.median(v) for name, v in rows.items()}
 
 
-def fisher_accuracy(args, model, tokenizer, out_dir: Path) -> dict:
-    """Every Fisher estimator against the exact one: Spearman and relative L2
-    error per prompt (medians), backward passes, and time relative to exact.
-
-    The prompts run through :func:`captum_jscopes.runs.runner.run_sharded` into
-    ``out_dir`` (exact Fisher costs minutes per prompt on a CPU): each record is
-    saved as it finishes, a rerun computes only the missing prompts, and a rerun
-    with other settings is refused unless ``args.overwrite``.
-
-    With ``args.fisher_exact`` (a JSONL file of ``{"id", "seconds", "exact": [scores]}``, e.g.
-    ``benchmarks/results/fisher-estimators-smollm2-lambada64/exact.jsonl``) the study runs on the
-    prompts of those ids and reads exact Fisher from the file instead of recomputing it; the time
-    ratio is then against the stored seconds. ``args.fisher_seeds`` seeds per randomised estimator:
-    the medians and the worst case are over every (prompt, seed).
-    """
-    scope = FisherScope(model, tokenizer)
-    hidden = model.get_output_embeddings().weight.shape[1]
-    seeds, cache_file = args.fisher_seeds, args.fisher_exact
-    settings = {"methods": args.fisher_methods, "max_tokens": args.max_tokens, "data": str(args.data)}
-    if seeds > 1 or cache_file:  # only then: studies of earlier versions resume as before
-        settings |= {"seeds": seeds, "exact_from": cache_file}
-    device = model.get_input_embeddings().weight.device
-    cached = _read_exact_cache(cache_file) if cache_file else {}
-    if cached:
-        prompts = [p for p in load_prompts(args.data) if p.id in cached][: args.fisher_n]
-    else:
-        prompts = load_prompts(args.data, args.fisher_n, offset=args.fisher_offset)
-
-    def one_prompt(prompt) -> dict:
-        ids = encode(tokenizer, prompt.text, args.max_tokens, device)
-        return _fisher_record(scope, ids, args.fisher_methods, seeds, cached.get(prompt.id))
-
-    path = run_sharded(prompts, one_prompt, out_dir, desc="Fisher accuracy", meta=settings, overwrite=args.overwrite,
-                       size_flag="--fisher-n")
-    return fisher_summary(read_records(path), args.fisher_methods, hidden)
-
-
-def fisher_summary(records: list[dict], methods: list[str], hidden: int) -> dict:
-    """The Fisher study's table from its per-prompt records (:func:`_fisher_record`): per
-    estimator the median and worst Spearman, relative L2 error and time ratio over every
-    (prompt, seed), the pooled top-5 coverage and passes; ``hidden`` = d, exact's passes."""
-    def values(name: str, key: str) -> list[float]:
-        return [v for r in records for v in _per_seed(r[name], key)]
-
-    summary = {
-        name: {
-            "vjps": METHODS[name].backward_passes(hidden),
-            **{f"median_{key}": statistics.median(values(name, key)) for key in FISHER_STATS},
-            "worst_spearman": min(values(name, "spearman")),
-            "worst_rel_l2": max(values(name, "rel_l2")),
-            "worst_time_ratio": max(values(name, "time_ratio")),
-            # pooled over every (prompt, seed): the share of the five largest tokens inside their 95% interval
-            **({"top5_coverage": sum(values(name, "top5_covered")) / (5 * len(values(name, "top5_covered"))),
-                "median_passes": statistics.median(values(name, "passes")),
-                "max_passes": max(values(name, "passes"))}
-               if all("top5_covered" in r[name] for r in records) else {}),
-            "n_values": len(values(name, "rel_l2")),
-        }
-        for name in methods
-    }
-    exact_row = {"vjps": hidden, "median_spearman": 1.0, "median_rel_l2": 0.0, "median_time_ratio": 1.0}
-    exact_row["median_seconds"] = statistics.median(r["exact_seconds"] for r in records)
-    return summary | {"fisher_exact": exact_row}
-
-
-def _fisher_record(scope, ids: torch.Tensor, methods: list[str], seeds: int = 1,
-                   cached: Optional[dict] = None) -> dict:
-    """One prompt of the Fisher study: each estimator's error and time against exact Fisher
-    (computed, or ``cached``: a record of :func:`_read_exact_cache`). A randomised estimator
-    with ``seeds > 1`` stores lists, one value per seed 0, 1, ..."""
-    from scipy.stats import spearmanr
-
-    if cached is None:
-        start = time.perf_counter()
-        exact = scope.attribute(ids, estimator="exact")[0]
-        exact_time = time.perf_counter() - start
-    else:
-        exact, exact_time = torch.tensor(cached["exact"], dtype=torch.float32), cached["seconds"]
-        if exact.numel() != ids.numel():
-            raise ValueError(f"cached exact scores have {exact.numel()} tokens, the prompt {ids.numel()}: "
-                             "run with the --max-tokens of the cache")
-    exact = exact.cpu()
-    scored = exact > 0
-    record: dict = {"n_tokens": ids.numel(), "exact_seconds": exact_time}
-    for name in methods:
-        options = dict(METHODS[name].options)
-        runs = []
-        for seed in range(seeds if METHODS[name].randomised else 1):
-            start = time.perf_counter()
-            estimate, error = scope.attribute(ids, **options, seed=seed, return_error=True)
-            elapsed = time.perf_counter() - start
-            estimate, error = estimate[0].cpu().double(), error[0].cpu().double()
-            # the five largest exact scores: is each inside its 95% interval (+-1.96 standard errors)?
-            top = exact.double().argsort(descending=True)[:5]
-            inside = (estimate[top] - exact.double()[top]).abs() <= 1.959963984540054 * error[top]
-            runs.append({
-                "time_ratio": elapsed / exact_time,
-                "spearman": float(spearmanr(estimate[scored], exact[scored]).statistic),
-                "rel_l2": float((estimate - exact).norm() / exact.norm()),
-                "passes": int(scope.last_info.get("passes", 0)),
-                # NaN error (a biased estimator) covers nothing: the comparison is False
-                "top5_covered": int(inside.sum()),
-            })
-        record[name] = runs[0] if len(runs) == 1 else {key: [r[key] for r in runs] for key in runs[0]}
-    return record
-
-
-def cache_exact_fisher(args, model, tokenizer, out_dir: Path) -> Path:
-    """Exact Fisher scores of ``args.fisher_n`` prompts after ``args.fisher_offset`` (the
-    passage minus its last token, its last ``args.max_tokens`` tokens) into ``out_dir``:
-    one record ``{"id", "n_tokens", "seconds", "exact": [scores]}`` per prompt, the cache
-    that ``--fisher-exact`` reads (give it ``out_dir``). Minutes per prompt on a CPU, so
-    it runs through :func:`~captum_jscopes.runs.runner.run_sharded`: resumable, and
-    shared between the processes of a ``torchrun`` launch."""
-    scope = FisherScope(model, tokenizer)
-    device = model.get_input_embeddings().weight.device
-    prompts = load_prompts(args.data, args.fisher_n, offset=args.fisher_offset)
-
-    def one_prompt(prompt) -> dict:
-        ids = encode(tokenizer, prompt.text, args.max_tokens, device)
-        start = time.perf_counter()
-        exact = scope.attribute(ids, estimator="exact")[0]
-        return {"n_tokens": ids.numel(), "seconds": time.perf_counter() - start, "exact": exact.cpu().tolist()}
-
-    settings = {"cache": "exact_fisher", "max_tokens": args.max_tokens, "data": str(args.data)}
-    return run_sharded(prompts, one_prompt, out_dir, desc="exact Fisher", meta=settings, overwrite=args.overwrite,
-                       size_flag="--fisher-n")
-
-
-def pool_fisher_studies(study_dirs: list[Path]) -> dict:
-    """One Fisher table over several studies' prompts (e.g. held-out passages run in two halves,
-    each against its own exact cache): the records of every ``DIR/fisher_accuracy``, the
-    estimators they all ran. Raises ValueError for a folder without a study or a prompt in two."""
-    records: dict[str, dict] = {}
-    methods: Optional[list[str]] = None
-    hidden = None
-    for folder in study_dirs:
-        study = Path(folder) / FISHER_DIR
-        speed = Path(folder) / "speed.json"
-        if not study.is_dir() or not speed.is_file():
-            raise ValueError(f"{folder} holds no Fisher study (no {FISHER_DIR}/ and speed.json); run "
-                             "jscopes bench speed --fisher-n N --out DIR first")
-        table = json.loads(speed.read_text())["fisher_accuracy"]
-        hidden = table["fisher_exact"]["vjps"]
-        names = [n for n in table if n != "fisher_exact"]
-        methods = names if methods is None else [n for n in methods if n in names]
-        for record in read_records(study):
-            if record["id"] in records:
-                raise ValueError(f"prompt {record['id']} is in two of the studies pooled")
-            records[record["id"]] = record
-    if not methods:
-        raise ValueError("the studies share no Fisher estimator")
-    return fisher_summary(list(records.values()), methods, hidden)
-
-
-def _per_seed(row: dict, key: str) -> list[float]:
-    value = row[key]
-    return value if isinstance(value, list) else [value]
-
-
-def _read_exact_cache(path: str) -> dict[str, dict]:
-    """prompt id -> {"seconds", "exact": [scores]} from a JSONL file of exact Fisher scores."""
-    return {str(r["id"]): r for r in read_records(path)}
-
-
-FISHER_STATS = ("spearman", "rel_l2", "time_ratio")
-#: Subfolder of the speed benchmark's output holding the Fisher study's runner files.
-FISHER_DIR = "fisher_accuracy"
-
-
-# -- reporting ---------------------------------------------------------------------
-def environment(args, model) -> dict:
-    import captum
-    import transformers
-
-    return {
-        "model": describe_model(model),
-        "dtype": str(next(model.parameters()).dtype),
-        "device": str(model.get_input_embeddings().weight.device),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "versions": {
-            "captum_jscopes": package_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "captum": captum.__version__,
-            "python": platform.python_version(),
-        },
-        "settings": {k: v for k, v in vars(args).items() if k != "func"},
-    }
-
-
-def markdown(results: dict) -> str:
-    env = results["environment"]
-    lines = [
-        f"# Speed: {env['model']} on {env['device']} ({env['dtype']}, {env['torch_threads']} threads)",
-        "",
-        f"Command: `{results['command']}`",
-        "",
-    ]
-    single = results.get("single_token")
-    if single:
-        floor = single["floor"]["seconds"]
-        ig = single.get(IG_REFERENCE, {}).get("seconds")
-        floor_mem = single["floor"].get("peak_extra_mib")
-        lines += [
-            f"## Per explained token, median over {env['settings']['n']} LAMBADA prompts",
-            "",
-            "| method | seconds | x floor | IG-50 / method | peak extra MiB | x floor memory |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for name, row in single.items():
-            mem = row.get("peak_extra_mib")
-            lines.append(
-                f"| {name} | {row['seconds']:.4f} | {row['seconds'] / floor:.2f} | "
-                f"{(ig / row['seconds']) if ig else float('nan'):.1f} | "
-                f"{'' if mem is None else f'{mem:.0f}'} | "
-                f"{'' if mem is None or not floor_mem else f'{mem / floor_mem:.2f}'} |"
-            )
-    multi = results.get("multi_token")
-    if multi:
-        lines += [
-            "",
-            f"## Multi-token target ({env['settings']['multi_token']} tokens), seconds per target token",
-            "",
-            "| method | seconds | speed-up |",
-            "|---|---:|---:|",
-            f"| Captum LLMGradientAttribution(LayerGradientXActivation), per-token loop | "
-            f"{multi['captum_gradient_loop']:.4f} | 1.00 |",
-            f"| LLMScopeAttribution(SemanticScope), one forward | {multi['ours_semantic']:.4f} | "
-            f"{multi['captum_gradient_loop'] / multi['ours_semantic']:.2f} |",
-        ]
-    lengths = results.get("lengths")
-    if lengths:
-        columns = sorted({int(n) for row in lengths.values() for n in row})
-        lines += ["", "## Seconds per call by prompt length (ratio to the floor)", ""]
-        lines += ["| method | " + " | ".join(str(c) for c in columns) + " |", "|---|" + "---:|" * len(columns)]
-        for name, row in lengths.items():
-            cells = [
-                f"{row[str(c)]:.3f} ({row[str(c)] / lengths['floor'][str(c)]:.1f}x)" if str(c) in row else "-"
-                for c in columns
-            ]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    memory = results.get("lengths_peak_extra_mib")
-    if memory:
-        lines += ["", "## Peak extra memory by prompt length, MiB (ratio to the floor); one call in a fresh process",
-                  "", "| method | " + " | ".join(str(c) for c in columns) + " |", "|---|" + "---:|" * len(columns)]
-        floor = memory.get("floor", {})
-
-        def cell(row, c):
-            if str(c) not in row:
-                return "-"
-            if row[str(c)] is None:
-                return "failed"
-            ratio = f" ({row[str(c)] / floor[str(c)]:.2f}x)" if floor.get(str(c)) else ""
-            return f"{row[str(c)]:,.0f}{ratio}"
-
-        for name, row in memory.items():
-            lines.append(f"| {name} | " + " | ".join(cell(row, c) for c in columns) + " |")
-        lines += ["", "'failed': the call ran out of memory or past the time limit; '-': skipped after a call "
-                  "slower than `--length-max-seconds` (or IG past its maximum length)."]
-    accuracy = results.get("fisher_accuracy")
-    if accuracy:
-        lines += [
-            "",
-            f"## Fisher estimators against exact, {env['settings']['fisher_n']} prompts (medians; worst prompt"
-            + (f"; {env['settings'].get('fisher_seeds')} seeds each" if env["settings"].get("fisher_seeds", 1) > 1
-               else "") + ")",
-            "",
-            "| estimator | passes | Spearman | rel. L2 error | time / exact | top-5 in 95% interval |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for name, row in sorted(accuracy.items(), key=lambda item: item[1]["vjps"]):
-            # an adaptive estimator (tol=) runs a varying number of passes: median (max)
-            passes = (f"{row['median_passes']:g} ({row['max_passes']})" if row.get("median_passes") is not None
-                      and row["median_passes"] != row["vjps"] else f"{row['vjps']}")
-            coverage = f"{row['top5_coverage']:.1%}" if "top5_coverage" in row else ""
-            lines.append(
-                f"| {name} | {passes} | {row['median_spearman']:.4f} ({row.get('worst_spearman', 1.0):.4f}) | "
-                f"{row['median_rel_l2']:.4f} ({row.get('worst_rel_l2', 0.0):.4f}) | {row['median_time_ratio']:.3f} | "
-                f"{coverage} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def plots(results: dict, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    if results.get("single_token"):
-        single = results["single_token"]
-        fig, ax = plt.subplots(figsize=(7, 4))
-        names = list(single)
-        ax.barh(names, [single[n]["seconds"] for n in names], color="tab:blue")
-        ax.set_xscale("log")
-        ax.set_xlabel("seconds per explained token (log)")
-        ax.invert_yaxis()
-        fig.tight_layout()
-        fig.savefig(out / "speed.png", dpi=120)
-        written.append(out / "speed.png")
-    if results.get("lengths"):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, row in results["lengths"].items():
-            xs = sorted(int(n) for n in row)
-            ax.plot(xs, [row[str(x)] for x in xs], marker="o", label=name)
-        ax.set(xscale="log", yscale="log", xlabel="prompt length (tokens)", ylabel="seconds per call")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "lengths.png", dpi=120)
-        written.append(out / "lengths.png")
-    if results.get("fisher_accuracy"):
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-        for name, row in results["fisher_accuracy"].items():
-            axes[0].scatter(row["vjps"], 1 - row["median_spearman"] + 1e-6, label=name)
-            axes[1].scatter(row["vjps"], row["median_rel_l2"] + 1e-6, label=name)
-        axes[0].set(xscale="log", yscale="log", xlabel="backward passes", ylabel="1 - Spearman (median)")
-        axes[1].set(xscale="log", yscale="log", xlabel="backward passes", ylabel="relative L2 error (median)")
-        axes[1].legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        fig.savefig(out / "fisher_accuracy.png", dpi=120)
-        written.append(out / "fisher_accuracy.png")
-    return written
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="jscopes bench speed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="name or path (default: the embedded SmolLM2-135M-Instruct)")
@@ -619,22 +283,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--length-max-seconds", type=float, default=0,
                         help="by length: skip a method's longer lengths after a call slower than this (0: never)")
     parser.add_argument("--multi-token", type=int, default=16, help="target length; 0 to skip")
-    parser.add_argument("--fisher-n", type=int, default=0, help="prompts for the Fisher accuracy study (0: skip)")
-    parser.add_argument("--fisher-methods", default=",".join(FISHER_STUDY_METHODS),
-                        help="Fisher entries of the method table compared with exact Fisher")
-    parser.add_argument("--fisher-seeds", type=int, default=1,
-                        help="seeds per randomised Fisher estimator in the accuracy study (default 1)")
-    parser.add_argument("--fisher-exact", default=None, metavar="FILE",
-                        help="JSONL of cached exact Fisher scores ({id, seconds, exact}): the study runs on "
-                             "those prompts without recomputing exact")
-    parser.add_argument("--fisher-offset", type=int, default=0,
-                        help="prompts skipped before the Fisher study's (or cache's) --fisher-n (default 0)")
-    parser.add_argument("--fisher-cache-exact", default=None, metavar="DIR",
-                        help="only compute exact Fisher scores of --fisher-n prompts after --fisher-offset into "
-                             "DIR (resumable), the cache --fisher-exact DIR reads")
-    parser.add_argument("--fisher-pool", default=None, metavar="DIR,DIR[,...]",
-                        help="only pool the Fisher studies in these --out folders (disjoint prompts) into one "
-                             "table in --out")
+    fisher_study.add_arguments(parser)
     parser.add_argument("--skip-speed", action="store_true", help="only the Fisher accuracy study")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--overwrite", action="store_true",
@@ -648,16 +297,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
     args.length_methods = [m for m in args.length_methods.split(",") if m]
-    args.fisher_methods = [m for m in args.fisher_methods.split(",") if m]
     args.lengths = [int(n) for n in args.lengths.split(",") if n]
     for name in args.methods + args.length_methods:
         if name != "floor" and name not in METHODS:
             parser.error(f"unknown method {name!r}; choose from floor, {', '.join(METHODS)}")
-    for name in args.fisher_methods:
-        # the study compares Fisher estimators: the methods that name one
-        if name not in METHODS or "estimator" not in METHODS[name].options:
-            fisher = [n for n, m in METHODS.items() if "estimator" in m.options]
-            parser.error(f"unknown Fisher method {name!r}; choose from {', '.join(fisher)}")
+    fisher_study.check_arguments(parser, args)
     if (args.report_only or args.fisher_pool) and not args.out:
         parser.error("--report-only and --fisher-pool need --out (the folder holding speed.json)")
     if args.n < 1 or args.repeats < 1:
@@ -671,33 +315,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.report_only:
         return report_only(Path(args.out))
+    command = "jscopes bench speed " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.fisher_pool:
-        folders = [d for d in args.fisher_pool.split(",") if d]
-        try:
-            pooled = pool_fisher_studies([Path(d) for d in folders])
-        except ValueError as err:
-            print(f"speed benchmark: error: {cli_message(err)}", file=sys.stderr)
-            return 2
-        # the machine and model of the first study (pooled studies ran the same model)
-        results = {"environment": json.loads((Path(folders[0]) / "speed.json").read_text())["environment"],
-                   "command": "jscopes bench speed " + " ".join(sys.argv[1:] if argv is None else argv),
-                   "pooled_from": folders, "fisher_accuracy": pooled}
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "speed.json").write_text(json.dumps(results, indent=1))
-        (out / "speed.md").write_text(markdown(results))
-        print(markdown(results))
-        return 0
+        return fisher_study.pool_main(args, command)
     torch.set_num_threads(args.threads)
     if args.fisher_cache_exact:
-        model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, progress=False)
-        path = cache_exact_fisher(args, model, tokenizer, Path(args.fisher_cache_exact))
-        print(f"exact Fisher scores of {len(read_records(path))} prompts in {path}")
-        return 0
+        return fisher_study.cache_main(args)
     model, tokenizer, device, encoded, targets = prepare(args)
     results: dict = {
         "environment": environment(args, model),
-        "command": "jscopes bench speed " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command,
     }
     if not args.skip_speed:
         results["single_token"] = bench_single_token(args, model, tokenizer, device, encoded, targets)
@@ -722,31 +349,6 @@ def main(argv=None) -> int:
     print(markdown(results))
     print(f"written to {out}/")
     return 0
-
-
-def report_only(out: Path) -> int:
-    """Rebuild ``speed.md`` and the plots from ``out/speed.json`` (also one written
-    with the method names of earlier versions, :data:`LEGACY_NAMES`)."""
-    import sys
-
-    path = out / "speed.json"
-    if not path.is_file():
-        print(f"speed benchmark: error: {path} not found; run the benchmark first", file=sys.stderr)
-        return 2
-    results = with_current_names(json.loads(path.read_text()))
-    (out / "speed.md").write_text(markdown(results))
-    plots(results, out)
-    print(f"rebuilt {out / 'speed.md'}")
-    return 0
-
-
-def with_current_names(results: dict) -> dict:
-    """``results`` with the method names of earlier versions replaced by today's."""
-    renamed = dict(results)
-    for table in ("single_token", "lengths"):
-        if table in results:
-            renamed[table] = {LEGACY_NAMES.get(name, name): row for name, row in results[table].items()}
-    return renamed
 
 
 if __name__ == "__main__":

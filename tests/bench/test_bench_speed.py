@@ -9,6 +9,7 @@ import pytest
 from helpers import make_model, make_tokenizer
 
 from captum_jscopes.bench import speed as bench_speed
+from captum_jscopes.bench.fisher_study import FISHER_DIR
 
 
 @pytest.fixture
@@ -97,7 +98,7 @@ def test_fisher_accuracy_study_resumes(tiny_model_dir, prompts_file, tmp_path, c
     argv = ["--model", str(tiny_model_dir), "--data", str(prompts_file), "--n", "2", "--skip-speed",
             "--fisher-n", "2", "--fisher-methods", "fisher,fisher_eig1", "--out", str(out)]
     assert bench_speed.main(argv) == 0
-    study = out / bench_speed.FISHER_DIR
+    study = out / FISHER_DIR
     (shard,) = study.glob("shard-*.jsonl")
     first = shard.read_text().splitlines()
     assert [json.loads(line)["id"] for line in first] == ["0", "1"]
@@ -137,7 +138,7 @@ def test_fisher_accuracy_study_reads_cached_exact_scores_and_runs_every_seed(tin
             "--fisher-exact", str(cache), "--fisher-seeds", "2", "--fisher-methods", "fisher_hutchinson,fisher_eig1",
             "--out", str(out)]
     assert bench_speed.main(argv) == 0
-    (record,) = [json.loads(line) for line in (out / bench_speed.FISHER_DIR / "records.jsonl").read_text().splitlines()]
+    (record,) = [json.loads(line) for line in (out / FISHER_DIR / "records.jsonl").read_text().splitlines()]
     assert record["id"] == "1" and record["exact_seconds"] == 2.0
     # 40 passes on a 16-wide model: hutchinson is exact there, for every seed
     assert record["fisher_hutchinson"]["rel_l2"] == pytest.approx([0.5, 0.5], abs=1e-5)
@@ -165,7 +166,7 @@ def test_exact_cache_feeds_the_study_which_records_passes_and_coverage(tiny_mode
     out = tmp_path / "study"
     assert bench_speed.main([*common, "--skip-speed", "--fisher-n", "5", "--fisher-exact", str(cache),
                              "--fisher-methods", "fisher_krylov,fisher_eig1", "--out", str(out)]) == 0
-    records = [json.loads(line) for line in (out / bench_speed.FISHER_DIR / "records.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / FISHER_DIR / "records.jsonl").read_text().splitlines()]
     assert [r["id"] for r in records] == ["1"]
     # krylov at full rank on a 16-wide model: exact (error 0), 32 passes; its error bars are 0, so only
     # the scores that equal exact to rounding count as covered
