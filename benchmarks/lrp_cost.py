@@ -2,7 +2,7 @@
 
 Each prompt is timed with every variant interleaved (plain, +lrp, +input, +lrp+input, and
 LXT's AttnLRP where installed), after one warm-up call, the best of --repeat rounds (robust to
-other jobs on a shared CPU); the table gives the median time per prompt and the median ratio to
+other jobs on a shared CPU), in CPU seconds of the process; the table gives the median time per prompt and the median ratio to
 the plain scope over the prompts, on one thread. Writes
 benchmarks/results/lrp_cost.md (or --out).
 
@@ -43,11 +43,12 @@ SCOPES = {"semantic": (SemanticScope, {}), "temperature": (TemperatureScope, {})
 
 
 def seconds(call):
+    # CPU seconds of this process (one thread): unlike wall time, not inflated by other jobs on the machine
     best = float("inf")
     for _ in range(args.repeat):
-        start = time.perf_counter()
+        start = time.process_time()
         call()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.process_time() - start)
     return best
 
 
@@ -76,7 +77,7 @@ text = "\n".join([
     f"## {args.model}: {args.n} LAMBADA prompts ({min(lengths)}-{max(lengths)} tokens), 1 thread, best of "
     f"{args.repeat}, "
     f"{platform.processor() or platform.machine()}", "",
-    "| scope | variant | median s per prompt | median ratio to plain |", "|---|---|---|---|", *rows, "",
+    "| scope | variant | median CPU s per prompt | median ratio to plain |", "|---|---|---|---|", *rows, "",
     f"`.venv/bin/python benchmarks/lrp_cost.py --model {args.model} --n {args.n} --repeat {args.repeat}`", ""])
 out = Path(args.out or Path(__file__).parent / "results" / "lrp_cost.md")
 with open(out, "a", encoding="utf-8") as f:

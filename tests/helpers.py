@@ -133,3 +133,31 @@ def forward_of(model, ids, position=-1):
     ids, mask = prepare_inputs(model, ids, None)
     return run_forward(model, ids, mask, resolve_positions(position, mask)[:, None])
 
+
+
+def brute_force_scores(model, ids, position, target, foil, reduce="norm"):
+    """Reference scores (n,) of every scope from full Jacobians (torch.autograd.functional.jacobian
+    of the model's own logits and of the base model's last hidden state; no hooks, nothing of the
+    library's engine): ``reduce="norm"`` reduces each token's VJP with the L2 norm (Fisher: the sum
+    of the squares), ``"input"`` dots it with the token's embedding."""
+    x0 = model.get_input_embeddings()(ids).detach()
+
+    def logits(x):
+        return model(inputs_embeds=x, use_cache=False).logits[0, position]
+
+    def hidden(x):
+        return model.base_model(inputs_embeds=x, use_cache=False).last_hidden_state[0, position]
+
+    dz = torch.autograd.functional.jacobian(logits, x0)[:, 0]  # (V, n, e)
+    dy = torch.autograd.functional.jacobian(hidden, x0)[:, 0]  # (d, n, e)
+    if reduce == "input":  # one number per token: the VJP's dot with the embedding, kept as (.., n, 1)
+        dz, dy = (dz * x0[0]).sum(-1, keepdim=True), (dy * x0[0]).sum(-1, keepdim=True)
+    p = torch.softmax(logits(x0).detach(), -1)
+    y = hidden(x0).detach()
+    centred = dz - torch.einsum("c,cte->te", p, dz)[None]  # (e_c - p)^T dz/dx_t
+    return {
+        "semantic": dz[target].norm(dim=-1),
+        "contrastive": (dz[target] - dz[foil]).norm(dim=-1),
+        "temperature": torch.einsum("d,dte->te", y / y.norm(), dy).norm(dim=-1),
+        "fisher": torch.einsum("c,cte->t", p, centred**2),
+    }

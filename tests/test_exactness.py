@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import BOS, CONFIGS, make_model, random_ids
+from helpers import BOS, CONFIGS, brute_force_scores, make_model, random_ids
 
 from captum_jscopes import FisherScope, SemanticScope, TemperatureScope
 
@@ -27,26 +27,8 @@ def prompt():
 
 
 def brute_force(model, ids, position, target, foil):
-    """Reference scores (n,) for every scope, from full Jacobians."""
-    x0 = model.get_input_embeddings()(ids).detach()
-
-    def logits(x):
-        return model(inputs_embeds=x, use_cache=False).logits[0, position]
-
-    def hidden(x):
-        return model.base_model(inputs_embeds=x, use_cache=False).last_hidden_state[0, position]
-
-    dz = torch.autograd.functional.jacobian(logits, x0)[:, 0]  # (V, n, e)
-    dy = torch.autograd.functional.jacobian(hidden, x0)[:, 0]  # (d, n, e)
-    p = torch.softmax(logits(x0).detach(), -1)
-    y = hidden(x0).detach()
-    centred = dz - torch.einsum("c,cte->te", p, dz)[None]  # (e_c - p)^T dz/dx_t
-    return {
-        "semantic": dz[target].norm(dim=-1),
-        "contrastive": (dz[target] - dz[foil]).norm(dim=-1),
-        "temperature": torch.einsum("d,dte->te", y / y.norm(), dy).norm(dim=-1),
-        "fisher": torch.einsum("c,cte->t", p, centred**2),
-    }
+    """Reference scores (n,) for every scope, from full Jacobians (helpers.brute_force_scores)."""
+    return brute_force_scores(model, ids, position, target, foil)
 
 
 def library(model, ids, position, target, foil):

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import BOS, CONFIGS, assert_unchanged, make_model, make_tokenizer, random_ids, snapshot
+from helpers import (BOS, CONFIGS, assert_unchanged, brute_force_scores, make_model, make_tokenizer, random_ids,
+                     snapshot)
 
 from captum_jscopes import FisherScope, SemanticScope, TemperatureScope
 from captum_jscopes.fisher.estimators import ESTIMATORS
@@ -25,25 +26,7 @@ def prompt():
 
 def brute_force(model, ids, position, target, foil):
     """(n,) reference scores under reduce="input": each token's VJP dotted with its embedding."""
-    x0 = model.get_input_embeddings()(ids).detach()
-
-    def logits(x):
-        return model(inputs_embeds=x, use_cache=False).logits[0, position]
-
-    def hidden(x):
-        return model.base_model(inputs_embeds=x, use_cache=False).last_hidden_state[0, position]
-
-    dz = torch.einsum("cte,te->ct", torch.autograd.functional.jacobian(logits, x0)[:, 0], x0[0])  # (V, n)
-    dy = torch.einsum("dte,te->dt", torch.autograd.functional.jacobian(hidden, x0)[:, 0], x0[0])  # (d, n)
-    p = torch.softmax(logits(x0).detach(), -1)
-    y = hidden(x0).detach()
-    centred = dz - (p[:, None] * dz).sum(0)[None]  # (e_c - p)^T dz x_t
-    return {
-        "semantic": dz[target].abs(),
-        "contrastive": (dz[target] - dz[foil]).abs(),
-        "temperature": (y / y.norm() @ dy).abs(),
-        "fisher": (p[:, None] * centred**2).sum(0),
-    }
+    return brute_force_scores(model, ids, position, target, foil, reduce="input")
 
 
 @pytest.mark.parametrize("arch", sorted(CONFIGS))
