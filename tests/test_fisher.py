@@ -8,9 +8,17 @@ from helpers import assert_unchanged, bos_prompt, forward_of, make_model, make_t
 
 from captum_jscopes import FisherScope
 from captum_jscopes.display.fisher_components import plot_components
-from captum_jscopes.fisher.algebra import choose_path, fisher_matrix, fisher_matvec, fisher_trace, top_eigenpairs
+from captum_jscopes.fisher.algebra import fisher_matrix, fisher_matvec, fisher_trace, top_eigenpairs
 from captum_jscopes.fisher.components import describe
-from captum_jscopes.fisher.estimators import KrylovEstimator, choose_k, probes
+from captum_jscopes.fisher.estimators import (
+    DeflatedEstimator,
+    EigEstimator,
+    ExactEstimator,
+    HutchinsonEstimator,
+    KrylovEstimator,
+    choose_k,
+    probes,
+)
 from captum_jscopes.core.forward import gradient_checkpointing
 
 
@@ -122,19 +130,22 @@ def test_choose_k_keeps_a_steep_spectrum_exactly_and_samples_a_flat_one():
 
 
 def test_automatic_path_choice():
+    # the estimator is asked (its paths and what each costs), never its name
     small = forward_of(make_model("llama"), prompt())
-    assert choose_path(small, "auto", "hutchinson", n_probes=40) == "formed"  # V = 64, d = 16: forming F is cheap
+    assert HutchinsonEstimator(n_probes=40).choose_path(small) == "formed"  # V = 64, d = 16: forming F is cheap
 
     class Large:  # only the head's shape matters
         weight = torch.empty(262144, 640)
 
-    assert choose_path(Large, "auto", "hutchinson", n_probes=40) == "split"
-    with pytest.raises(ValueError, match="n_probes"):
-        choose_path(Large, "auto", "hutchinson")  # the split path's cost depends on the probes
-    assert choose_path(Large, "auto", "eig") == "matrix_free"
-    assert choose_path(Large, "auto", "exact") == "formed"
+    assert HutchinsonEstimator(n_probes=40).choose_path(Large) == "split"
+    assert KrylovEstimator().choose_path(Large) == "split"
+    # the split path's cost depends on the probes: with a few hundred, forming F is cheaper
+    assert HutchinsonEstimator(n_probes=400).choose_path(Large) == "formed"
+    assert EigEstimator().choose_path(Large) == "matrix_free"
+    assert ExactEstimator().choose_path(Large) == "formed"
+    assert HutchinsonEstimator().choose_path(Large, "formed") == "formed"
     with pytest.raises(ValueError, match="does not apply"):
-        choose_path(Large, "split", "deflated")
+        DeflatedEstimator().choose_path(Large, "split")
 
 
 def test_bfloat16_model_keeps_the_fisher_side_in_float32():
@@ -234,7 +245,7 @@ def test_every_entry_point_defaults_to_the_same_fisher_estimator():
     from captum_jscopes.cli import main as cli
     from captum_jscopes.runs.dataset import DatasetSettings
     from captum_jscopes.runs.explain import explain
-    from captum_jscopes.fisher.estimators import DEFAULT_ESTIMATOR, DEFAULT_METHOD, DEFAULT_PROBE_ESTIMATOR, probes
+    from captum_jscopes.fisher.estimators import DEFAULT_ESTIMATOR, DEFAULT_PROBE_ESTIMATOR, probes
 
     def default(fn, *names):
         # the entry points' keyword is fisher_estimator (fisher_method: its deprecated name, default None)
@@ -244,7 +255,7 @@ def test_every_entry_point_defaults_to_the_same_fisher_estimator():
     def attribute(obj, *names):
         return next(getattr(obj, n) for n in names if getattr(obj, n, None) is not None)
 
-    assert DEFAULT_ESTIMATOR == DEFAULT_METHOD == "krylov"
+    assert DEFAULT_ESTIMATOR == "krylov"
     assert FisherScope.Options().estimator == FisherScope.make_options().estimator == DEFAULT_ESTIMATOR
     assert not {"fisher_estimator", "estimator"} & set(inspect.signature(explain).parameters)  # the scope's default
     # probes() turns a formed F into directions: krylov has no F-only form, so its default is hutchinson

@@ -104,10 +104,9 @@ def test_the_table_in_order_with_the_defaults_held_once():
     assert [name for name, cls in ESTIMATORS.items() if cls.adaptive] == ["krylov"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         EigEstimator().k = 2  # type: ignore[misc]
-    # the former module names read from the table
-    from captum_jscopes.fisher.estimators import DEFAULT_BUDGET, DEFAULT_METHOD, METHODS
+    from captum_jscopes.fisher.estimators import DEFAULT_BUDGET
 
-    assert METHODS == tuple(ESTIMATORS) and DEFAULT_METHOD == DEFAULT_ESTIMATOR and DEFAULT_BUDGET == 48
+    assert DEFAULT_BUDGET == 48
 
 
 @pytest.mark.parametrize("d", [16, 576])
@@ -248,8 +247,10 @@ def test_scope_class_attributes_and_options():
     assert FisherScope.name == "fisher" and FisherScope.takes_target is False
     assert FisherScope.span_rule == "sum" and FisherScope.perturbation == "isotropic"
     assert FisherScope.Options is FisherOptions
-    assert FisherScope.option_names() == ("estimator", "k", "n_probes", "budget", "seed", "tol", "max_passes", "path",
-                                          "vocab_chunk", "gradient_checkpointing")
+    # the scope's own options, then the estimators' options it does not declare itself (their dataclass fields)
+    assert FisherScope.option_names() == ("rules", "reduce", "estimator", "k", "n_probes", "budget", "seed", "tol",
+                                          "max_passes", "path", "vocab_chunk", "gradient_checkpointing", "sketch",
+                                          "block", "rounds", "head_mass", "max_head")
     options = FisherScope.make_options()
     assert options == FisherOptions(estimator="krylov", k=None, n_probes=None, budget=None, seed=0,
                                     path="auto", vocab_chunk=8192, gradient_checkpointing=False)

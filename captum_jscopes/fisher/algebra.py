@@ -26,7 +26,8 @@ Three ways to get at ``F`` (see docs/fisher.md), named by :data:`PATHS`:
   (:func:`fisher_matvec`) give the top eigenpairs of the full ``F`` by block
   subspace iteration (:func:`top_eigenpairs`).
 
-:func:`choose_path` picks the cheaper by operation count. Everything is computed
+:func:`choose_path` picks the cheaper by operation count (:func:`path_cost`) among the
+ways the estimator takes. Everything is computed
 in the forward's compute dtype (float32 at least, float64 for a float64 model).
 """
 
@@ -55,6 +56,8 @@ __all__ = [
     "head_rows",
     "head_fisher",
     "tail_probes",
+    "path_cost",
+    "cheapest_path",
     "choose_path",
 ]
 
@@ -298,32 +301,56 @@ def tail_probes(forward: ScopeForward, mean: Tensor, head_ids: Tensor, draws: Te
 
 
 # -- which path ----------------------------------------------------------------------
-def choose_path(forward: ScopeForward, path: str = "auto", method: str = "hutchinson",
-                n_probes: Optional[int] = None, max_head: Optional[int] = None) -> str:
-    """The way to F for estimator ``method`` on this head (V, d).
+def path_cost(path: str, vocab: int, d: int, *, n_probes: int = 0, head: Optional[int] = None,
+              block: int = 16, iterations: int = 4) -> int:
+    """Multiply-adds of reaching F by ``path`` on a head (``vocab``, ``d``):
 
-    A ``path`` other than ``"auto"`` is checked and returned: ``"split"`` applies
-    to ``"hutchinson"`` only, ``"matrix_free"`` to ``"eig"`` only (ValueError
-    otherwise). ``"auto"`` compares multiply-add counts: formed ``V d^2 + 10 d^3``
-    against split ``V d (m + 3) + N d min(N, d) + 10 min(N, d)^3`` (``m =
-    n_probes`` probes, which the hutchinson estimator must give: its budget; a
-    head of at most ``N = max_head or d`` tokens) or, for ``eig``, matrix-free
-    subspace iteration ``2 V d b x 4`` (b = 16). Other estimators: formed.
-    ``forward`` needs only ``weight`` (V, d)."""
+    - ``"formed"``: ``V d^2 + 10 d^3`` (F and its eigendecomposition);
+    - ``"split"``: ``V d (m + 3) + N d N + 10 N^3`` for ``m = n_probes`` probes of the
+      tail and a head of ``N = min(head, V, d)`` tokens (``head`` None: d);
+    - ``"matrix_free"``: ``2 V d b x iterations`` for subspace iteration on ``b = block``
+      vectors (defaults 16 and 4).
+
+    What the estimators' :meth:`~captum_jscopes.fisher.estimators.FisherEstimator.path_cost`
+    give :func:`choose_path`."""
+    if path == "formed":
+        return vocab * d * d + 10 * d**3
+    if path == "split":
+        size = min(head or d, vocab, d)
+        return vocab * d * (n_probes + 3) + size * d * size + 10 * size**3
+    if path == "matrix_free":
+        return 2 * vocab * d * block * iterations
+    raise ValueError(f"unknown Fisher path {path!r}; choose one of {', '.join(PATHS[1:])}")
+
+
+def cheapest_path(costs: dict[str, float]) -> str:
+    """The path of ``costs`` (path -> multiply-adds) to take: forming F (tested,
+    exact, one eigendecomposition for every estimator) unless another path costs
+    less than half of it; without ``"formed"`` among them, the cheapest."""
+    if "formed" not in costs:
+        return min(costs, key=costs.__getitem__)
+    others = [path for path in costs if path != "formed"]
+    if not others:
+        return "formed"
+    best = min(others, key=costs.__getitem__)
+    return best if 2 * costs[best] < costs["formed"] else "formed"
+
+
+def choose_path(forward: ScopeForward, path: str, estimator) -> str:
+    """The way to F for ``estimator`` on this head (V, d); the estimator is asked,
+    never its name.
+
+    A ``path`` other than ``"auto"`` is checked against :data:`PATHS` and the
+    estimator's ``paths`` (a one-line ValueError otherwise) and returned.
+    ``"auto"`` takes the cheapest of the estimator's ``paths`` by its
+    ``path_cost(path, V, d)`` (:func:`cheapest_path`: forming F unless another way
+    costs less than half). ``forward`` needs only ``weight`` (V, d)."""
     if path not in PATHS:
         raise ValueError(f"unknown Fisher path {path!r}; choose one of {', '.join(PATHS)}")
     if path != "auto":
-        if path == "split" and method != "hutchinson" or path == "matrix_free" and method != "eig":
-            raise ValueError(f"path {path!r} does not apply to method {method!r}")
+        if path not in estimator.paths:
+            raise ValueError(f"path {path!r} does not apply to method {estimator.name!r} "
+                             f"(its paths: {', '.join(estimator.paths)})")
         return path
     vocab, d = forward.weight.shape
-    formed = vocab * d * d + 10 * d**3
-    if method == "hutchinson":
-        if n_probes is None:
-            raise ValueError("choose_path needs the hutchinson estimator's n_probes (its budget) to cost the split path")
-        head = min(max_head or d, vocab, d)
-        split = vocab * d * (n_probes + 3) + head * d * head + 10 * head**3
-        return "split" if 2 * split < formed else "formed"
-    if method == "eig":
-        return "matrix_free" if 2 * (2 * vocab * d * 16 * 4) < formed else "formed"
-    return "formed"
+    return cheapest_path({way: estimator.path_cost(way, vocab, d) for way in estimator.paths})

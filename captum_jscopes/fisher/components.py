@@ -22,7 +22,6 @@ from torch import Tensor
 from captum_jscopes.core.forward import resolve_positions, run_forward
 from captum_jscopes.core.model_state import preserved_state
 from captum_jscopes.fisher.algebra import (
-    choose_path,
     eigen,
     fisher_matrix,
     fisher_mean,
@@ -30,6 +29,7 @@ from captum_jscopes.fisher.algebra import (
     top_eigenpairs,
     vocabulary_chunks,
 )
+from captum_jscopes.fisher.estimators.eig import EigEstimator
 
 __all__ = ["FisherComponents", "components", "describe"]
 
@@ -118,7 +118,7 @@ def components(
         forward = run_forward(scope.model, ids, mask, positions)
         d = forward.weight.shape[1]
         k = min(k, d)
-        chosen = "formed" if path == "auto" and k == d else choose_path(forward, path, "eig")
+        chosen = "formed" if path == "auto" and k == d else EigEstimator(k=k).choose_path(forward, path)
         if chosen == "formed":
             values, vectors = eigen(fisher_matrix(forward, vocab_chunk))
             values, vectors = values[..., :k], vectors[..., :k]

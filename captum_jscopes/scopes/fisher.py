@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import types
+import typing
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -20,11 +22,12 @@ from captum_jscopes.fisher.estimators import (
     ESTIMATORS,
     ExactEstimator,
     FisherEstimator,
+    add_registration_check,
     estimator,
 )
 from captum_jscopes.scopes.base import JacobianScope, RunForward, ScopeOptions
 
-__all__ = ["FisherScope", "FisherOptions"]
+__all__ = ["FisherScope", "FisherOptions", "options_class", "estimator_options"]
 
 
 class _DefaultEstimator(str):
@@ -36,22 +39,12 @@ class _DefaultEstimator(str):
 
 
 @dataclass(frozen=True)
-class FisherOptions(ScopeOptions):
-    """Options of :meth:`FisherScope.attribute`. ``k``, ``n_probes`` and
-    ``budget`` left at None take the chosen estimator's own default (see
-    :mod:`captum_jscopes.fisher.estimators`); one the estimator does not take is
-    a TypeError."""
+class _ScopeFields(ScopeOptions):
+    """The Fisher Scope's own options, and ``k``, ``n_probes`` and ``budget``, which
+    several estimators share (one help text lists each one's default). The other
+    options of the registered estimators join them in :func:`options_class`."""
 
-    estimator: str = field(
-        default=_DefaultEstimator(DEFAULT_ESTIMATOR),
-        metadata={"help": "Fisher estimator: krylov (the tokens' Fisher mass deflated by block Krylov iteration "
-                          "+ random-sign probes; unbiased, with a standard error, tol=; 48 passes), hutchinson "
-                          "(top-k eigen-directions of F exactly + random-sign probes, unbiased, with a standard "
-                          "error; 40 backward passes), deflated (top-16 + 24 sampled "
-                          "eigen-directions), exact (d backward passes) or eig (top-k truncation, biased low). "
-                          f"Default: {DEFAULT_ESTIMATOR}",
-                  "choices": tuple(ESTIMATORS)},
-    )
+    estimator: str = field(default=_DefaultEstimator(DEFAULT_ESTIMATOR))  # its help and choices: options_class
     k: Union[int, str, None] = field(
         default=None,
         metadata={"help": "eigen-directions kept exactly: hutchinson 'auto' (the split of the budget chosen from "
@@ -79,8 +72,8 @@ class FisherOptions(ScopeOptions):
     path: str = field(
         default="auto",
         metadata={"help": "how F is reached: auto (the cheaper by operation count), formed (the d x d matrix), "
-                          "split (hutchinson: head eigendecomposed, tail sampled) or matrix_free (eig: subspace "
-                          "iteration). Default: auto",
+                          "split (hutchinson, krylov: head eigendecomposed, tail sampled) or matrix_free (eig: "
+                          "subspace iteration). Default: auto",
                   "choices": PATHS},
     )
     vocab_chunk: int = field(default=8192, metadata={"help": "vocabulary rows per step. Default: 8192"})
@@ -89,6 +82,131 @@ class FisherOptions(ScopeOptions):
         metadata={"help": "run the forward with the model's activation checkpointing (less memory on long "
                           "prompts; the model's setting is restored). Default: off"},
     )
+
+
+_OPTIONS_DOC = """Options of :meth:`FisherScope.attribute`: the scope's own (``estimator``,
+    ``seed``, ``tol``, ``max_passes``, ``path``, ``vocab_chunk``,
+    ``gradient_checkpointing``, and ``rules`` and ``reduce``, which every scope has)
+    and every option of every registered estimator (its dataclass fields:
+    ``k``, ``n_probes``, ``budget``, krylov's ``sketch``, ``block``, ``rounds``,
+    hutchinson's and krylov's ``head_mass`` and ``max_head``, and those of an
+    estimator registered from outside the package, which make this class a
+    subclass of the same name: read it as ``FisherScope.Options``). An estimator
+    option left at None takes the chosen estimator's own default (see
+    :mod:`captum_jscopes.fisher.estimators`); one the estimator does not take is
+    a TypeError."""
+
+#: the estimators' options the scope declares itself (several share them: one help text lists each default)
+_SHARED = ("k", "n_probes", "budget")
+#: names no estimator option may take: the scope's own options and its deprecated ``method``
+_RESERVED = (*(f.name for f in dataclasses.fields(_ScopeFields) if f.name not in _SHARED), "method")
+_BUILT: dict[tuple, type] = {}
+
+
+def estimator_options() -> tuple[str, ...]:
+    """The options of the registered estimators (their dataclass fields), in the
+    table's order: each one is an option of the Fisher Scope."""
+    return tuple(dict.fromkeys(f.name for cls in ESTIMATORS.values() for f in dataclasses.fields(cls)))
+
+
+def options_class() -> type:
+    """The Fisher Scope's options dataclass for the estimators registered now
+    (``FisherScope.Options`` reads it): :class:`FisherOptions` while only the
+    built-in ones are, else a subclass of it that adds the new estimators' options
+    (and widens a shared option's type where theirs differs). Made once per state
+    of the table."""
+    key = tuple(ESTIMATORS.items())
+    if key not in _BUILT:
+        base = _BUILT.get(_BUILTIN_KEY, _ScopeFields)
+        _BUILT[key] = _make_options(base)
+    return _BUILT[key]
+
+
+def _make_options(base: type) -> type:
+    """The options dataclass: ``base``'s fields, ``estimator`` with today's choices,
+    and a field (default None: the estimator's default) per estimator option that
+    ``base`` lacks or types more narrowly."""
+    held = typing.get_type_hints(base)
+    made: list[tuple[str, Any, Any]] = [("estimator", str, field(
+        default=_DefaultEstimator(DEFAULT_ESTIMATOR),
+        metadata={"help": _estimator_help(), "choices": tuple(ESTIMATORS)}))]
+    for option, declared in _declarations().items():
+        kinds = tuple(dict.fromkeys(kind for _, _, annotation in declared for kind in _kinds(annotation)))
+        if option in held:
+            have = _kinds(held[option])
+            if set(kinds) <= set(have):
+                continue
+            kinds, text = (*have, *kinds), next(f.metadata.get("help") for f in dataclasses.fields(base)
+                                               if f.name == option)
+        else:
+            text = "; ".join(f"{cls.name}: {f.metadata.get('help') or f'{option} (default {f.default!r})'}"
+                             for cls, f, _ in declared) + ". Default: the estimator's"
+        metadata = {"help": text}
+        choices = [_choices(f, annotation) for _, f, annotation in declared]
+        if all(c is not None for c in choices):
+            metadata["choices"] = tuple(dict.fromkeys(value for c in choices for value in c))
+        annotation = Union[tuple(dict.fromkeys((*kinds, type(None))))]  # type: ignore[valid-type]
+        made.append((option, annotation, field(default=None, metadata=metadata)))
+    cls = dataclasses.make_dataclass("FisherOptions", made, bases=(base,), frozen=True)
+    cls.__module__, cls.__doc__ = __name__, _OPTIONS_DOC
+    return cls
+
+
+def _declarations() -> dict[str, list[tuple[type, dataclasses.Field, Any]]]:
+    """option -> ``(estimator class, field, annotation)`` of each registered estimator taking it."""
+    found: dict[str, list] = {}
+    for cls in ESTIMATORS.values():
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception:  # noqa: BLE001 -- an annotation that does not resolve: any value, no flag
+            hints = {}
+        for f in dataclasses.fields(cls):
+            annotation = hints.get(f.name, f.type)
+            found.setdefault(f.name, []).append((cls, f, Any if isinstance(annotation, str) else annotation))
+    return found
+
+
+def _kinds(annotation: Any) -> tuple:
+    """The members of a Union (``Optional[int]`` -> ``(int, NoneType)``), or the annotation itself."""
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return tuple(kind for arg in typing.get_args(annotation) for kind in _kinds(arg))
+    return (annotation,)
+
+
+def _choices(declared: dataclasses.Field, annotation: Any) -> Optional[tuple]:
+    """The values an estimator's option takes: its metadata's ``choices`` or a Literal's; None: any."""
+    if "choices" in declared.metadata:
+        return tuple(declared.metadata["choices"])
+    return typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
+
+
+def _estimator_help() -> str:
+    names = [f"{name} ({cls.summary or (cls.__doc__ or '').strip().splitlines()[0].rstrip('.')})"
+             for name, cls in ESTIMATORS.items()]
+    listed = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+    return f"Fisher estimator: {listed}. Default: {DEFAULT_ESTIMATOR}"
+
+
+def _check_estimator(cls: type) -> None:
+    """Refuses an estimator (before it is registered) whose option is named like one of the scope's own."""
+    taken = [f.name for f in dataclasses.fields(cls) if f.name in _RESERVED]
+    if taken:
+        raise ValueError(f"{cls.__name__}: an estimator option may not be named {', '.join(taken)} (an option of "
+                         "the Fisher Scope itself)")
+
+
+_BUILTIN_KEY = tuple(ESTIMATORS.items())
+#: the options of the Fisher Scope with the built-in estimators (see ``_OPTIONS_DOC``)
+FisherOptions = options_class()
+add_registration_check(_check_estimator)
+
+
+class _RegisteredOptions:
+    """``FisherScope.Options``: :func:`options_class`, read when asked, so that an
+    estimator registered later brings its options."""
+
+    def __get__(self, obj: Any, owner: Any = None) -> type:
+        return options_class()
 
 
 class FisherScope(JacobianScope):
@@ -114,7 +232,8 @@ class FisherScope(JacobianScope):
             of 0.1.0, as accurate, formed path only), ``"exact"`` (d backward
             passes, equals the brute-force value), or ``"eig"`` (the reference's
             top-k truncation, biased low; its standard error is NaN). The
-            estimators are the classes of :mod:`captum_jscopes.fisher.estimators`.
+            estimators are the classes of :mod:`captum_jscopes.fisher.estimators`;
+            one registered there with ``register_estimator`` is a choice too.
             ``method=`` is a deprecated alias.
         k (int or "auto"): eigen-directions kept exactly. hutchinson: "auto"
             (default) chooses the split of ``budget`` from the spectrum; deflated:
@@ -123,6 +242,12 @@ class FisherScope(JacobianScope):
             a third of ``budget`` (the rest finds and runs the Krylov directions);
             deflated: 24.
         budget (int): passes of the hutchinson (default 40) or krylov (48) estimator.
+        sketch, block, rounds (int): krylov's Krylov basis: Gaussian JVPs that
+            start it, directions per round (a sixth of ``budget`` each) and rounds (2).
+        head_mass (float), max_head (int): the split path's head (hutchinson, krylov).
+        Every option of every registered estimator (its dataclass fields) is an
+            option here, left at None for the estimator's default; one the chosen
+            estimator does not take is a TypeError.
         tol (float): krylov only: add probes until the estimated relative L2 error
             of every map (``sqrt(sum_t se_t^2) / ||scores||``) is below ``tol``,
             e.g. 0.02; the passes used are in ``last_info["passes"]``. Default: None.
@@ -130,7 +255,7 @@ class FisherScope(JacobianScope):
             RuntimeWarning. Default: d (exact's cost).
         path (str): how F is reached: ``"auto"`` (default: the cheaper by operation
             count), ``"formed"`` (the d x d matrix over the whole vocabulary),
-            ``"split"`` (hutchinson: head of the vocabulary eigendecomposed through
+            ``"split"`` (hutchinson, krylov: head of the vocabulary eigendecomposed through
             its Gram matrix, tail sampled matrix-free) or ``"matrix_free"`` (eig:
             subspace iteration on F X products). The path that ran is in
             :attr:`last_info`.
@@ -150,7 +275,7 @@ class FisherScope(JacobianScope):
     takes_target = False
     span_rule = "sum"  # a trace: additive over tokens
     perturbation = "isotropic"
-    Options = FisherOptions
+    Options = _RegisteredOptions()  # FisherOptions, plus the options of estimators registered from outside
     deprecated_options = ("method",)
     quick_look = {"estimator": "eig"}  # the reference's top-1 truncation: one backward pass
 
@@ -176,7 +301,8 @@ class FisherScope(JacobianScope):
     def estimator_of(cls, options: FisherOptions) -> FisherEstimator:
         """The estimator object the options ask for (a ValueError for an unknown
         name or bad value, a TypeError for an option it does not take)."""
-        return estimator(str(options.estimator), k=options.k, n_probes=options.n_probes, budget=options.budget)
+        given = {option: getattr(options, option, None) for option in estimator_options()}
+        return estimator(str(options.estimator), **given)
 
     @classmethod
     def backward_passes(cls, options: FisherOptions, hidden_size: int) -> int:
@@ -193,13 +319,17 @@ class FisherScope(JacobianScope):
         are dropped with it, as they were ignored before."""
         if not isinstance(options.estimator, _DefaultEstimator):
             return options
-        return dataclasses.replace(options, estimator=ExactEstimator.name, k=None, n_probes=None, budget=None)
+        dropped = {f.name: None for f in dataclasses.fields(options) if f.name in estimator_options()}
+        return dataclasses.replace(options, estimator=ExactEstimator.name, **dropped)
 
     @classmethod
     def settings(cls, options: FisherOptions) -> dict:
-        """``fisher_method`` (the key of the JSON files and of ``jscopes
-        attribute``) plus every other option that differs from its default."""
-        settings: dict[str, Any] = {"fisher_method": str(options.estimator)}
+        """``fisher_estimator`` (the key of the JSON files, as the setting and the
+        flag ``--fisher-estimator`` are named; files of earlier versions wrote
+        ``fisher_method``, which :meth:`ScopeResult.from_dict
+        <captum_jscopes.results.result.ScopeResult.from_dict>` reads as it) plus
+        every other option that differs from its default."""
+        settings: dict[str, Any] = {"fisher_estimator": str(options.estimator)}
         for option in dataclasses.fields(options):
             value = getattr(options, option.name)
             if option.name != "estimator" and value != option.default and isinstance(value, (int, float, str, bool)):

@@ -20,8 +20,6 @@ import types
 import warnings
 from importlib.metadata import EntryPoint, entry_points
 
-from captum_jscopes.fisher.estimators import DEFAULT_METHOD as DEFAULT_FISHER_METHOD
-from captum_jscopes.fisher.estimators import METHODS as FISHER_METHODS
 from captum_jscopes.scopes.base import JacobianScope
 from captum_jscopes.scopes.fisher import FisherScope
 from captum_jscopes.scopes.semantic import SemanticScope
@@ -29,8 +27,6 @@ from captum_jscopes.scopes.temperature import TemperatureScope
 
 __all__ = [
     "SCOPES",
-    "FISHER_METHODS",
-    "DEFAULT_FISHER_METHOD",
     "ENTRY_POINT_GROUP",
     "ScopePluginWarning",
     "scope_class",
