@@ -44,7 +44,7 @@ runner's ``run.json``, ``shard-*.jsonl`` and ``records.jsonl`` (one record per
 prompt, resumable), then ``summary.json``, ``report.md``, ``deletion_curves.png``
 and ``aopc.png`` (:mod:`captum_jscopes.bench.report`). ``--report-only``
 rebuilds the report from the records. ``--combine A,B --out C`` joins runs of
-different methods on the same prompts (:func:`~captum_jscopes.bench.report.combine_runs`)
+different methods on the same prompts (:func:`~captum_jscopes.bench.combine.combine_runs`)
 into one report with the paired tests across them.
 """
 
@@ -87,10 +87,10 @@ from captum_jscopes.bench.common import (
 )
 from captum_jscopes.bench.methods import DEFAULT_METHODS, METHODS, describe_ig_baselines, parse_methods
 from captum_jscopes.runs.prompts import Prompt, load_prompts, prepare_prompt
+from captum_jscopes.bench.combine import combine_runs
 from captum_jscopes.bench.report import (
     BENCH_CURVE_FRACTIONS,
     IG_BASELINES_FILE,
-    combine_runs,
     finite_or_none,
     format_number,
     write_report,

@@ -37,8 +37,8 @@ import numpy as np
 from scipy import stats
 
 from captum_jscopes.bench.methods import METHODS
-from captum_jscopes.bench.report import (check_same_settings, finite_or_none, format_number, mean_sem, read_meta,
-                                         read_run_records, wilcoxon_p)
+from captum_jscopes.bench.combine import check_same_settings
+from captum_jscopes.bench.report import finite_or_none, format_number, mean_sem, read_meta, read_run_records, wilcoxon_p
 
 __all__ = ["paired_stats", "method_costs", "strongest_baseline", "verdict", "budget_picks", "render_verdict",
            "win_analysis", "plot_wins", "pooled_records", "loo_agreement", "loo_rows", "format_p", "main"]

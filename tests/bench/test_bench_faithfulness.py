@@ -15,7 +15,8 @@ from helpers import WORDS, assert_unchanged, make_model, make_tokenizer, snapsho
 from captum_jscopes.bench import faithfulness as bench
 from captum_jscopes.bench.methods import DEFAULT_METHODS, METHODS
 from captum_jscopes.runs.prompts import prepare_prompt
-from captum_jscopes.bench.report import BENCH_CURVE_FRACTIONS, SCOPES, combine_runs, render_report, summarize
+from captum_jscopes.bench.combine import combine_runs
+from captum_jscopes.bench.report import BENCH_CURVE_FRACTIONS, SCOPES, render_report, summarize
 from captum_jscopes.metrics import aopc
 
 PROMPTS = [
