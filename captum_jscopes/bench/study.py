@@ -41,12 +41,14 @@ from captum_jscopes.bench.methods import METHODS, VARIANTS
 from captum_jscopes.bench.report import finite_or_none, format_number, mean_sem
 from captum_jscopes.bench.verdict import ALPHA, format_p, paired_stats, pooled_records
 
-__all__ = ["REFERENCE", "ZERO", "operators", "aopcs", "study", "recommend", "render_study", "main"]
+__all__ = ["REFERENCE", "ZERO", "MIN_PROMPTS", "operators", "aopcs", "study", "recommend", "render_study", "main"]
 
 #: the method every combination is paired with
 REFERENCE = "attnlrp"
 #: the name of the run's own deletion operator (the record's ``aopc``)
 ZERO = "zero"
+#: prompts every run needs before a combination is named (the issue's verdict: >= 490 per cell)
+MIN_PROMPTS = 490
 _LRP, _INPUT = (suffix for suffix, _, _ in VARIANTS)
 
 
@@ -142,12 +144,13 @@ def _not_beaten(row: Optional[dict]) -> bool:
     return row is None or not (row["mean_difference"] > 0 and row["wilcoxon_p"] < ALPHA)
 
 
-def recommend(studies: Sequence[dict]) -> dict:
+def recommend(studies: Sequence[dict], min_prompts: int = MIN_PROMPTS) -> dict:
     """The combination to name, if one holds everywhere: not beaten by AttnLRP on AOPC under
     any operator of any run, and first on leave-one-out agreement in every run (no method
     significantly ahead of it). ``{"method": name or None, "why": text, "per_run": ...}``;
     ``per_run`` lists, per run and operator, the method with the most negative mean AOPC and
-    the leave-one-out leader."""
+    the leave-one-out leader. Below ``min_prompts`` prompts in some run nothing is named (with
+    few prompts no difference is significant, so everything would look unbeaten)."""
     per_run = []
     candidates = None
     for s in studies:
@@ -164,6 +167,10 @@ def recommend(studies: Sequence[dict]) -> dict:
                                                            for op in s["operators"]},
                         "loo_leader": s.get("loo_leader", {}).get("method")})
     chosen = sorted(candidates or (), key=lambda m: list(METHODS).index(m))
+    short = [s["name"] for s in studies if s["n"] < min_prompts]
+    if short:
+        return {"method": None, "why": f"too few prompts to name one yet ({', '.join(short)}: fewer than "
+                                       f"{min_prompts})", "per_run": per_run, "provisional": chosen}
     if chosen:
         why = (f"`{chosen[0]}` is not beaten by AttnLRP on deletion AOPC under any operator and no method agrees "
                "significantly better with leave-one-out, in every run")
@@ -187,12 +194,14 @@ def _cell(row: dict) -> str:
             f"{format_number(row['ci_high'])}], p {format_p(row['wilcoxon_p'])}")
 
 
-def render_study(studies: Sequence[dict]) -> str:
+def render_study(studies: Sequence[dict], min_prompts: int = MIN_PROMPTS) -> str:
     """Markdown: the recommendation, then per run the AOPC table under every operator (paired
     with AttnLRP), the decomposition of each scope's gap and the leave-one-out agreement."""
-    advice = recommend(studies)
+    advice = recommend(studies, min_prompts)
     lines = ["# Rules x reduction: every scope under AttnLRP's rules and with the input reduction", ""]
     lines.append(f"**Recommendation:** {advice['why']}." if advice["method"] else f"**No single pick:** {advice['why']}.")
+    if advice.get("provisional"):
+        lines.append(f"(So far unbeaten and first on leave-one-out: {', '.join(f'`{m}`' for m in advice['provisional'])}.)")
     lines += ["", "| run | best AOPC by operator | leave-one-out leader |", "|---|---|---|"]
     lines += [f"| {r['name']} | " + ", ".join(f"{op}: `{m}`" for op, m in r["aopc_best"].items())
               + f" | `{r['loo_leader']}` |" for r in advice["per_run"]]
@@ -237,6 +246,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="a faithfulness run with scope variants (partial runs read from their shards); "
                              "DIR+DIR pools runs over disjoint prompts")
     parser.add_argument("--out", default=None, help="Markdown file (a .json beside it)")
+    parser.add_argument("--min-prompts", type=int, default=MIN_PROMPTS,
+                        help=f"prompts every run needs before a combination is named (default {MIN_PROMPTS})")
     args = parser.parse_args(argv)
     try:
         if not args.run:
@@ -250,7 +261,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as err:
         print(f"study: error: {err}", file=sys.stderr)
         return 2
-    text = render_study(studies)
+    text = render_study(studies, args.min_prompts)
     print(text)
     if args.out:
         out = Path(args.out)

@@ -55,17 +55,20 @@ def test_recommendation_names_a_combination_only_where_it_holds_in_every_run():
                             "attnlrp", "random")}
     loo["semantic+lrp"] = 0.6  # leads leave-one-out, and (offset 0.0 < 0.05) is not beaten on AOPC
     good = [S.study(records(seed=k, loo=loo), f"run {k}") for k in range(2)]
-    advice = S.recommend(good)
+    advice = S.recommend(good, min_prompts=40)
     assert advice["method"] == "semantic+lrp"
-    assert "Recommendation" in S.render_study(good)
+    assert "Recommendation" in S.render_study(good, min_prompts=40)
+    # with fewer prompts than asked for, nothing is named, and the provisional pick is said as such
+    short = S.recommend(good)
+    assert short["method"] is None and "too few prompts" in short["why"] and short["provisional"] == ["semantic+lrp"]
     # in a run where AttnLRP beats it on AOPC, nothing is named
     worse = dict(semantic=0.2, **{"semantic+lrp": 0.3}, **{"semantic+input": 0.1}, **{"semantic+lrp+input": 0.05},
                  grad_x_input=0.1, attnlrp=0.05, random=0.9)
     mixed = good + [S.study(records(seed=5, offsets=worse, loo=loo), "run 3")]
-    advice = S.recommend(mixed)
-    assert advice["method"] is None
+    advice = S.recommend(mixed, min_prompts=40)
+    assert advice["method"] is None and "no combination" in advice["why"]
     assert [r["name"] for r in advice["per_run"]] == ["run 0", "run 1", "run 3"]
-    assert "No single pick" in S.render_study(mixed)
+    assert "No single pick" in S.render_study(mixed, min_prompts=40)
 
 
 def test_command_line_writes_markdown_and_json(tmp_path, capsys):
