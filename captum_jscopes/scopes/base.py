@@ -222,6 +222,17 @@ class JacobianScope(GradientAttribution):
         scope defined by directions alone (Semantic, Temperature: m = 1)."""
         raise NotImplementedError
 
+    @classmethod
+    def exact_directions(cls, forward: ScopeForward) -> Tensor:
+        """(m, B, P, d) directions ``v_i`` with ``sum_i v_i v_i^T`` the matrix whose
+        quadratic form an isotropic scope's map is (Fisher: every eigen-direction
+        ``sqrt(l_i) u_i`` of F, so that ``F = sum_i v_i v_i^T``), at ``forward``'s
+        explained positions: the paired reference of
+        :func:`~captum_jscopes.linearity_check` (``fisher_reference="paired"``) for a
+        scope with ``perturbation = "isotropic"``. Default: a NotImplementedError."""
+        raise NotImplementedError(f"{cls.__name__} defines no exact_directions: its map is no quadratic form "
+                                  "sum_i (v_i^T J_t)^2 with known directions v_i")
+
     # -- attribution ---------------------------------------------------------------
     @property
     def multiplies_by_inputs(self) -> bool:

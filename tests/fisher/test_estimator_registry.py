@@ -86,8 +86,8 @@ def test_an_estimator_from_outside_is_a_choice_of_the_scope_with_its_option(mine
     _, error = scope.attribute(ids, estimator="mine", alpha=0.5, return_error=True)
     assert torch.isnan(error[ids != ids[0, 0]]).all()  # biased: no error estimate
     assert FisherScope.backward_passes(FisherScope.make_options(estimator="mine"), 16) == 16
-    assert FisherScope.settings(FisherScope.make_options(estimator="mine", alpha=0.5)) == {
-        "fisher_method": "mine", "alpha": 0.5}
+    settings = FisherScope.settings(FisherScope.make_options(estimator="mine", alpha=0.5))
+    assert settings["alpha"] == 0.5 and list(settings.values()) == ["mine", 0.5]  # the estimator's name, its option
     with pytest.raises(TypeError, match="the eig estimator takes no option alpha"):
         scope.attribute(ids, estimator="eig", alpha=0.5)
     with pytest.raises(ValueError, match="alpha must be in"):
@@ -227,3 +227,18 @@ def test_the_path_choice_asks_the_estimator():
     assert Cheap().choose_path(small, "formed") == "formed"
     with pytest.raises(ValueError, match="path 'split' does not apply to method 'cheap'"):
         Cheap().choose_path(small, "split")
+
+
+# -- what linearity_check asks a scope, declared on the base class ----------------------------
+def test_exact_directions_are_declared_on_every_scope(llama64):
+    from captum_jscopes import SemanticScope
+    from captum_jscopes.scopes.base import JacobianScope
+
+    assert "exact_directions" in vars(JacobianScope)
+    forward = forward_of(llama64, bos_prompt())
+    with pytest.raises(NotImplementedError, match="SemanticScope defines no exact_directions") as raised:
+        SemanticScope.exact_directions(forward)
+    assert "\n" not in str(raised.value)
+    directions = FisherScope.exact_directions(forward)
+    torch.testing.assert_close(torch.einsum("ibpd,ibpe->bpde", directions, directions), fisher_matrix(forward),
+                               rtol=1e-9, atol=1e-12)
