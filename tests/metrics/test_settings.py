@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import torch
 from helpers import assert_unchanged, snapshot
 from test_metrics import prompt, random_scores, tiny_llama
 
@@ -71,12 +70,3 @@ def test_a_bad_setting_fails_before_the_model_runs_and_changes_nothing():
         metrics.leave_one_out(model, prompt(), batchsize=2)
     assert_unchanged(model, before)
     assert model.training
-
-
-def test_the_former_module_still_imports():
-    from captum_jscopes import faithfulness
-
-    assert faithfulness.aopc is metrics.aopc
-    assert set(faithfulness.__all__) == set(metrics.__all__)
-    ids = prompt()
-    assert faithfulness.aopc(tiny_llama(), ids, torch.arange(20.0)).n_rankable == 19
