@@ -89,7 +89,9 @@ def test_attribute_all_scopes_writes_what_the_scopes_compute(model_dir, tiny, tm
     predicted_text = tokenizer.decode([predicted])
 
     written = sorted(out.iterdir())
-    assert [p.name for p in written] == sorted(f"{s}.{ext}" for s in SCOPES for ext in ("png", "html", "json"))
+    # every scope's files, and the page and picture that compare their maps (tests/cli/test_compare.py)
+    assert [p.name for p in written] == sorted([f"{s}.{ext}" for s in SCOPES for ext in ("png", "html", "json")]
+                                               + ["compare.html", "compare.png"])
     for scope in SCOPES:
         assert_valid_png(out / f"{scope}.png")
         assert_self_contained_html(out / f"{scope}.html")

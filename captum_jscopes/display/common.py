@@ -179,6 +179,7 @@ def result_row(result: ResultView, row: Optional[int]) -> Row:
             return Row(result.seq_attr, None, None, None)
         what = f"{m} tokens, " if m > 1 else ""
         caption = f"target {target!r} ({what}p = {prob:.3g})" if prob is not None else f"target {target!r}"
+        caption += contrast_note(result.metadata)
         if m > 1:
             caption += f" · colours: the sum of the {m} target tokens' scores"
         return Row(result.seq_attr, target, prob, caption + view_note(result))
@@ -194,6 +195,18 @@ def result_row(result: ResultView, row: Optional[int]) -> Row:
         caption += f", after {''.join(outputs[:row])!r}"
     caption += " · colours: this token's scores"
     return Row(result.token_attr[row], outputs[row], prob, caption + view_note(result))
+
+
+def contrast_note(metadata: dict) -> str:
+    """' rather than ' conservative' (p = 0.12)' for a contrastive result
+    (``metadata["contrast"]``, a (target, foil) pair), with the shared text
+    before the two tokens; else ''."""
+    contrast = metadata.get("contrast")
+    if not isinstance(contrast, dict) or "foil_token" not in contrast:
+        return ""
+    prob = contrast.get("foil_prob")
+    text = f" rather than {contrast['foil_token']!r}" + ("" if prob is None else f" (p = {float(prob):.3g})")
+    return text + (f", after {contrast['after']!r}" if contrast.get("after") else "")
 
 
 _RULE_WORDS = {"l2": "root of the sum of squares", "sum": "sum"}

@@ -22,8 +22,10 @@ from captum.attr import InterpretableInput, LLMGradientAttribution, TextTokenInp
 from torch import Tensor
 
 from captum_jscopes.core.captum_compat import pretty_tokens, prompt_token_ids, target_token_ids
+from captum_jscopes.core.continuation import check_next, continuation
 from captum_jscopes.core.forward import ScopeForward, module_device
 from captum_jscopes.core.provenance import model_name, versions
+from captum_jscopes.core.tokens import encode_target
 from captum_jscopes.results.result import ScopeResult
 from captum_jscopes.scopes.base import JacobianScope
 
@@ -43,9 +45,10 @@ class LLMScopeAttribution(LLMGradientAttribution):
     def attribute(  # type: ignore[override]
         self,
         inp: InterpretableInput,
-        target: Union[str, Tensor, None] = None,
+        target: Union[str, Tensor, tuple, None] = None,
         gen_args: Optional[dict[str, Any]] = None,
         *,
+        next: Optional[str] = None,
         progress: bool = False,
         forward: Optional[ScopeForward] = None,
         **kwargs: Any,
@@ -55,9 +58,24 @@ class LLMScopeAttribution(LLMGradientAttribution):
             inp: a Captum ``TextTokenInput`` (its ``skip_tokens`` are honoured:
                 those tokens are left out of the result), or :func:`chat_input`'s.
             target: the continuation to explain, as a string or a tensor of token
-                ids; None generates it with ``gen_args`` as Captum does.
+                ids; None generates it with ``gen_args`` as Captum does (or, with
+                ``next``, the model's greedy continuation). A pair
+                ``(target, foil)`` (each a string or token ids), e.g.
+                ``(" liberal", " conservative")``, explains "target rather than
+                foil" with a scope that takes a target (the Semantic Scope's
+                contrast ``w_target - w_foil``): at the first token where the two
+                differ, after their shared tokens (teacher-forced), one row. A
+                foil that starts with the whole target (or the reverse) is a
+                ValueError.
             gen_args: generation arguments when ``target`` is None (Captum's
                 default: 25 greedy new tokens).
+            next: with ``target=None``, explain the model's greedy continuation in
+                units a reader reads: ``"token"`` (the next token), ``"char"`` (on
+                to the end of a character: no byte fragment left) or ``"word"``
+                (on to the next space or punctuation, at most 8 tokens); see
+                :func:`captum_jscopes.core.continuation.continuation`. It starts
+                from ``gen_args["max_new_tokens"]`` greedy tokens (default 1).
+                Default None: Captum's generation.
             progress: show a tqdm progress bar on stderr while a scope works
                 through the target tokens (one tick per token, all from the same
                 forward pass) or the ``n_steps`` of a path-integrated scope.
@@ -79,23 +97,47 @@ class LLMScopeAttribution(LLMGradientAttribution):
             sum signed values). ``metadata`` records what ``save_json`` needs to
             reproduce the call: "model" (:func:`model_name`), "prompt", "target",
             "settings" (chat, keep_special, the scope's options, dtype, device)
-            and "versions" (:func:`versions`).
+            and "versions" (:func:`versions`); with ``next``, "next"; with a
+            (target, foil) pair, "contrast" (``{"foil", "foil_token",
+            "foil_prob", "target_token", "after"}``: the foil's text, the two
+            tokens compared, the foil token's probability and the shared text
+            before them), "target" being the explained target token.
         """
+        foil = None
+        if isinstance(target, tuple):
+            if len(target) != 2:
+                raise ValueError(f"a contrastive target is a (target, foil) pair, got {len(target)} items")
+            target, foil = (self._token_ids(part, name) for part, name in zip(target, ("target", "foil")))
+        if next is not None:
+            target = self._continuation(inp, target, gen_args, next)
         if not isinstance(self.attr_method, JacobianScope):
+            if foil is not None:
+                raise ValueError(f"{type(self.attr_method).__name__} takes no (target, foil) pair; a contrast needs a "
+                                 "scope that takes a target (the Semantic Scope)")
             result = super().attribute(inp, target, gen_args, **kwargs)
             metadata = {"method": type(self.attr_method).__name__, "model": model_name(self.model), "versions": versions()}
             return ScopeResult.from_captum(result, metadata)
+        if foil is not None and not self.attr_method.takes_target:
+            raise ValueError(f"the {self.attr_method.name} scope explains {self.attr_method.explains} and takes no "
+                             "target, so no (target, foil) pair either")
         target_tokens = target_token_ids(self, inp, target, gen_args)
-        prompt, target_tokens, ids, positions = self.model_inputs(inp, target_tokens)
+        prompt, targets, ids, positions = self.model_inputs(inp, target_tokens, foil)
+        target_tokens = targets[:, 0] if targets.dim() == 2 else targets
         n_prompt = prompt.shape[1]
-        targets = target_tokens[None] if self.attr_method.takes_target else None
-        output = self.attr_method.scope_output(ids, positions, targets, progress=progress, forward=forward, **kwargs)
+        scope_targets = targets[None] if self.attr_method.takes_target else None
+        output = self.attr_method.scope_output(ids, positions, scope_targets, progress=progress, forward=forward,
+                                               **kwargs)
         token_attr = output.scores[0, :, :n_prompt]
         itp_mask = getattr(inp, "itp_mask", None)
         if itp_mask is not None:
             token_attr = token_attr[:, itp_mask[0].to(token_attr.device).bool()]
         probs = torch.softmax(output.logits[0], dim=-1)
         output_probs = probs.gather(-1, target_tokens[:, None].to(probs.device))[:, 0]
+        extra: dict[str, Any] = {}
+        if next is not None:
+            extra["next"] = next
+        if foil is not None:
+            extra["contrast"] = self._contrast_metadata(target_tokens, targets, ids[0, n_prompt:], foil, probs)
         return ScopeResult(
             input_tokens=list(inp.values),
             output_tokens=pretty_tokens(target_tokens, self.tokenizer),
@@ -111,21 +153,69 @@ class LLMScopeAttribution(LLMGradientAttribution):
                 "target": self.tokenizer.decode(target_tokens.tolist()),
                 "settings": self._settings(inp, kwargs),
                 "versions": versions(),
+                **extra,
             },
         )
 
-    def model_inputs(self, inp: InterpretableInput, target_tokens: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def model_inputs(
+        self, inp: InterpretableInput, target_tokens: Tensor, foil_tokens: Optional[Any] = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """What a scope call runs on: the prompt's ids (1, n), the target ids (m,),
         and the teacher-forced input ``ids`` (1, n + m - 1) with the explained
-        ``positions`` (1, m): position n - 1 + k predicts target token k."""
+        ``positions`` (1, m): position n - 1 + k predicts target token k.
+
+        With ``foil_tokens`` (ids of a foil, "target rather than foil"): the
+        targets are ONE pair (1, 2), ``[[target[k], foil[k]]]`` at the first
+        index k where target and foil differ, ``ids`` are the prompt and the
+        shared tokens ``target[:k]`` (1, n + k) and ``positions`` (1, 1) is its
+        last column. A ValueError when one starts with the whole other."""
         target_tokens = torch.as_tensor(target_tokens).flatten().long()
         if target_tokens.numel() == 0:
             raise ValueError("the target is empty: it encodes to no tokens")
         prompt = prompt_token_ids(self, inp).to(self.device)
         target_tokens = target_tokens.to(prompt.device)
+        if foil_tokens is not None:
+            k = contrast_index(target_tokens.tolist(), torch.as_tensor(foil_tokens).flatten().tolist(), self.tokenizer)
+            foil = torch.as_tensor(foil_tokens).flatten().long().to(prompt.device)
+            ids = torch.cat([prompt, target_tokens[None, :k]], dim=1)
+            pair = torch.stack([target_tokens[k], foil[k]])[None]
+            return prompt, pair, ids, torch.tensor([[ids.shape[1] - 1]], device=prompt.device)
         ids = torch.cat([prompt, target_tokens[None, :-1]], dim=1)
         positions = (prompt.shape[1] - 1 + torch.arange(target_tokens.numel(), device=prompt.device))[None]
         return prompt, target_tokens, ids, positions
+
+    def _token_ids(self, part: Any, name: str) -> Tensor:
+        """The ids of one side of a (target, foil) pair: a string, an int, or ids."""
+        if isinstance(part, str):
+            return torch.tensor(encode_target(self.tokenizer, part))
+        if isinstance(part, bool) or not isinstance(part, (int, Tensor, list)):
+            raise TypeError(f"the {name} of a (target, foil) pair must be a string or token ids, "
+                            f"not {type(part).__name__}")
+        ids = torch.as_tensor(part).flatten().long()
+        if ids.numel() == 0:
+            raise ValueError(f"the {name} is empty: it holds no token")
+        return ids
+
+    def _continuation(self, inp: InterpretableInput, target: Any, gen_args: Optional[dict], next: str) -> Tensor:
+        """The greedy continuation ``next=`` asks for, as target ids."""
+        check_next(next)
+        if target is not None:
+            raise ValueError("next= extends the model's own continuation: give no target with it")
+        n = (gen_args or {}).get("max_new_tokens", 1)
+        return torch.tensor(continuation(self.model, self.tokenizer, prompt_token_ids(self, inp), next=next,
+                                         min_tokens=n))
+
+    def _contrast_metadata(self, explained: Tensor, pair: Tensor, shared: Tensor, foil: Tensor, probs: Tensor) -> dict:
+        """``metadata["contrast"]``: the foil's text, the explained pair's tokens and
+        probabilities, and the shared tokens before them (teacher-forced)."""
+        decode = self.tokenizer.decode
+        return {
+            "foil": decode(foil.tolist()),
+            "foil_token": decode([int(pair[0, 1])]),
+            "foil_prob": float(probs[0, int(pair[0, 1])]),
+            "target_token": decode([int(explained[0])]),
+            "after": decode(shared.tolist()),
+        }
 
     def _settings(self, inp: InterpretableInput, options: dict) -> dict:
         """The settings of a scope call, with the same keys as ``jscopes attribute``
@@ -149,6 +239,23 @@ class LLMScopeAttribution(LLMGradientAttribution):
         settings["dtype"] = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         settings["device"] = str(module_device(self.model.get_input_embeddings()))
         return settings
+
+
+def contrast_index(target: list[int], foil: list[int], tokenizer: Any = None) -> int:
+    """The first index where the token ids of a target and its foil differ: the
+    token at which the model chooses between them. A ValueError when they are the
+    same or one starts with the whole other (no token tells them apart)."""
+    for k, (a, b) in enumerate(zip(target, foil)):
+        if a != b:
+            return k
+    def text(ids: list[int]) -> str:
+        return repr(tokenizer.decode(ids)) if tokenizer is not None else str(ids)
+    if len(target) == len(foil):
+        raise ValueError(f"the target and the foil are the same ({text(target)}): the contrast is zero")
+    longer, shorter = ("foil", "target") if len(foil) > len(target) else ("target", "foil")
+    raise ValueError(f"the {longer} {text(foil if longer == 'foil' else target)} starts with the whole {shorter} "
+                     f"{text(target if shorter == 'target' else foil)}: no token tells them apart; give a foil that "
+                     "differs from the target in some token")
 
 
 def _prompt_text(inp: InterpretableInput, prompt_ids: Tensor, tokenizer: Any) -> str:
@@ -228,3 +335,4 @@ def _keep_special(keep_special: bool, keep_template: Optional[bool]) -> bool:
         return keep_special
     warnings.warn("keep_template= is deprecated; use keep_special=", DeprecationWarning, stacklevel=3)
     return keep_special or keep_template
+

@@ -13,6 +13,7 @@ command line (:mod:`captum_jscopes.cli`) only parses its arguments and calls the
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import functools
 import time
@@ -26,14 +27,17 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 import torch
 from captum.attr import TextTokenInput
 
-from captum_jscopes.core.forward import prepare_inputs, run_forward
+from captum_jscopes.core.captum_compat import prompt_token_ids
+from captum_jscopes.core.continuation import check_next, continuation, is_fragment
+from captum_jscopes.core.text import output_token_texts
+from captum_jscopes.core.forward import module_device, prepare_inputs, run_forward
 from captum_jscopes.display.interactive import save_interactive_html
 from captum_jscopes.core.model_state import preserved_state
 from captum_jscopes.core.provenance import model_name, versions
 from captum_jscopes.integrations.captum import LLMScopeAttribution, chat_input
 from captum_jscopes.scopes.registry import SCOPES, scope_class
 from captum_jscopes.results.result import ScopeResult
-from captum_jscopes.core.tokens import encode_target, special_token_ids
+from captum_jscopes.core.tokens import InputError, encode_target, special_token_ids
 from captum_jscopes.display.heatmap import save_heatmap
 from captum_jscopes.display.html import save_html
 
@@ -57,6 +61,7 @@ __all__ = [
     "resolve_scope_settings",
     "value_types",
     "no_target_given",
+    "next_token",
 ]
 
 #: file name ending of the interactive page of a multi-token result
@@ -74,6 +79,9 @@ def explain(
     keep_special: bool = False,
     progress: bool = False,
     settings: Optional[Mapping[str, Any]] = None,
+    foil: Optional[str] = None,
+    next: str = "token",
+    generate: Optional[int] = None,
     **scope_settings: Any,
 ) -> "ScopeResult":
     """Explain the continuation of ``prompt`` with one scope.
@@ -98,6 +106,19 @@ def explain(
             ``fisher_k=4``, ``semantic_rules="lrp"``; a scope's deprecated option
             name (``<scope>_<old name>``) is accepted with a DeprecationWarning.
             Not given: the scope's defaults.
+        foil: explain "target rather than foil" (e.g. ``" conservative"``; a
+            scope that takes a target only): one row, at the first token where
+            target (or the model's continuation) and foil differ, after the tokens
+            they share (teacher-forced); see :meth:`LLMScopeAttribution.attribute`.
+            Default None.
+        next: without a target, what of the model's own greedy continuation is
+            explained: ``"token"`` (default: the next token), ``"char"`` (on to the
+            end of a character: no byte fragment) or ``"word"`` (on to the next
+            space or punctuation, at most 8 tokens), as a multi-token target from
+            one forward (:func:`captum_jscopes.core.continuation.continuation`).
+            Ignored when a target is given.
+        generate: without a target, explain the model's greedy continuation of
+            this many tokens (then extended by ``next``). Default None: one token.
     Returns:
         ScopeResult with ``input_tokens`` (n,), ``output_tokens`` (m target tokens),
         ``token_attr`` (m, n), ``seq_attr`` (n,) = sum of the rows, ``output_probs``
@@ -105,12 +126,14 @@ def explain(
         model, scope, prompt, target, no_target_given (True when ``target`` is
         None, so the prediction is explained; :func:`no_target_given` also
         reads files of earlier versions), prediction {token, id, prob}, target_hint
-        (:func:`target_hint`), settings, versions.
+        (:func:`target_hint`), settings, versions; "next", "target_ids" (and
+        "generate") when the continuation was extended or generated; "contrast"
+        with a foil.
     """
     values = resolve_scope_settings({**(settings or {}), **scope_settings}, stacklevel=3)
     results = explain_scopes(model, tokenizer, prompt, (scope,), target, chat=chat, keep_special=keep_special,
-                             settings=values, progress=progress)
-    return next(results)
+                             settings=values, progress=progress, foil=foil, next=next, generate=generate)
+    return builtins.next(results)  # ``next`` is the unit argument here
 
 
 def scope_options(scope: str, settings: Mapping[str, Any]) -> dict:
@@ -134,6 +157,9 @@ def explain_scopes(
     settings: Optional[Mapping[str, Any]] = None,
     progress: bool = False,
     on_estimate: Optional[Callable[[str, "PassTiming", int], None]] = None,
+    foil: Optional[str] = None,
+    next: str = "token",
+    generate: Optional[int] = None,
 ) -> Iterator["ScopeResult"]:
     """Explain the continuation of ``prompt`` with several scopes from ONE forward
     pass: the prompt is tokenised once, the forward over prompt + target (teacher
@@ -144,7 +170,9 @@ def explain_scopes(
     rules value, run when the first of them starts.
 
     Args:
-        model, tokenizer, prompt, target, chat, keep_special, progress: as in :func:`explain`.
+        model, tokenizer, prompt, target, chat, keep_special, progress, foil, next,
+            generate: as in :func:`explain`; the continuation ``next`` or ``generate``
+            asks for is generated once (greedy, no graph) and explained by every scope.
         scopes: registered scope names, run in this order.
         settings: the scopes' options as settings, ``<scope>_<option>`` (e.g.
             ``{"fisher_k": 4, "semantic_rules": "lrp"}``; see
@@ -161,23 +189,35 @@ def explain_scopes(
     classes = [scope_class(name) for name in scopes]
     if not classes:
         raise ValueError("no scope given")
+    check_next(next)
+    if generate is not None and target is not None:
+        raise ValueError("give a target or a number of tokens to generate, not both")
     settings = resolve_scope_settings(settings or {}, strict=False, stacklevel=3)
     options = [scope_options(name, settings) for name in scopes]
     made = [cls.make_options(**opts) for cls, opts in zip(classes, options)]  # bad options: before any work
     last_use = {opts.rules: i for i, opts in enumerate(made)}  # a forward is dropped after its last scope
+    foil_ids = None if foil is None else _foil_ids(tokenizer, foil, classes)
     inp = prompt_input(model, tokenizer, check_prompt(prompt), chat=chat, keep_special=keep_special)
     wrappers = [LLMScopeAttribution(cls(model, tokenizer, exclude_special_tokens=not keep_special), tokenizer)
                 for cls in classes]
     target_ids = None if target is None else encode_target(tokenizer, target)
+    extended = target is None and (next != "token" or generate is not None)
+    prediction: Optional[dict] = None
     with preserved_state(model):
+        if extended:  # the model's own continuation, made once for every scope
+            prompt_ids = prompt_token_ids(wrappers[0], inp)
+            target_ids = continuation(model, tokenizer, prompt_ids, next=next, min_tokens=generate or 1)
         if target_ids is None:  # the prediction is the target: the forward over the prompt alone gives it
-            _, _, ids, positions = wrappers[0].model_inputs(inp, torch.zeros(1, dtype=torch.long))
+            _, _, ids, positions = wrappers[0].model_inputs(inp, torch.zeros(1, dtype=torch.long), foil_ids)
         else:
-            _, _, ids, positions = wrappers[0].model_inputs(inp, torch.tensor(target_ids))
+            _, _, ids, positions = wrappers[0].model_inputs(inp, torch.tensor(target_ids), foil_ids)
+            if foil_ids is not None and positions[0, 0] != prompt_token_ids(wrappers[0], inp).shape[1] - 1:
+                # the contrast is explained after shared target tokens: the prediction needs the prompt's own forward
+                prediction = next_token(model, tokenizer, prompt_token_ids(wrappers[0], inp))
         ids, mask = prepare_inputs(model, ids, None)  # checks vocabulary and context length
         forwards: dict[str, tuple[Any, float]] = {}  # rules -> (forward, its seconds)
-        prediction: Optional[dict] = None
         backward_seconds: Optional[float] = None
+        n_explained = int(positions.shape[1])
         for i, (name, cls, wrapper, opts) in enumerate(zip(scopes, classes, wrappers, made)):
             if opts.rules not in forwards:
                 began = time.perf_counter()
@@ -185,24 +225,24 @@ def explain_scopes(
                                         time.perf_counter() - began)
             forward, forward_seconds = forwards[opts.rules]
             if prediction is None:
-                probs = torch.softmax(forward.logits[0, 0].float(), dim=-1)
-                top = int(probs.argmax())
-                prediction = {"token": tokenizer.decode([top]), "id": top, "prob": float(probs[top])}
-                target_ids = [top] if target_ids is None else target_ids
+                prediction = _prediction(tokenizer, forward.logits[0, 0])
+            if target_ids is None:
+                target_ids = [prediction["id"]]
             passes = cls.backward_passes(opts, int(forward.hidden.shape[-1]))
             if on_estimate is not None and passes > 1:
                 if backward_seconds is None:  # no one-pass scope ran yet: time one pass on the shared graph
                     start = time.perf_counter()
                     forward.vjp(forward.hidden.detach()[None])  # one pass per explained token
-                    backward_seconds = (time.perf_counter() - start) / len(target_ids)
-                on_estimate(name, PassTiming(int(ids.shape[1]), len(target_ids), int(forward.hidden.shape[-1]),
+                    backward_seconds = (time.perf_counter() - start) / n_explained
+                on_estimate(name, PassTiming(int(ids.shape[1]), n_explained, int(forward.hidden.shape[-1]),
                                              forward_seconds, backward_seconds), passes)
             start = time.perf_counter()
-            result = wrapper.attribute(inp, target=torch.tensor(target_ids), forward=forward, progress=progress,
-                                       **options[i])
+            explained = torch.tensor(target_ids) if foil_ids is None else (torch.tensor(target_ids),
+                                                                          torch.tensor(foil_ids))
+            result = wrapper.attribute(inp, target=explained, forward=forward, progress=progress, **options[i])
             seconds = time.perf_counter() - start
             if passes == 1 and backward_seconds is None:
-                backward_seconds = seconds / len(target_ids)
+                backward_seconds = seconds / n_explained
             if last_use[opts.rules] == i:
                 del forwards[opts.rules]  # its graph is no longer needed
             # The wrapper already records the model, the settings (chat, keep_special,
@@ -215,7 +255,41 @@ def explain_scopes(
                 no_target_given=target is None,
                 prediction=prediction,
             )
+            if extended:  # what was generated, and the ids (a byte fragment's text does not encode back to it)
+                result.metadata.update(next=next, **({} if generate is None else {"generate": generate}),
+                                       target_ids=list(target_ids))
             yield result
+
+
+def _foil_ids(tokenizer: Any, foil: str, classes: Sequence[type]) -> list[int]:
+    """The foil's ids; a ValueError when a scope takes no target (so no foil either)."""
+    without = [cls.name for cls in classes if not cls.takes_target]
+    if without:
+        takers = [name for name, cls in SCOPES.items() if cls.takes_target]
+        raise ValueError(f"a foil is for the scopes that take a target ({', '.join(takers)}); "
+                         f"{', '.join(without)} take{'s' if len(without) == 1 else ''} none")
+    return encode_target(tokenizer, foil)
+
+
+def _prediction(tokenizer: Any, logits: torch.Tensor) -> dict:
+    """``{"token", "id", "prob"}`` of the top token of one row of logits (V,); a
+    token that is a byte fragment of a character has its bytes as its text
+    (``"\\xe9"``), not U+FFFD, and ``"fragment": True``."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    top = int(probs.argmax())
+    token = tokenizer.decode([top])
+    if is_fragment(token):  # marked, so that a reader can be told how to see the whole character
+        return {"token": output_token_texts([top], tokenizer)[0], "id": top, "prob": float(probs[top]),
+                "fragment": True}
+    return {"token": token, "id": top, "prob": float(probs[top])}
+
+
+def next_token(model: Any, tokenizer: Any, prompt_ids: torch.Tensor) -> dict:
+    """The model's prediction after ``prompt_ids`` (1, n), as ``metadata["prediction"]``
+    holds it (``{"token", "id", "prob"}``), from one forward without a graph."""
+    with preserved_state(model, grad=False), torch.no_grad():
+        ids = prompt_ids.reshape(1, -1).to(module_device(model.get_input_embeddings()))
+        return _prediction(tokenizer, model(input_ids=ids, use_cache=False).logits[0, -1])
 
 
 # ----------------------------------------------------------------------------- the scopes' options as settings
@@ -438,7 +512,7 @@ def prompt_input(model: Any, tokenizer: Any, prompt: str, *, chat: bool = False,
         skip = None if keep_special else sorted(special_token_ids(tokenizer, getattr(model, "config", None)))
         inp = TextTokenInput(prompt, tokenizer, skip_tokens=skip or None)
     if inp.n_itp_features == 0:
-        raise ValueError("the prompt holds only special tokens; pass --keep-special to explain them")
+        raise InputError("the prompt holds only special tokens; pass --keep-special to explain them")
     return inp
 
 
