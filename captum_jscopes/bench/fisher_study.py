@@ -72,7 +72,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     for name in args.fisher_methods:
         # the study compares Fisher estimators: the methods that name one
         if name not in METHODS or "estimator" not in METHODS[name].options:
-            fisher = [n for n, m in METHODS.items() if "estimator" in m.options]
+            fisher = [n for n, m in METHODS.items() if "estimator" in m.options and m.variant_of is None]
             parser.error(f"unknown Fisher method {name!r}; choose from {', '.join(fisher)}")
 
 

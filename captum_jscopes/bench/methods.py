@@ -56,6 +56,8 @@ class BenchMethod:
         same_as: the method this one equals by construction (saliency, the gradient
             norm of the y* logit, IS the Semantic Scope with target y*): not a rival
             in the verdict, and the report states how close their curves are.
+        variant_of: for a scope method under other rules or reduction (``semantic+lrp``),
+            the method it is a variant of (``semantic``); None for the table's own entries.
     """
 
     name: str
@@ -66,6 +68,7 @@ class BenchMethod:
     in_default: bool = False
     slow: bool = False
     same_as: Optional[str] = None
+    variant_of: Optional[str] = None
 
     def __post_init__(self) -> None:
         # frozen and hashable-looking entries must not share a mutable dict
@@ -202,7 +205,7 @@ def scope_variants(base: BenchMethod) -> list[BenchMethod]:
         out.append(BenchMethod(
             base.name + "".join(suffix for suffix, _, _ in chosen),
             f"{base.label}; {', '.join(what for _, _, what in chosen)}",
-            "scope", scope=base.scope, options=options, slow=base.slow))
+            "scope", scope=base.scope, options=options, slow=base.slow, variant_of=base.name))
     return sorted(out, key=lambda m: len(m.name))  # +lrp, +input, then +lrp+input
 
 

@@ -54,7 +54,12 @@ def test_backward_passes():
     assert METHODS["feature_ablation"].backward_passes(576) is None
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+# the table's own methods, and one variant of each kind (the variants share one code path: the scope's options)
+CHECKED = [m for m in METHODS if METHODS[m].variant_of is None] + ["semantic+lrp+input", "fisher_krylov+lrp",
+                                                                   "temperature+input"]
+
+
+@pytest.mark.parametrize("name", CHECKED)
 def test_every_method_is_finite_deterministic_and_leaves_the_model_alone(name, tiny):
     if METHODS[name].kind == "lrp" and importlib.util.find_spec("lxt") is None:
         from captum_jscopes.bench.attnlrp import INSTALL
@@ -173,3 +178,23 @@ def test_mean_baseline_ig_is_complete_and_differs_from_the_others(tiny):
 def test_describe_ig_baselines_names_the_token_and_the_matrix():
     info = M.describe_ig_baselines(make_model("llama"), make_tokenizer())
     assert info == {"token": {"id": 0, "piece": "<pad>", "rule": "pad"}, "mean": {"vocab": 64, "dim": 16}}
+
+
+def test_every_scope_method_has_its_rules_and_reduction_variants():
+    from captum_jscopes.bench.methods import scope_variants
+
+    bases = [m for m in METHODS.values() if m.is_scope and m.variant_of is None]
+    assert {"semantic", "temperature", "fisher_eig1", "fisher_krylov"} <= {m.name for m in bases}
+    for base in bases:
+        names = [v.name for v in scope_variants(base)]
+        assert names == [base.name + "+lrp", base.name + "+input", base.name + "+lrp+input"]
+        for name in names:
+            variant = METHODS[name]
+            assert variant.variant_of == base.name and variant.scope == base.scope
+            assert {k: v for k, v in variant.options.items() if k not in ("rules", "reduce")} == dict(base.options)
+            assert variant.options.get("rules", "gradient") == ("lrp" if "+lrp" in name else "gradient")
+            assert variant.options.get("reduce", "norm") == ("input" if "+input" in name else "norm")
+    assert not scope_variants(METHODS["grad_x_input"])
+    # in the table, each variant follows its scope method
+    order = list(METHODS)
+    assert order.index("semantic+lrp+input") == order.index("semantic") + 3
