@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -471,50 +471,21 @@ def run_forward(
         embeddings = model.get_input_embeddings()(input_ids)
     embeddings = (embeddings * embedding_scale).detach().requires_grad_(True)
 
-    kwargs = {"inputs_embeds": embeddings, "attention_mask": attention_mask, "use_cache": False}
-    if accepts(model, "position_ids"):
-        # positions count real tokens, so a left-padded row sees the positions it would see alone
-        kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    keep = torch.unique(positions)
-    if accepts(model, "logits_to_keep"):
-        # the head and softmax only at the explained positions: V x n logits would dominate memory
-        kwargs["logits_to_keep"] = keep
-    else:
-        keep = torch.arange(input_ids.shape[1], device=input_ids.device)
-
     captured: dict[str, Tensor] = {}
-
-    def record_input(_module, args, kwargs_):
-        captured["y"] = _first_input(args, kwargs_)
 
     def record_output(_module, _args, output):
         captured["z"] = output
 
-    handles = [
-        head.register_forward_pre_hook(record_input, with_kwargs=True),
-        head.register_forward_hook(record_output),
-    ]
+    hooks = [(head, record_output)]
     states: list[Tensor] = []
     if layers:
         def record_layer(_module, _args, output):
             # transformers' decoder layers return the hidden states, alone or first of a tuple
             states.append(output[0] if isinstance(output, (tuple, list)) else output)
 
-        handles += [layer.register_forward_hook(record_layer) for layer in decoder_layers(model)]
-    try:
-        with lrp_rules(model) if rules == "lrp" else nullcontext():
-            output = model(**kwargs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    if "y" not in captured:
-        raise RuntimeError(f"{type(model).__name__}.forward never called its output embeddings")
-
-    logits = output.logits if hasattr(output, "logits") else output[0]
-    if logits.shape[1] != keep.numel():  # the model ignored logits_to_keep
-        keep = torch.arange(logits.shape[1], device=logits.device)
-    index = torch.searchsorted(keep, positions.to(keep.device))  # (B, P) rows of the kept positions
-    y, z = captured["y"], captured["z"]
+        hooks += [(layer, record_layer) for layer in decoder_layers(model)]
+    kwargs, y, logits, index = _call_model(model, embeddings, attention_mask, positions, hooks, rules)
+    z = captured["z"]
     hidden = _gather_rows(y, index.to(y.device))
     compute_dtype = torch.promote_types(hidden.dtype, torch.float32)
     picked = _gather_rows(logits, index.to(logits.device))
@@ -562,6 +533,60 @@ def run_forward(
         rerun=rerun,
         rules=rules,
     )
+
+
+def hidden_and_logits(model: nn.Module, embeddings: Tensor, attention_mask: Tensor,
+                      positions: Tensor) -> tuple[Tensor, Tensor]:
+    """The model from given input embeddings (B, n, e), called as :func:`run_forward`
+    calls it, for read-outs of moved embeddings (no graph under ``torch.no_grad()``):
+    (hidden (B, P, d), logits (B, P, V)) at the explained ``positions`` (B, P), in the
+    model's dtype; the hidden state is the final one, where the output embedding consumes it."""
+    _, y, logits, index = _call_model(model, embeddings, attention_mask, positions)
+    return _gather_rows(y, index.to(y.device)), _gather_rows(logits, index.to(logits.device))
+
+
+def _call_model(model: nn.Module, embeddings: Tensor, attention_mask: Tensor, positions: Tensor,
+                hooks: Sequence[tuple[nn.Module, Callable]] = (), rules: str = "gradient",
+                ) -> tuple[dict, Tensor, Tensor, Tensor]:
+    """One call of the model from input ``embeddings`` (B, n, e), as every forward of the
+    engine makes it: positions count real tokens, the head runs only at the explained
+    ``positions`` (B, P), the final hidden state ``y`` is recorded where the output
+    embedding consumes it; ``hooks`` are (module, forward hook) pairs attached for the
+    call, ``rules="lrp"`` puts AttnLRP's rules on the model for it.
+
+    Returns:
+        (the call's keyword arguments, ``y`` as the head saw it, the logits, the (B, P)
+        rows of both that hold the explained positions).
+    """
+    kwargs = {"inputs_embeds": embeddings, "attention_mask": attention_mask, "use_cache": False}
+    if accepts(model, "position_ids"):
+        # positions count real tokens, so a left-padded row sees the positions it would see alone
+        kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    keep = torch.unique(positions)
+    if accepts(model, "logits_to_keep"):
+        # the head and softmax only at the explained positions: V x n logits would dominate memory
+        kwargs["logits_to_keep"] = keep
+    else:
+        keep = torch.arange(embeddings.shape[1], device=embeddings.device)
+    captured: dict[str, Tensor] = {}
+
+    def record_input(_module, args, kwargs_):
+        captured["y"] = _first_input(args, kwargs_)
+
+    handles = [model.get_output_embeddings().register_forward_pre_hook(record_input, with_kwargs=True)]
+    handles += [module.register_forward_hook(hook) for module, hook in hooks]
+    try:
+        with lrp_rules(model) if rules == "lrp" else nullcontext():
+            output = model(**kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if "y" not in captured:
+        raise RuntimeError(f"{type(model).__name__}.forward never called its output embeddings")
+    logits = output.logits if hasattr(output, "logits") else output[0]
+    if logits.shape[1] != keep.numel():  # the model ignored logits_to_keep
+        keep = torch.arange(logits.shape[1], device=logits.device)
+    return kwargs, captured["y"], logits, torch.searchsorted(keep, positions.to(keep.device))
 
 
 def _gather_rows(values: Tensor, index: Tensor) -> Tensor:
