@@ -74,21 +74,28 @@ def resolve_target(target: TargetLike, tokenizer: Any, vocab_size: int) -> int:
     raise TypeError(f"target must be an int, a str or a one-element tensor, not {type(target).__name__}")
 
 
+class InputError(ValueError):
+    """A prompt or target that cannot be explained as given (an empty target, one
+    outside the model's vocabulary, a prompt of special tokens only): the input is
+    wrong, not the computation. A ValueError; ``jscopes`` exits with status 2 for
+    it, as for a bad flag value."""
+
+
 def encode_target(tokenizer: Any, target: str) -> list[int]:
     """Token ids of a target string, without special tokens (several for a
-    multi-token target). Raises ValueError if it is empty, encodes to nothing,
-    or holds a word the vocabulary lacks (it encodes to the unknown token while
-    the text does not spell that token)."""
+    multi-token target). Raises :class:`InputError` (a ValueError) if it is empty,
+    encodes to nothing, or holds a word the vocabulary lacks (it encodes to the
+    unknown token while the text does not spell that token)."""
     if not isinstance(target, str):
         raise TypeError(f"target must be a str, not {type(target).__name__}")
     if target == "":
-        raise ValueError("the target is an empty string")
+        raise InputError("the target is an empty string")
     ids = list(tokenizer.encode(target, add_special_tokens=False))
     if not ids:
-        raise ValueError(f"the target {target!r} encodes to no tokens")
+        raise InputError(f"the target {target!r} encodes to no tokens")
     unk_id, unk = getattr(tokenizer, "unk_token_id", None), getattr(tokenizer, "unk_token", None)
     if unk_id is not None and unk_id in ids and (not unk or unk not in target):
         pieces = tokenizer.convert_ids_to_tokens(ids)
-        raise ValueError(f"the target {target!r} is not in the model's vocabulary: it encodes to {pieces}")
+        raise InputError(f"the target {target!r} is not in the model's vocabulary: it encodes to {pieces}")
     return ids
 
