@@ -5,7 +5,9 @@
   tests and a benchmark on the default prompt set;
 - no private name (leading underscore) is imported from another module, and Captum's
   private API is used only in ``captum_jscopes/core/captum_compat.py``, whose pinned version
-  must be the installed one.
+  must be the installed one;
+- the package's folders keep their layer order (none imports one to its right at module
+  level) and no module is over 600 lines.
 """
 
 from __future__ import annotations
@@ -160,3 +162,63 @@ def test_the_compat_helpers_work_on_a_tiny_model():
     target = captum_compat.target_token_ids(attribution, inp, "on the mat", None)
     assert target.tolist() == tokenizer.encode("on the mat", add_special_tokens=False)
     assert captum_compat.pretty_tokens(target, tokenizer) == ["on", "the", "mat"]
+
+
+#: the package's layers, left to right: a module may import its own layer and those to
+#: its left at module level, never one to its right (a lazy import inside a function may)
+LAYERS = ["core", "fisher", "scopes", "results", ("analysis", "metrics"), "display",
+          "integrations", "runs", "cli", "bench"]
+LAYER_RANK = {name: rank for rank, layer in enumerate(LAYERS)
+              for name in (layer if isinstance(layer, tuple) else (layer,))}
+#: below every layer: packages that import nothing of the package but themselves
+BASE = {"models"}
+
+#: no module of the package is longer: a longer one holds more than one concern
+MAX_MODULE_LINES = 600
+
+
+def _module_level_imports(path: Path):
+    """The absolute names a module imports at module level (relative imports resolved)."""
+    package = list(path.relative_to(ROOT).with_suffix("").parts)[:-1]
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            yield ".".join(base + ([node.module] if node.module else []))
+
+
+def test_no_package_imports_one_to_its_right():
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).parts
+        if len(parts) < 2 or parts[0] not in LAYER_RANK:
+            continue
+        for name in _module_level_imports(path):
+            target = name.split(".")
+            if target[0] == PACKAGE.name and len(target) > 1 and LAYER_RANK.get(target[1], -1) > LAYER_RANK[parts[0]]:
+                offenders.append(f"{path.relative_to(ROOT)} imports {name} ({target[1]} sits right of {parts[0]})")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_every_package_folder_has_a_layer():
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    unplaced = sorted(folders - set(LAYER_RANK) - BASE)
+    assert not unplaced, f"give these folders a place in LAYERS (or BASE): {unplaced}"
+
+
+def test_the_base_packages_import_nothing_of_the_package_but_themselves():
+    offenders = []
+    for folder in sorted(BASE):
+        for path in sorted((PACKAGE / folder).rglob("*.py")):
+            for name in _module_level_imports(path):
+                target = name.split(".")
+                if target[0] == PACKAGE.name and target[1:2] != [folder]:
+                    offenders.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_no_module_is_over_the_line_limit():
+    long = {str(p.relative_to(ROOT)): n for p in sorted(PACKAGE.rglob("*.py"))
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split them along their concerns): {long}"
