@@ -468,7 +468,7 @@ def _measure(
         side_change = out[K * E :].view(K, _FLOOR_PROBES) - base - (side * slope).sum(-1)
         observed = out[: K * E].view(K, E) - base
         floor = side_change.abs().max(-1).values[:, None] / predicted.abs()
-        if not bool((slopes == scores[checked]).all()):
+        if deletion:
             # a deletion move: the gradient has components across it, so the side probes are not flat
             floor = torch.full_like(floor, float("nan"))
     return predicted, observed, sampling, floor
