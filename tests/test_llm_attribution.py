@@ -243,3 +243,66 @@ def test_json_never_records_an_absolute_path_and_says_chat_and_options(tokenizer
         TextTokenInput(PROMPT, tokenizer), target="big"
     ).metadata
     assert captum_meta["model"] == "smollm2-135m-instruct" and "torch" in captum_meta["versions"]
+
+
+# ----------------------------------------------------------------------------- a (target, foil) pair, next=
+
+
+def test_a_target_foil_pair_is_the_contrastive_scope(llama, tokenizer):
+    inp = TextTokenInput(PROMPT, tokenizer)
+    attr = LLMScopeAttribution(SemanticScope(llama, tokenizer), tokenizer)
+    result = attr.attribute(inp, target=("liberal", "conservative"))
+    liberal, conservative = tokenizer.convert_tokens_to_ids(["liberal", "conservative"])
+    alone = SemanticScope(llama, tokenizer).attribute(inp.to_model_input(), target=(liberal, conservative))
+    torch.testing.assert_close(result.token_attr[0], alone[0], rtol=1e-5, atol=1e-7)
+    assert result.output_tokens == ["liberal"] and result.metadata["target"] == "liberal"
+    contrast = result.metadata["contrast"]
+    assert contrast["foil"] == contrast["foil_token"] == "conservative" and contrast["after"] == ""
+    probs = torch.softmax(llama(inp.to_model_input()).logits[0, -1], -1)
+    assert contrast["foil_prob"] == pytest.approx(float(probs[conservative]), rel=1e-5)
+    torch.testing.assert_close(result.output_probs[0], probs[liberal], rtol=1e-5, atol=1e-8)
+    # ids work as well as strings
+    same = attr.attribute(inp, target=(torch.tensor([liberal]), [conservative]))
+    torch.testing.assert_close(same.token_attr, result.token_attr)
+
+
+def test_a_pair_is_explained_where_target_and_foil_first_differ(llama, tokenizer):
+    inp = TextTokenInput(PROMPT, tokenizer)
+    result = LLMScopeAttribution(SemanticScope(llama, tokenizer), tokenizer).attribute(
+        inp, target=("big red house", "big blue house"))
+    red, blue = tokenizer.convert_tokens_to_ids(["red", "blue"])
+    ids = torch.cat([inp.to_model_input(), torch.tensor([tokenizer.convert_tokens_to_ids(["big"])])], dim=1)
+    alone = SemanticScope(llama, tokenizer).attribute(ids, target=(red, blue))[0, :-1]
+    assert result.token_attr.shape == (1, inp.to_model_input().shape[1])
+    torch.testing.assert_close(result.token_attr[0], alone, rtol=1e-5, atol=1e-7)
+    assert result.output_tokens == ["red"] and result.metadata["contrast"]["after"] == "big"
+
+
+@pytest.mark.parametrize("scope_cls, pair, message", [
+    (SemanticScope, ("big", "big"), "are the same"),
+    (SemanticScope, ("big", "big red"), "starts with the whole target"),
+    (SemanticScope, ("big", "red", "mat"), "pair, got 3 items"),
+    (SemanticScope, ("big", 1.5), "string or token ids"),
+    (FisherScope, ("big", "red"), "takes no target"),
+])
+def test_bad_pairs_are_one_line_errors(scope_cls, pair, message, llama, tokenizer):
+    attr = LLMScopeAttribution(scope_cls(llama, tokenizer), tokenizer)
+    with pytest.raises((ValueError, TypeError), match=message):
+        attr.attribute(TextTokenInput(PROMPT, tokenizer), target=pair)
+    emb = llama.get_input_embeddings()
+    with pytest.raises(ValueError, match="takes no .target, foil. pair"):
+        LLMScopeAttribution(LayerGradientXActivation(llama, emb), tokenizer).attribute(
+            TextTokenInput(PROMPT, tokenizer), target=("big", "red"))
+
+
+def test_next_runs_the_greedy_continuation_for_captum_methods_too(llama, tokenizer):
+    inp = TextTokenInput(PROMPT, tokenizer)
+    emb = llama.get_input_embeddings()
+    attr = LLMScopeAttribution(LayerGradientXActivation(llama, emb), tokenizer)
+    with torch.no_grad():
+        top = int(llama(inp.to_model_input()).logits[0, -1].argmax())
+    result = attr.attribute(inp, next="token")
+    reference = attr.attribute(inp, target=torch.tensor([top]))
+    torch.testing.assert_close(result.token_attr, reference.token_attr)
+    with pytest.raises(ValueError, match="next must be one of"):
+        attr.attribute(inp, next="line")

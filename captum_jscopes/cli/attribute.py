@@ -23,7 +23,6 @@ from typing import Any, Optional, Sequence
 import torch
 
 from captum_jscopes.cli._common import (
-    _thread_count,
     add_command,
     add_model_flags,
     load_model_from_args,
@@ -88,7 +87,7 @@ def add_parser(subcommands: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--generate",
-        type=_thread_count,  # a whole number >= 1
+        type=_tokens,
         metavar="N",
         help="explain the model's own greedy continuation of N tokens, one map per token (and an interactive "
         "page per scope); with --next char/word it is extended to a whole character or word",
@@ -98,8 +97,8 @@ def add_parser(subcommands: Any) -> argparse.ArgumentParser:
         "--compare",
         metavar="M1,M2",
         help="also draw these methods of the benchmark table (e.g. grad_x_input,attnlrp,semantic+lrp+input; "
-        "'jscopes bench faithfulness --help' lists them) next to the scopes in <out>/compare.png and .html, "
-        "each row on its own colour scale. --scope all alone writes the comparison of the scopes",
+        "'all': its default baselines; a wrong name lists them) next to the scopes in <out>/compare.png and "
+        ".html, each row on its own colour scale. --scope all alone writes the comparison of the scopes",
     )
     p.add_argument(
         "--words",
@@ -119,6 +118,13 @@ def add_parser(subcommands: Any) -> argparse.ArgumentParser:
         "Costs one more forward and the scope's backward passes",
     )
     return p
+
+
+def _tokens(text: str) -> int:
+    """``--generate``'s N: a whole number >= 1 (else argparse's usage error)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 of tokens, got {text!r}")
+    return int(text)
 
 
 def run(args: argparse.Namespace, forwarded: list[str]) -> int:
@@ -204,9 +210,10 @@ def _compare_methods(text: Optional[str]) -> list:
     never loads a benchmark module."""
     if text is None:
         return []
-    from captum_jscopes.bench.methods import METHODS, parse_methods
+    from captum_jscopes.bench.methods import DEFAULT_METHODS, METHODS, parse_methods
 
-    return [METHODS[name] for name in parse_methods(text, default=())]
+    baselines = tuple(name for name in DEFAULT_METHODS if not METHODS[name].is_scope)  # "all"
+    return [METHODS[name] for name in parse_methods(text, default=baselines)]
 
 
 def compare_rows(model: Any, tokenizer: Any, results: dict, methods: Sequence, target_ids: Sequence[int],
@@ -235,7 +242,9 @@ def compare_rows(model: Any, tokenizer: Any, results: dict, methods: Sequence, t
             rule = _method_rule(method)
             scores = aggregate(scores, [Span("", tuple(p)) for p in view.metadata["view"]["positions"]], rule)
             note_text = ", ".join(t for t in (note_text, f"per word: {rule}") if t)
-        rows.append(CompareRow(method.name, scores, note_text))
+        # the table's "fisher" (its pinned estimator) is not the run's Fisher Scope: told apart
+        label = f"{method.name} (table)" if method.name in results else method.name
+        rows.append(CompareRow(label, scores, note_text))
     return rows
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -26,11 +27,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
+from matplotlib.textpath import text_to_path
 
 from captum_jscopes.display.common import CLIP_QUANTILE, DIVERGING_CMAP, TARGET_COLOR, PathLike, as_scores
 from captum_jscopes.display.common import color_scale, text_color, token_colors
 from captum_jscopes.display.fonts import drawable, font_properties, warn_missing
-from captum_jscopes.display.heatmap import PNG_DPI, _text_width_at_1pt
+from captum_jscopes.display.heatmap import PNG_DPI
 from captum_jscopes.display.labels import box_labels
 
 __all__ = ["CompareRow", "plot_compare", "save_compare_png", "render_compare_html", "save_compare_html",
@@ -55,6 +57,12 @@ def scale_text(scores: Any, clip_quantile: Optional[float] = CLIP_QUANTILE) -> s
     text = f"±{scale.top:.3g}" if (values < 0).any() else f"0 – {scale.top:.3g}"
     largest = float(np.abs(values).max()) if values.size else 0.0
     return text + (f", max {largest:.3g}" if scale.note else "")
+
+
+@lru_cache(maxsize=20000)
+def _width(text: str) -> float:
+    """Width of ``text`` in points at font size 1, in the fonts it is drawn with."""
+    return text_to_path.get_text_width_height_descent(text, font_properties(100), ismath=False)[0] / 100
 
 
 @dataclass
@@ -124,9 +132,9 @@ def plot_compare(
     warn_missing(missing)
     pad, box_h, gap, word_gap = 0.3 * fontsize, 1.5 * fontsize, 0.15 * fontsize, 0.5 * fontsize
     row_h = 1.75 * fontsize
-    widths = [_text_width_at_1pt(lab.text) * fontsize + 2 * pad for lab in labels]
-    label_w = max(_text_width_at_1pt(row.label) * fontsize for row, _ in pairs) / 72 + 0.25
-    scale_w = max(_text_width_at_1pt(text) * 0.8 * fontsize for text in notes) / 72 + 0.2
+    widths = [_width(lab.text) * fontsize + 2 * pad for lab in labels]
+    label_w = max(_width(row.label) * fontsize for row, _ in pairs) / 72 + 0.25
+    scale_w = max(_width(text) * 0.8 * fontsize for text in notes) / 72 + 0.2
     line_w = max(2.0, max_width - label_w - scale_w - 2 * _MARGIN) * 72
     lines: list[list[tuple[int, float]]] = [[]]  # per line: (token, x)
     x = 0.0
@@ -142,7 +150,7 @@ def plot_compare(
             x = 0.0
     lines = [line for line in lines if line]
     line_w = max(x + widths[i] for line in lines for i, x in line)  # a short prompt: a narrower figure
-    heading_w = max((_text_width_at_1pt(t) * 11 / 72 for t in heading), default=0.0)
+    heading_w = max((_width(t) * 11 / 72 for t in heading), default=0.0)
     fig_w = min(max_width, max(label_w + line_w / 72 + scale_w, heading_w) + 2 * _MARGIN)
     block_h = len(pairs) * row_h + 0.9 * fontsize
     fig_h = 2 * _MARGIN + _HEAD_H * len(heading) + len(lines) * block_h / 72

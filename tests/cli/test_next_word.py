@@ -188,7 +188,7 @@ def test_cli_generate_writes_an_interactive_page_per_output_token(chain_dir, tmp
     assert saved.token_attr.shape[0] == 3 and saved.metadata["target"] == " ét"
     assert (tmp_path / "temperature_interactive.html").is_file()
     code, _, err = run(argv[:-2] + ["--generate", "0", "--out", tmp_path], capsys)
-    assert code == 2 and "whole number >= 1" in err
+    assert code == 2 and "whole number >= 1 of tokens" in err
 
 
 def test_attribute_dataset_takes_next(chain, chain_dir, tmp_path, capsys):
