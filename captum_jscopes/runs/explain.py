@@ -212,7 +212,8 @@ def explain_scopes(
             prompt_ids = prompt_token_ids(wrappers[0], inp)
             target_ids = continuation(model, tokenizer, prompt_ids, next=next, min_tokens=generate or 1)
         if target_ids is None:  # the prediction is the target: the forward over the prompt alone gives it
-            _, _, ids, positions = wrappers[0].model_inputs(inp, torch.zeros(1, dtype=torch.long), foil_ids)
+            # (with a foil too: the contrast is then at the prompt's end, or the foil starts with the prediction)
+            _, _, ids, positions = wrappers[0].model_inputs(inp, torch.zeros(1, dtype=torch.long))
         else:
             _, _, ids, positions = wrappers[0].model_inputs(inp, torch.tensor(target_ids), foil_ids)
             if foil_ids is not None and positions[0, 0] != prompt_token_ids(wrappers[0], inp).shape[1] - 1:

@@ -193,3 +193,14 @@ def test_each_row_has_its_own_scale():
         plot_compare(display, [])
     with pytest.raises(ValueError, match="scores of 'short' has 2 values for 6 tokens"):
         plot_compare(display, [CompareRow("short", [1.0, 2.0])])
+
+
+def test_a_foil_of_token_id_0_against_the_prediction(tiny):
+    """The forward over the prompt alone serves a foil whatever its id (0 is '<pad>' here)."""
+    model, tokenizer = tiny
+    with torch.no_grad():
+        predicted = int(model(tokenizer(PROMPT, return_tensors="pt").input_ids).logits[0, -1].argmax())
+    result = explain(model, tokenizer, PROMPT, "semantic", foil="<pad>")
+    assert result.metadata["prediction"]["id"] == predicted and result.metadata["contrast"]["foil_token"] == "<pad>"
+    with pytest.raises(ValueError, match="are the same"):
+        explain(model, tokenizer, PROMPT, "semantic", foil=tokenizer.decode([predicted]))
