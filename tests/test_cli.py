@@ -472,12 +472,13 @@ def test_old_results_still_say_whether_a_target_was_given(tmp_path):
         (["attribute", PROMPT, "--scope", "nope"], 2, "invalid choice: 'nope'"),
         ([], 2, "missing command"),
         (["bench", "nope"], 2, "invalid choice: 'nope'"),
-        (["attribute", ""], 1, "the prompt is empty"),
-        (["attribute", "  \n"], 1, "the prompt is empty"),
-        (["attribute", PROMPT, "--target", ""], 1, "--target is empty"),
-        (["attribute", PROMPT, "--model", "{model}", "--target", "zebra"], 1, "'zebra' is not in the model's vocabulary"),
-        (["attribute", PROMPT, "--model", "{missing}"], 1, "does not exist"),
-        (["attribute", "<bos>", "--model", "{model}"], 1, "only special tokens"),
+        # bad values and input are usage errors (2), also those only the model's tokenizer can tell
+        (["attribute", ""], 2, "the prompt is empty"),
+        (["attribute", "  \n"], 2, "the prompt is empty"),
+        (["attribute", PROMPT, "--target", ""], 2, "--target is empty"),
+        (["attribute", PROMPT, "--model", "{model}", "--target", "zebra"], 2, "'zebra' is not in the model's vocabulary"),
+        (["attribute", PROMPT, "--model", "{missing}"], 2, "does not exist"),
+        (["attribute", "<bos>", "--model", "{model}"], 2, "only special tokens"),
     ],
 )
 def test_errors_are_one_line_without_traceback(argv, status, message, model_dir, tmp_path, capsys):
@@ -516,7 +517,7 @@ def test_debug_shows_the_traceback(how, monkeypatch, tmp_path, capsys):
     else:
         monkeypatch.setenv("JSCOPES_DEBUG", "1")
     code, _, stderr = run(argv, capsys)
-    assert code == 1
+    assert code == 2  # a model folder that does not exist: a usage error
     assert "Traceback (most recent call last)" in stderr
     assert stderr.strip().splitlines()[-1].startswith("jscopes: error: model folder")
 
@@ -583,7 +584,7 @@ def test_console_script_and_python_dash_m():
     done = subprocess.run(
         [sys.executable, "-m", "captum_jscopes", "attribute", ""], capture_output=True, text=True, timeout=120
     )
-    assert done.returncode == 1
+    assert done.returncode == 2  # an empty prompt: a usage error
     assert done.stderr == "jscopes: error: the prompt is empty: give the text whose continuation to explain\n"
 
 

@@ -477,7 +477,7 @@ def test_run_json_of_earlier_versions_is_read_in_todays_form():
     today = DatasetSettings(scopes="fisher").to_dict()
     for stored in ({"fisher_estimator": "krylov"}, {"fisher_method": "krylov"}):
         assert DatasetSettings.upgrade_dict({**today, **stored}) == today
-    chosen = DatasetSettings(scopes="fisher", fisher_estimator="eig", fisher_tol=0.05).to_dict()
-    assert DatasetSettings.upgrade_dict({**today, "fisher_method": "eig", "fisher_tol": 0.05}) == chosen
+    chosen = DatasetSettings(scopes="fisher", fisher_estimator="eig", fisher_k=3).to_dict()  # (eig takes no tol)
+    assert DatasetSettings.upgrade_dict({**today, "fisher_method": "eig", "fisher_k": 3}) == chosen
     bad = {**today, "fisher_estimator": "fast"}
     assert DatasetSettings.upgrade_dict(bad) == bad  # unreadable: left as it is, so it differs from any run

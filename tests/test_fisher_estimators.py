@@ -298,12 +298,12 @@ def test_local_options_are_exact_unless_an_estimator_was_chosen():
         assert local(make(method="hutchinson")).estimator == "hutchinson"
 
 
-def test_settings_keep_the_json_key_fisher_method():
+def test_settings_write_the_json_key_fisher_estimator():
     make = FisherScope.make_options
-    assert FisherScope.settings(make()) == {"fisher_method": "krylov"}
-    assert FisherScope.settings(make(estimator="eig")) == {"fisher_method": "eig"}
-    assert FisherScope.settings(make(estimator="eig", k=4, seed=3)) == {"fisher_method": "eig", "k": 4, "seed": 3}
-    assert type(FisherScope.settings(make())["fisher_method"]) is str  # plain JSON
+    assert FisherScope.settings(make()) == {"fisher_estimator": "krylov"}
+    assert FisherScope.settings(make(estimator="eig")) == {"fisher_estimator": "eig"}
+    assert FisherScope.settings(make(estimator="eig", k=4, seed=3)) == {"fisher_estimator": "eig", "k": 4, "seed": 3}
+    assert type(FisherScope.settings(make())["fisher_estimator"]) is str  # plain JSON
 
 
 def test_readout_exact_directions_and_own_progress(gpt2, gpt2_forward):

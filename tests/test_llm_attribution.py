@@ -219,8 +219,9 @@ def test_json_from_the_python_api_records_model_prompt_settings_versions(tokeniz
     assert meta["model"] == "org/tiny-llama"  # the Hub name, whole
     assert meta["prompt"] == PROMPT and meta["target"] == "big red" and meta["scope"] == "fisher"
     assert meta["settings"] == {
-        "chat": False, "keep_special": False, "fisher_method": "eig", "dtype": "float32", "device": "cpu"
+        "chat": False, "keep_special": False, "fisher_estimator": "eig", "dtype": "float32", "device": "cpu"
     }
+    assert meta["run_info"]["passes"] == 1 and meta["run_info"]["k"] == 1  # what the call ran
     assert set(meta["versions"]) == {"captum_jscopes", "torch", "transformers", "captum"}
     assert all(isinstance(v, str) and v for v in meta["versions"].values())
 

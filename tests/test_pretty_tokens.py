@@ -28,6 +28,7 @@ from captum_jscopes.runs.runner import read_records
 PROMPT = "the cat likes 🍣 and"
 SUSHI = "🍣"  # four bytes: F0 9F 8D A3, one token each below
 LONE_BYTE = "\\xf0"  # how the first byte alone is shown (core.text.output_token_texts)
+FIRST_PIECE = "\u00f0"  # its raw byte-level piece, 'ð' (a result's output_tokens)
 
 
 def byte_level_tokenizer(text: str) -> PreTrainedTokenizerFast:
@@ -94,7 +95,9 @@ def test_attribute_explains_a_predicted_fragment_of_a_character(fragment_model_d
     captured = capsys.readouterr()
     assert code == 0, captured.err
     saved = ScopeResult.load_json(tmp_path / "semantic.json")
-    assert saved.output_tokens == [LONE_BYTE] and saved.metadata["no_target_given"] is True
+    # the raw piece (lossless), and its byte as the readable text
+    assert saved.output_tokens == [FIRST_PIECE] and saved.output_display == [LONE_BYTE]
+    assert saved.metadata["no_target_given"] is True
 
 
 def test_attribute_dataset_goes_on_after_such_a_prompt(fragment_model_dir, tmp_path, capsys):
@@ -107,4 +110,5 @@ def test_attribute_dataset_goes_on_after_such_a_prompt(fragment_model_dir, tmp_p
     assert code == 0, captured.err
     records = read_records(out)
     assert [("results" in r) for r in records] == [True, True]
-    assert records[0]["results"]["semantic"]["output_tokens"] == [LONE_BYTE]
+    assert records[0]["results"]["semantic"]["output_tokens"] == [FIRST_PIECE]
+    assert records[0]["results"]["semantic"]["output_display"] == [LONE_BYTE]

@@ -29,6 +29,7 @@ from captum_jscopes.cli._common import (
     note,
     output_folder,
     print_files,
+    run_info_line,
     short,
     shown,
     target_line,
@@ -446,6 +447,9 @@ def _print_scope(result: ScopeResult, written: list[Path], unit: str = "tokens")
     for rank, (index, token, score) in enumerate(result.top_tokens(TOP_K), start=1):
         what = "word" if unit == "words" else "token"
         print(f"  {rank}. {shown(token)!r:<20} ({what} {index:>3})  {score:.4g}")
+    reached = run_info_line(result)  # an estimate's error and passes (--fisher-tol)
+    if reached:
+        print(reached)
     print_files(written)
     for path in written:
         if path.name.endswith(INTERACTIVE_SUFFIX):

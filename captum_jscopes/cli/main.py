@@ -15,22 +15,28 @@ dispatches, and turns errors into one line and an exit status.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+import textwrap
 import traceback
 from typing import Optional, Sequence
 
 from captum_jscopes.cli import attribute, attribute_dataset, bench, demo
 from captum_jscopes.cli._common import (
     DEBUG_ENV,
+    EXIT_STATUS,
     PROG,
     Parser,
     UsageError,
     add_debug_flag,
     describe_error,
     exit_status,
+    flag_words,
+    model_started,
     print_error,
 )
+from captum_jscopes.core.tokens import InputError
 from captum_jscopes.core.provenance import package_version
 
 #: the commands, in the order ``jscopes --help`` lists them
@@ -38,10 +44,12 @@ COMMANDS = (attribute, attribute_dataset, demo, bench)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the command line and return its exit status (0 = success, 1 = error,
-    2 = bad usage). ``argv`` defaults to ``sys.argv[1:]``. Errors are printed as
-    one line ``jscopes: error: ...`` on stderr; ``--debug`` or ``JSCOPES_DEBUG=1``
-    adds the traceback."""
+    """Run the command line and return its exit status (:data:`EXIT_STATUS`:
+    0 = done, 1 = a failure, 2 = a usage error, 130 = interrupted). ``argv``
+    defaults to ``sys.argv[1:]``. Errors are printed as one line ``jscopes:
+    error: ...`` on stderr, a scope option named by the flag the user typed
+    (``--fisher-tol``, :func:`~captum_jscopes.cli._common.flag_words`);
+    ``--debug`` or ``JSCOPES_DEBUG=1`` adds the traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # Line by line also into a file or a pipe (`jscopes ... | tee log`): each scope's
     # summary is meant to appear when that scope is done, not when the process ends.
@@ -63,7 +71,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as stop:  # a benchmark's own argparse (--help, bad flag)
         return exit_status(stop)
     except UsageError as err:
-        print_error(str(err))
+        if debug:
+            traceback.print_exc()
+        print_error(flag_words(str(err), args)[0])
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -71,8 +81,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as err:  # one readable line instead of a traceback
         if debug:
             traceback.print_exc()
-        print_error(describe_error(err, debug))
-        return 1
+        status, message = error_status(err, args)
+        print_error(message if status == 2 else describe_error(err, debug))
+        return status
+
+
+def error_status(err: Exception, args: argparse.Namespace) -> tuple[int, str]:
+    """The exit status of an error a command raised, and its message: 2 (a
+    usage error) for a ValueError or TypeError that names a flag the user gave
+    (:func:`~captum_jscopes.cli._common.flag_words`), for an
+    :class:`~captum_jscopes.core.tokens.InputError` (a target outside the
+    vocabulary, a prompt of special tokens only), and for one raised before
+    the command's model started loading (its checks of the arguments and input
+    files; not for ``bench``, whose benchmarks load their own); else 1."""
+    if not isinstance(err, (ValueError, TypeError)):
+        return 1, str(err)
+    message, named = flag_words(str(err), args)
+    checking = args.command != bench.NAME and not model_started(args)
+    return (2 if named or checking or isinstance(err, InputError) else 1), message
 
 
 def build_parser() -> Parser:
@@ -80,7 +106,8 @@ def build_parser() -> Parser:
     parser = Parser(
         prog=PROG,
         description="Jacobian Scopes: which input tokens drive a language model's next-token prediction.",
-        epilog=f"Run '{PROG} COMMAND --help' for the options of a command.",
+        epilog=epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     add_debug_flag(parser, False)
@@ -88,3 +115,11 @@ def build_parser() -> Parser:
     for command in COMMANDS:
         command.add_parser(subcommands)
     return parser
+
+
+def epilog(width: int = 79) -> str:
+    """The end of ``jscopes --help``: where the commands' options are, and the exit statuses."""
+    lines = [f"Run '{PROG} COMMAND --help' for the options of a command.", "", "exit status:"]
+    for status, meaning in EXIT_STATUS:
+        lines.append(textwrap.fill(meaning, width, initial_indent=f"  {status:<5}", subsequent_indent=" " * 7))
+    return "\n".join(lines)

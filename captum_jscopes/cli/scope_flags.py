@@ -46,7 +46,7 @@ from captum_jscopes.runs.explain import ScopeSetting, deprecated_names, settings
 from captum_jscopes.scopes.base import JacobianScope, ScopeOptions
 from captum_jscopes.scopes.registry import SCOPES
 
-__all__ = ["SHARED_OPTIONS", "add_scope_flags", "scope_settings_from_args", "flag_of"]
+__all__ = ["SHARED_OPTIONS", "add_scope_flags", "scope_settings_from_args", "flag_of", "flags_given"]
 
 #: the options every scope has (the fields of ScopeOptions): one shared flag each
 SHARED_OPTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ScopeOptions))
@@ -109,6 +109,13 @@ def scope_settings_from_args(
             elif setting.option in SHARED_OPTIONS and setting.option in given:
                 values[setting.key] = getattr(args, setting.option)
     return values
+
+
+def flags_given(args: argparse.Namespace) -> dict[str, str]:
+    """``{destination: flag}`` of the scope flags the command line gave:
+    ``{"fisher_tol": "--fisher-tol", "rules": "--rules"}`` (a setting's key, or a
+    shared option's name; a deprecated alias counts as the flag it stands for)."""
+    return {dest: flag_of(None, dest) for dest in sorted(getattr(args, _GIVEN, ()))}
 
 
 # ----------------------------------------------------------------------------- one flag

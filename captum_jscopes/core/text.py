@@ -46,6 +46,7 @@ __all__ = [
     "result_texts",
     "prompt_labels",
     "output_token_texts",
+    "token_pieces",
     "byte_decoder",
     "piece_text",
 ]
@@ -479,6 +480,22 @@ def output_token_texts(ids: Any, tokenizer: Any) -> list[str]:
         for j, pos in enumerate(group.positions):
             out[pos] = shown if j == 0 else shown + OVERLAP_MARK
     return out
+
+
+def token_pieces(ids: Any, tokenizer: Any) -> list[str]:
+    """The raw tokenizer piece of each id (``'ĠParis'``, the form
+    ``ScopeResult.input_tokens`` hold): lossless, what a result's
+    ``output_tokens`` hold; its readable text is :func:`output_texts`'s. An id
+    without a piece (past the tokenizer's vocabulary) gets its decoded text, or
+    ``"<id>"``."""
+    pieces = []
+    for token_id in _id_list(ids):
+        try:
+            piece = tokenizer.convert_ids_to_tokens(token_id)
+        except Exception:  # an id the tokenizer does not know
+            piece = None
+        pieces.append(piece if isinstance(piece, str) else _decode_one(tokenizer, token_id))
+    return pieces
 
 
 def _id_list(ids: Any) -> list[int]:

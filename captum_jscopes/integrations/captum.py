@@ -13,6 +13,7 @@ scopes are compared on identical inputs.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 from typing import Any, Optional, Union
@@ -21,10 +22,11 @@ import torch
 from captum.attr import InterpretableInput, LLMGradientAttribution, TextTokenInput
 from torch import Tensor
 
-from captum_jscopes.core.captum_compat import pretty_tokens, prompt_token_ids, target_token_ids
+from captum_jscopes.core.captum_compat import prompt_token_ids, target_token_ids
 from captum_jscopes.core.continuation import check_next, continuation
 from captum_jscopes.core.forward import ScopeForward, module_device
 from captum_jscopes.core.provenance import model_name, versions
+from captum_jscopes.core.text import output_texts, output_token_texts, token_pieces
 from captum_jscopes.core.tokens import encode_target
 from captum_jscopes.results.result import ScopeResult
 from captum_jscopes.scopes.base import JacobianScope
@@ -138,9 +140,15 @@ class LLMScopeAttribution(LLMGradientAttribution):
             extra["next"] = next
         if foil is not None:
             extra["contrast"] = self._contrast_metadata(target_tokens, targets, ids[0, n_prompt:], foil, probs)
+        info = run_info(self.attr_method)
+        if info:
+            extra["run_info"] = info
+        target_text = self.tokenizer.decode(target_tokens.tolist())
         return ScopeResult(
             input_tokens=list(inp.values),
-            output_tokens=pretty_tokens(target_tokens, self.tokenizer),
+            output_tokens=token_pieces(target_tokens, self.tokenizer),  # raw pieces, as input_tokens: lossless
+            # the readable text: a lone byte of a character as its escaped byte ("\\xf0"), not the piece's letter
+            output_display=output_texts(output_token_texts(target_tokens, self.tokenizer), target_text),
             seq_attr=token_attr.sum(0).detach().cpu(),
             token_attr=token_attr.detach().cpu(),
             output_probs=output_probs.detach().cpu(),
@@ -150,7 +158,7 @@ class LLMScopeAttribution(LLMGradientAttribution):
                 "method": type(self.attr_method).__name__,
                 "model": model_name(self.model),
                 "prompt": _prompt_text(inp, prompt[0], self.tokenizer),
-                "target": self.tokenizer.decode(target_tokens.tolist()),
+                "target": target_text,
                 "settings": self._settings(inp, kwargs),
                 "versions": versions(),
                 **extra,
@@ -336,3 +344,22 @@ def _keep_special(keep_special: bool, keep_template: Optional[bool]) -> bool:
     warnings.warn("keep_template= is deprecated; use keep_special=", DeprecationWarning, stacklevel=3)
     return keep_special or keep_template
 
+
+def run_info(scope: Any) -> dict:
+    """What a scope's last call ran, as JSON values (``metadata["run_info"]``): its
+    ``last_info`` (the Fisher Scope: the path, k, n_probes, the passes spent, and
+    with the krylov estimator the estimated relative error of the map, ``rel_error``,
+    and the ``tol`` it was run to), times left out (the same call gives the same
+    metadata); empty for a scope without one."""
+    info = getattr(scope, "last_info", None)
+    if not isinstance(info, dict):
+        return {}
+    kept = {}
+    for key, value in info.items():
+        if str(key).endswith("seconds"):
+            continue
+        if isinstance(value, Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, (bool, int, str)) or (isinstance(value, float) and math.isfinite(value)):
+            kept[str(key)] = value
+    return kept

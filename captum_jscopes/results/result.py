@@ -261,7 +261,9 @@ class ScopeResult(LLMAttributionResult):
     def from_dict(cls, data: dict) -> "ScopeResult":
         """Inverse of ``to_dict`` (tensors come back on CPU with their dtype).
         Files written before the display fields existed read as before; their
-        display text is computed from the raw pieces."""
+        display text is computed from the raw pieces. Settings stored under a
+        former name are read under today's (``metadata["settings"]["fisher_method"]``
+        as ``fisher_estimator``, :data:`RENAMED_SETTINGS`)."""
         if not isinstance(data, dict):
             raise TypeError(f"from_dict expects a dict, not {type(data).__name__}")
         if data.get("format") != _FORMAT:
@@ -280,7 +282,7 @@ class ScopeResult(LLMAttributionResult):
             seq_attr=_tensor_from_dict(data["seq_attr"], "seq_attr"),
             token_attr=_tensor_from_dict(data.get("token_attr"), "token_attr"),
             output_probs=_tensor_from_dict(data.get("output_probs"), "output_probs"),
-            metadata=data.get("metadata") or {},
+            metadata=_upgrade_metadata(data.get("metadata") or {}),
             input_display=data.get("input_display"),
             output_display=data.get("output_display"),
         )
@@ -394,6 +396,24 @@ def sink_share(scores: Any, k: int = 1) -> Tensor:
 
 # ---------------------------------------------------------------- internals
 #: the fields of Captum's LLMAttributionResult that a ScopeResult holds as they are
+#: keys of ``metadata["settings"]`` that earlier versions wrote under another name: former -> today's
+RENAMED_SETTINGS = {"fisher_method": "fisher_estimator"}
+
+
+def _upgrade_metadata(metadata: Any) -> Any:
+    """``metadata`` with its settings under today's names (:data:`RENAMED_SETTINGS`),
+    in their order; today's name wins where a file holds both. Not changed in place."""
+    settings = metadata.get("settings") if isinstance(metadata, dict) else None
+    if not isinstance(settings, dict) or not any(old in settings for old in RENAMED_SETTINGS):
+        return metadata
+    upgraded = {}
+    for key, value in settings.items():
+        if key in RENAMED_SETTINGS and RENAMED_SETTINGS[key] in settings:
+            continue
+        upgraded[RENAMED_SETTINGS.get(key, key)] = value
+    return {**metadata, "settings": upgraded}
+
+
 _CAPTUM_FIELDS = ("input_tokens", "output_tokens", "seq_attr", "token_attr", "output_probs")
 
 

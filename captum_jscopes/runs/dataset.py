@@ -60,7 +60,14 @@ from captum_jscopes.runs.runner import (
     write_json_atomic,
     write_text_atomic,
 )
-from captum_jscopes.runs.explain import explain, find_setting, model_name, resolve_scope_settings, settings_of
+from captum_jscopes.runs.explain import (
+    explain,
+    find_setting,
+    model_name,
+    resolve_scope_settings,
+    scope_options,
+    settings_of,
+)
 from captum_jscopes.scopes.registry import SCOPES, scope_class
 from captum_jscopes.results.result import ScopeResult
 from captum_jscopes.display.html import render_html
@@ -230,6 +237,8 @@ class DatasetSettings(Settings):
         for name in ("chat", "keep_special"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
+        for name in self.scopes:
+            _check_scope_options(name, self.scope_settings)
         check_next(self.next)
 
     def __getattr__(self, name: str) -> Any:
@@ -290,6 +299,28 @@ class DatasetSettings(Settings):
             return data
         # runs from before "next" existed explained the next token
         return {"next": "token", **{key: value for key, value in data.items() if key in names}, **upgraded}
+
+
+#: the model width the scopes' options are checked at before any model is loaded
+_CHECK_WIDTH = 4096
+
+
+def _check_scope_options(scope: str, settings: Mapping[str, Any]) -> None:
+    """The scope's options from ``settings`` checked as far as they can be without
+    a model (the scope's ``make_options`` and its pass count, which builds the
+    Fisher Scope's estimator from k, n_probes, budget, and that estimator's
+    ``check_tol`` of tol and max_passes): a bad one is a ValueError or TypeError
+    naming the scope, before any model loads (not once per prompt)."""
+    cls = scope_class(scope)
+    try:
+        options = cls.make_options(**scope_options(scope, settings))
+        cls.backward_passes(options, _CHECK_WIDTH)
+        estimator_of = getattr(cls, "estimator_of", None)
+        check_tol = getattr(estimator_of(options), "check_tol", None) if callable(estimator_of) else None
+        if callable(check_tol):
+            check_tol(getattr(options, "tol", None), getattr(options, "max_passes", None))
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{scope} scope: {err}") from None
 
 
 def _names_a_setting(key: str) -> bool:

@@ -49,7 +49,7 @@ from captum_jscopes.runs.explain import PassTiming, explain, prompt_input, scope
 from captum_jscopes.runs.runner import format_duration
 from captum_jscopes.scopes.registry import scope_class
 
-__all__ = ["LengthTimings", "RunEstimate", "measure_run", "CALIBRATED_PASSES"]
+__all__ = ["LengthTimings", "RunEstimate", "measure_run", "pass_batch", "CALIBRATED_PASSES"]
 
 #: scopes of at most this many backward passes are run once on a few tokens before the
 #: run, for their time outside the passes (a scope of more passes is priced by them)
@@ -129,6 +129,8 @@ class RunEstimate:
         sizes: ``{prompt id: (tokens of the forward, explained tokens)}``; None
             for a prompt that cannot be explained (it fails at once: priced 0).
         chunk_size: backward passes a scope batches into one (the scopes' default).
+        batches: ``{scope: passes it batches into one}`` where a scope's differ
+            from ``chunk_size`` (:func:`pass_batch`).
     """
 
     def __init__(
@@ -138,12 +140,14 @@ class RunEstimate:
         outside: Mapping[str, float],
         sizes: Mapping[str, Optional[tuple[int, int]]],
         chunk_size: int = PassTiming.CHUNK_SIZE,
+        batches: Optional[Mapping[str, int]] = None,
     ) -> None:
         self.timings = timings
         self.passes = dict(passes)
         self.outside = {scope: max(0.0, float(outside.get(scope, 0.0))) for scope in self.passes}
         self.sizes = dict(sizes)
         self.chunk_size = chunk_size
+        self.batches = {scope: int((batches or {}).get(scope, chunk_size)) for scope in self.passes}
         #: per prompt done: (its tokens, {scope: seconds taken / seconds priced})
         self.done: list[tuple[int, dict[str, float]]] = []
 
@@ -158,7 +162,7 @@ class RunEstimate:
             return {scope: 0.0 for scope in self.passes}
         n_tokens, n_targets = size
         timing = self.timings.at(n_tokens, n_targets)
-        return {scope: timing.seconds(passes, self.chunk_size) + self.outside[scope] * timing.n_targets
+        return {scope: timing.seconds(passes, self.batches[scope]) + self.outside[scope] * timing.n_targets
                 for scope, passes in self.passes.items()}
 
     def ratio(self, n_tokens: int) -> dict[str, float]:
@@ -294,21 +298,41 @@ def measure_run(model: Any, tokenizer: Any, prompts: Sequence[Any], settings: An
             longest = ids[0]
         if shortest is None or ids[0].shape[1] < sizes[shortest.id][0]:
             shortest = prompt
-    scopes = list(settings.scopes)
     hidden = _hidden_size(model)
-    passes = {}
-    for scope in scopes:
+    passes, batches = {}, {}
+    for scope in settings.scopes:
         cls = scope_class(scope)
-        passes[scope] = int(cls.backward_passes(cls.make_options(**scope_options(scope, settings.scope_settings)), hidden))
+        options = cls.make_options(**scope_options(scope, settings.scope_settings))
+        passes[scope] = int(cls.backward_passes(options, hidden))
+        batches[scope] = pass_batch(cls, options)
     if longest is None:  # nothing can be explained: every prompt is priced 0
         timings = LengthTimings((1,), (0.0,), (0.0,), hidden, _device_type(model))
-        return RunEstimate(timings, passes, {}, sizes)
+        return RunEstimate(timings, passes, {}, sizes, batches=batches)
     lengths = _lengths(min(size[0] for size in sizes.values() if size), int(longest.shape[1]))
     timings = _time_lengths(model, longest, lengths)
     outside: dict[str, float] = {}
     if calibrate and shortest is not None:
-        outside = _outside_passes(model, tokenizer, shortest, settings, timings, passes)
-    return RunEstimate(timings, passes, outside, sizes)
+        outside = _outside_passes(model, tokenizer, shortest, settings, timings, passes, batches)
+    return RunEstimate(timings, passes, outside, sizes, batches=batches)
+
+
+def pass_batch(cls: type, options: Any) -> int:
+    """How many backward passes the scope ``cls`` runs together with these
+    options, for pricing them (:meth:`PassTiming.seconds`, whose batches cost more
+    per pass on a long prompt on a CPU): :attr:`PassTiming.CHUNK_SIZE`, the
+    scopes' ``chunk_size``, unless the scope's estimator (``cls.estimator_of``,
+    the Fisher Scope's) finds its directions in smaller blocks (``block_size``:
+    the krylov estimator's 8; SmolLM2 at 1,500 tokens spent 1,386 s on its 48
+    passes, about one lone pass each, where batches of 32 would cost 2.4)."""
+    estimator_of = getattr(cls, "estimator_of", None)
+    if callable(estimator_of):
+        try:
+            block = getattr(estimator_of(options), "block_size", None)
+        except (TypeError, ValueError):
+            block = None
+        if isinstance(block, int) and not isinstance(block, bool) and block > 0:
+            return min(block, PassTiming.CHUNK_SIZE)
+    return PassTiming.CHUNK_SIZE
 
 
 def _forward_ids(model: Any, tokenizer: Any, prompt: Any, settings: Any) -> Optional[tuple[torch.Tensor, int]]:
@@ -363,7 +387,7 @@ def _time_pass(model: Any, ids: torch.Tensor) -> tuple[float, float]:
 
 
 def _outside_passes(model: Any, tokenizer: Any, prompt: Any, settings: Any, timings: LengthTimings,
-                    passes: Mapping[str, int]) -> dict[str, float]:
+                    passes: Mapping[str, int], batches: Mapping[str, int]) -> dict[str, float]:
     """``{scope: seconds}`` each cheap scope spends outside its passes, per
     explained token: its time on a few tokens of ``prompt`` (the model's own
     prediction explained) less the price of its passes there."""
@@ -384,7 +408,7 @@ def _outside_passes(model: Any, tokenizer: Any, prompt: Any, settings: Any, timi
                     settings=settings.scope_settings)
         except Exception:  # noqa: BLE001 -- no calibration; the prompts' own records will say what fails
             continue
-        outside[scope] = max(0.0, time.perf_counter() - began - timing.seconds(passes[scope]))
+        outside[scope] = max(0.0, time.perf_counter() - began - timing.seconds(passes[scope], batches[scope]))
     return outside
 
 

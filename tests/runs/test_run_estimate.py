@@ -160,3 +160,17 @@ def test_measured_prices_follow_the_prompts_lengths_and_leave_the_model_unchange
         assert estimate.price("1")[scope] == pytest.approx(timing.seconds(1) + estimate.outside[scope])
     krylov = measure_run(model, tokenizer, prompts[:2], DatasetSettings(scopes=("fisher",)), calibrate=False)
     assert krylov.passes["fisher"] > 4 and krylov.outside == {"fisher": 0.0}
+    assert krylov.batches == {"fisher": 8} and estimate.batches == {"semantic": 32, "fisher": 32}
+
+
+def test_a_scope_that_runs_its_passes_in_small_blocks_is_priced_so():
+    from captum_jscopes.runs.estimate import pass_batch
+    from captum_jscopes.scopes.registry import scope_class
+
+    fisher, semantic = scope_class("fisher"), scope_class("semantic")
+    assert pass_batch(fisher, fisher.make_options()) == 8  # krylov: its Krylov blocks
+    assert pass_batch(fisher, fisher.make_options(estimator="hutchinson")) == 32
+    assert pass_batch(semantic, semantic.make_options()) == 32
+    estimate = RunEstimate(TIMINGS, {"fisher": 48}, {}, {"long": (1000, 1)}, batches={"fisher": 8})
+    assert estimate.price("long")["fisher"] == pytest.approx(PassTiming(1000, 1, 16, 1.0, 1.0).seconds(48, 8))
+    assert estimate.price("long")["fisher"] < PassTiming(1000, 1, 16, 1.0, 1.0).seconds(48, 32)
