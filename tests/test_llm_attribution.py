@@ -259,7 +259,8 @@ def test_a_target_foil_pair_is_the_contrastive_scope(llama, tokenizer):
     assert result.output_tokens == ["liberal"] and result.metadata["target"] == "liberal"
     contrast = result.metadata["contrast"]
     assert contrast["foil"] == contrast["foil_token"] == "conservative" and contrast["after"] == ""
-    probs = torch.softmax(llama(inp.to_model_input()).logits[0, -1], -1)
+    with torch.no_grad():
+        probs = torch.softmax(llama(inp.to_model_input()).logits[0, -1], -1)
     assert contrast["foil_prob"] == pytest.approx(float(probs[conservative]), rel=1e-5)
     torch.testing.assert_close(result.output_probs[0], probs[liberal], rtol=1e-5, atol=1e-8)
     # ids work as well as strings
