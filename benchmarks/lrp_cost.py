@@ -24,7 +24,7 @@ parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--model", default="smollm2", help="smollm2 (default) or gemma3-270m")
 parser.add_argument("--n", type=int, default=10, help="LAMBADA prompts (default 10)")
 parser.add_argument("--repeat", type=int, default=3, help="rounds per prompt, the fastest kept (default 3)")
-parser.add_argument("--out", default=None, help="Markdown file to append to (default benchmarks/results/lrp_cost.md)")
+parser.add_argument("--out", default=None, help="Markdown file to append to, row by row (default benchmarks/results/lrp_cost.md)")
 args = parser.parse_args()
 torch.set_num_threads(1)
 model, tok = load_model() if args.model == "smollm2" else load_model(args.model)
@@ -52,7 +52,21 @@ def seconds(call):
     return best
 
 
-rows = []
+lengths = [ids.shape[1] for ids in prompts]
+out = Path(args.out or Path(__file__).parent / "results" / "lrp_cost.md")
+
+
+def write(line: str) -> None:
+    # row by row: a run cut short (a time limit) keeps what it measured
+    print(line, flush=True)
+    with open(out, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+write(f"\n## {args.model}: {args.n} LAMBADA prompts ({min(lengths)}-{max(lengths)} tokens), 1 thread, best of "
+      f"{args.repeat}, {platform.processor() or platform.machine()}\n")
+write(f"`.venv/bin/python benchmarks/lrp_cost.py --model {args.model} --n {args.n} --repeat {args.repeat}`\n")
+write("| scope | variant | median CPU s per prompt | median ratio to plain |\n|---|---|---|---|")
 for name, (cls, options) in SCOPES.items():
     scope = cls(model, tok)
     times = {v: [] for v in VARIANTS}
@@ -69,17 +83,4 @@ for name, (cls, options) in SCOPES.items():
             times["AttnLRP (LXT)"].append(seconds(lambda: attnlrp_scores(model, tok, ids, target)))
     for v, t in times.items():
         ratio = statistics.median(a / b for a, b in zip(t, times["plain"]))
-        rows.append(f"| {name} | {v} | {statistics.median(t):.3f} | {ratio:.2f} |")
-        print(rows[-1], flush=True)
-
-lengths = [ids.shape[1] for ids in prompts]
-text = "\n".join([
-    f"## {args.model}: {args.n} LAMBADA prompts ({min(lengths)}-{max(lengths)} tokens), 1 thread, best of "
-    f"{args.repeat}, "
-    f"{platform.processor() or platform.machine()}", "",
-    "| scope | variant | median CPU s per prompt | median ratio to plain |", "|---|---|---|---|", *rows, "",
-    f"`.venv/bin/python benchmarks/lrp_cost.py --model {args.model} --n {args.n} --repeat {args.repeat}`", ""])
-out = Path(args.out or Path(__file__).parent / "results" / "lrp_cost.md")
-with open(out, "a", encoding="utf-8") as f:
-    f.write(text + "\n")
-print(f"appended to {out}")
+        write(f"| {name} | {v} | {statistics.median(t):.3f} | {ratio:.2f} |")
