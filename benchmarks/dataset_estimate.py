@@ -26,7 +26,7 @@ from captum_jscopes import load_model
 from captum_jscopes.runs.dataset import DatasetSettings, attribute_dataset, select_prompts
 from captum_jscopes.runs.estimate import measure_run
 from captum_jscopes.runs.prompts import load_prompts
-from captum_jscopes.runs.runner import format_duration
+from captum_jscopes.runs.progress import format_duration
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--model", default=None, help="model name (default: the embedded SmolLM2-135M-Instruct)")

@@ -307,7 +307,7 @@ def test_a_prompt_that_cannot_be_explained_is_recorded_not_retried(model_dir, tm
     argv = [source, "--model", model_dir, "--out", tmp_path / "out", "--scope", "semantic", "--target-field", "t"]
     code, _, stderr = run_cli(argv, capsys)
     assert code == 0
-    assert "warning: 1 of 2 prompts could not be explained (first: prompt '1': ValueError:" in stderr
+    assert "warning: 1 of 2 prompts could not be explained (first: prompt '1': InputError:" in stderr  # the target's own error type
     assert "zebra" in stderr
     records = read_records(tmp_path / "out")
     assert "results" in records[0] and "zebra" in records[1]["error"]

@@ -46,7 +46,7 @@ from captum_jscopes.core.forward import context_length, prepare_inputs, run_forw
 from captum_jscopes.core.model_state import preserved_state
 from captum_jscopes.core.tokens import encode_target
 from captum_jscopes.runs.explain import PassTiming, explain, prompt_input, scope_options
-from captum_jscopes.runs.runner import format_duration
+from captum_jscopes.runs.progress import format_duration
 from captum_jscopes.scopes.registry import scope_class
 
 __all__ = ["LengthTimings", "RunEstimate", "measure_run", "pass_batch", "CALIBRATED_PASSES"]
@@ -317,13 +317,15 @@ def measure_run(model: Any, tokenizer: Any, prompts: Sequence[Any], settings: An
 
 
 def pass_batch(cls: type, options: Any) -> int:
-    """How many backward passes the scope ``cls`` runs together with these
-    options, for pricing them (:meth:`PassTiming.seconds`, whose batches cost more
-    per pass on a long prompt on a CPU): :attr:`PassTiming.CHUNK_SIZE`, the
-    scopes' ``chunk_size``, unless the scope's estimator (``cls.estimator_of``,
-    the Fisher Scope's) finds its directions in smaller blocks (``block_size``:
-    the krylov estimator's 8; SmolLM2 at 1,500 tokens spent 1,386 s on its 48
-    passes, about one lone pass each, where batches of 32 would cost 2.4)."""
+    """The batch a scope's passes are priced in with these options
+    (:meth:`PassTiming.seconds`, whose batches cost more per pass on a long prompt
+    on a CPU): :attr:`PassTiming.CHUNK_SIZE`, the scopes' ``chunk_size``, unless
+    the scope's estimator (``cls.estimator_of``, the Fisher Scope's) finds its
+    directions in blocks (``block_size``: the krylov estimator's JVPs and VJPs, 8
+    at a time), whose passes cost about a lone pass each: 1. (SmolLM2, one thread,
+    1,500 tokens: 793 s for krylov's 48 passes where a forward and a backward pass
+    took 44 s, and 1,386 s where they took 65 s; priced in batches of 32, they
+    would be 2.4 times a lone pass.)"""
     estimator_of = getattr(cls, "estimator_of", None)
     if callable(estimator_of):
         try:
@@ -331,7 +333,7 @@ def pass_batch(cls: type, options: Any) -> int:
         except (TypeError, ValueError):
             block = None
         if isinstance(block, int) and not isinstance(block, bool) and block > 0:
-            return min(block, PassTiming.CHUNK_SIZE)
+            return 1
     return PassTiming.CHUNK_SIZE
 
 

@@ -489,10 +489,10 @@ class FakeClock:
 
 
 def test_a_long_run_estimates_its_time_after_the_first_prompt_and_suggests_a_look(tmp_path, capsys, monkeypatch):
-    from captum_jscopes.runs import runner
+    from captum_jscopes.runs import progress
 
     clock = FakeClock(75.0)
-    monkeypatch.setattr(runner.time, "perf_counter", clock)
+    monkeypatch.setattr(progress.time, "perf_counter", clock)  # the progress report's clock
     run_sharded(make_prompts(1000), clock.fn, tmp_path, desc="faithfulness", size_flag="--n")
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == "faithfulness: 1000 prompts, about 20 h 50 min on this machine at 75 s per prompt; --n 20 for a look"
@@ -504,12 +504,12 @@ def test_a_long_run_estimates_its_time_after_the_first_prompt_and_suggests_a_loo
 
 
 def test_a_resumed_run_estimates_what_is_left_and_a_short_one_suggests_nothing(tmp_path, capsys, monkeypatch):
-    from captum_jscopes.runs import runner
+    from captum_jscopes.runs import progress
 
     run_sharded(make_prompts(3), CountingFn(), tmp_path, progress=False)
     assert capsys.readouterr().err == ""  # progress=False: nothing at all
     clock = FakeClock(2.0)
-    monkeypatch.setattr(runner.time, "perf_counter", clock)
+    monkeypatch.setattr(progress.time, "perf_counter", clock)  # the progress report's clock
     run_sharded(make_prompts(10), clock.fn, tmp_path, desc="trust")
     lines = capsys.readouterr().err.splitlines()
     assert lines == [
@@ -519,10 +519,10 @@ def test_a_resumed_run_estimates_what_is_left_and_a_short_one_suggests_nothing(t
 
 
 def test_progress_lines_wait_for_the_interval(tmp_path, capsys, monkeypatch):
-    from captum_jscopes.runs import runner
+    from captum_jscopes.runs import progress
 
     clock = FakeClock(7.0)
-    monkeypatch.setattr(runner.time, "perf_counter", clock)
+    monkeypatch.setattr(progress.time, "perf_counter", clock)  # the progress report's clock
     run_sharded(make_prompts(30), clock.fn, tmp_path, desc="x")  # a line every 60 s: every 9th prompt
     lines = capsys.readouterr().err.splitlines()
     assert [line.split()[1] for line in lines[1:]] == ["10/30", "19/30", "28/30", "30/30"]

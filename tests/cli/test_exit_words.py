@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from helpers import save_checkpoint
 
-from captum_jscopes.cli._common import EXIT_STATUS, flag_words, run_info_line
-from captum_jscopes.cli.main import build_parser, main
+from captum_jscopes.cli.attribute import run_info_line
+from captum_jscopes.cli.main import EXIT_STATUS, build_parser, flag_words, main
 from captum_jscopes.results.result import ScopeResult
 
 PROMPT = "the cat sat on the mat"
@@ -56,6 +56,16 @@ def test_attribute_dataset_names_the_flag_before_the_model_loads(tmp_path, capsy
     code, _, stderr = run(["attribute-dataset", source, "--model", tmp_path / "no-such-model", "--fisher-k", "4"],
                           capsys)
     assert code == 2 and "takes no option --fisher-k" in stderr and "does not exist" not in stderr, stderr
+
+
+def test_dataset_settings_refuse_bad_scope_options_before_any_model():
+    from captum_jscopes.runs.dataset import DatasetSettings
+
+    with pytest.raises(ValueError, match="fisher scope: budget 48 leaves fewer than 2 probes"):
+        DatasetSettings(fisher_rounds=3)
+    with pytest.raises(ValueError, match="fisher scope: tol= needs an estimator that adds probes"):
+        DatasetSettings(fisher_estimator="eig", fisher_tol=0.1)
+    assert DatasetSettings(fisher_tol=0.02).fisher_tol == 0.02
 
 
 def test_flag_words_leave_plain_words_and_options_not_given_alone():

@@ -149,7 +149,7 @@ def test_krylov_options_reach_the_scope_the_command_line_and_the_datasets(llama6
     assert (scope.last_info["sketch"], scope.last_info["block"], scope.last_info["passes"]) == (3, 2, 3 + (2 + 2 + 2) + 4)
     args = build_parser().parse_args(["attribute", "x", "--fisher-sketch", "3", "--fisher-head-mass", "0.99"])
     assert scope_settings_from_args(args) == {"fisher_sketch": 3, "fisher_head_mass": 0.99}
-    assert DatasetSettings(fisher_rounds=3).fisher_rounds == 3
+    assert DatasetSettings(fisher_rounds=1).fisher_rounds == 1  # (rounds=3 leaves the default budget no probe: refused)
 
 
 # -- registration -------------------------------------------------------------------------

@@ -121,10 +121,10 @@ class Clock:
 
 
 def test_the_runner_says_the_price_first_and_a_revision_when_it_moves(tmp_path, capsys, monkeypatch):
-    from captum_jscopes.runs import runner
+    from captum_jscopes.runs import progress
 
     clock = Clock({"0": 1.0, "1": 30.0, "2": 30.0, "3": 30.0})
-    monkeypatch.setattr(runner.time, "perf_counter", clock)
+    monkeypatch.setattr(progress.time, "perf_counter", clock)  # the progress report's clock
     monkeypatch.setenv("JSCOPES_PROGRESS_SECONDS", "0")
     pricing = FakePricing()
     prompts = [Prompt(str(i), f"text {i}") for i in range(4)]
@@ -160,7 +160,7 @@ def test_measured_prices_follow_the_prompts_lengths_and_leave_the_model_unchange
         assert estimate.price("1")[scope] == pytest.approx(timing.seconds(1) + estimate.outside[scope])
     krylov = measure_run(model, tokenizer, prompts[:2], DatasetSettings(scopes=("fisher",)), calibrate=False)
     assert krylov.passes["fisher"] > 4 and krylov.outside == {"fisher": 0.0}
-    assert krylov.batches == {"fisher": 8} and estimate.batches == {"semantic": 32, "fisher": 32}
+    assert krylov.batches == {"fisher": 1} and estimate.batches == {"semantic": 32, "fisher": 32}
 
 
 def test_a_scope_that_runs_its_passes_in_small_blocks_is_priced_so():
@@ -168,9 +168,9 @@ def test_a_scope_that_runs_its_passes_in_small_blocks_is_priced_so():
     from captum_jscopes.scopes.registry import scope_class
 
     fisher, semantic = scope_class("fisher"), scope_class("semantic")
-    assert pass_batch(fisher, fisher.make_options()) == 8  # krylov: its Krylov blocks
+    assert pass_batch(fisher, fisher.make_options()) == 1  # krylov: its Krylov blocks, priced as lone passes
     assert pass_batch(fisher, fisher.make_options(estimator="hutchinson")) == 32
     assert pass_batch(semantic, semantic.make_options()) == 32
-    estimate = RunEstimate(TIMINGS, {"fisher": 48}, {}, {"long": (1000, 1)}, batches={"fisher": 8})
-    assert estimate.price("long")["fisher"] == pytest.approx(PassTiming(1000, 1, 16, 1.0, 1.0).seconds(48, 8))
+    estimate = RunEstimate(TIMINGS, {"fisher": 48}, {}, {"long": (1000, 1)}, batches={"fisher": 1})
+    assert estimate.price("long")["fisher"] == pytest.approx(1.0 + 48 * 1.0)  # a forward and 48 lone passes
     assert estimate.price("long")["fisher"] < PassTiming(1000, 1, 16, 1.0, 1.0).seconds(48, 32)
