@@ -689,7 +689,8 @@ def test_demo_writes_every_file_it_lists(tmp_path, capsys):
     assert {path.parent.name for path in listed} == {"capital", "bias", "lambada"}
     for target in ("liberal", "conservative"):
         saved = ScopeResult.load_json(tmp_path / "bias" / f"semantic-{target}.json")
-        assert saved.metadata["target"] == f" {target}" and saved.output_tokens == [target]
+        assert saved.metadata["target"] == f" {target}" and saved.output_tokens == [f"\u0120{target}"]  # raw piece
+        assert saved.output_display == [f" {target}"]
     lambada = ScopeResult.load_json(tmp_path / "lambada" / "fisher.json")
     assert lambada.metadata["prediction"]["token"] == " helmet"
     # every title's claim holds on the default model, as the notes say
