@@ -36,7 +36,7 @@ from captum_jscopes.cli._common import (
 )
 from captum_jscopes.cli.flags import add_dataclass_flags, values_from_args
 from captum_jscopes.cli.scope_flags import add_scope_flags, flag_of, scope_settings_from_args
-from captum_jscopes.core.tokens import encode_target
+from captum_jscopes.core.tokens import InputError, encode_target
 from captum_jscopes.core.text import Span
 from captum_jscopes.integrations.captum import LLMScopeAttribution
 from captum_jscopes.results.result import ScopeResult
@@ -141,6 +141,9 @@ def run(args: argparse.Namespace, forwarded: list[str]) -> int:
         raise ValueError(f"{'--generate' if args.generate is not None else '--next'} explains the model's own "
                          "continuation; leave out --target")
     scopes = tuple(SCOPES) if args.scope == "all" else (args.scope,)
+    if args.foil is not None and args.scope != "all" and not scope_class(args.scope).takes_target:
+        # a usage error, before the model loads
+        raise InputError(f"--foil: {args.scope} takes no target, so no foil; use --scope semantic (or all)")
     if args.foil is not None and args.scope == "all":
         left_out = [name for name in scopes if not scope_class(name).takes_target]
         scopes = tuple(name for name in scopes if scope_class(name).takes_target)

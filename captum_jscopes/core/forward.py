@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_jscopes.core.lrp import lrp_rules
+from captum_jscopes.core.tokens import InputError
 
 _BATCHED_VJP_WORKS: dict[type, bool] = {}
 
@@ -93,7 +94,7 @@ def prepare_inputs(model: nn.Module, input_ids: Tensor, attention_mask: Optional
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must have shape (seq,) or (batch, seq), got {tuple(input_ids.shape)}")
     if input_ids.numel() == 0:
-        raise ValueError("empty prompt: input_ids holds no tokens")
+        raise InputError("empty prompt: input_ids holds no tokens")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     else:
@@ -114,7 +115,7 @@ def prepare_inputs(model: nn.Module, input_ids: Tensor, attention_mask: Optional
         raise ValueError(f"input_ids hold unknown token ids outside [0, {vocab}): min {int(input_ids.min())}, max {int(input_ids.max())}")
     limit = context_length(model)
     if limit is not None and input_ids.shape[1] > limit:
-        raise ValueError(f"prompt of {input_ids.shape[1]} tokens is longer than the model's context of {limit} tokens")
+        raise InputError(f"prompt of {input_ids.shape[1]} tokens is longer than the model's context of {limit} tokens")
     device = module_device(embedding)
     return input_ids.to(device), attention_mask.to(device, torch.long)
 

@@ -152,7 +152,7 @@ def test_foil_explains_target_rather_than_foil(model_dir, tiny, tmp_path, capsys
     assert list(page_rows(tmp_path / "compare.html")) == ["semantic", "grad_x_input"]
     # a scope without a target takes no foil: one line
     code, _, err = run(argv[:-4] + ["--scope", "fisher", "--out", tmp_path / "f"], capsys)
-    assert code == 1 and "fisher takes none" in err
+    assert code == 2 and "fisher takes no target" in err and len(err.strip().splitlines()) == 1
 
 
 def test_foil_after_shared_tokens_with_layers(model_dir, tiny, tmp_path, capsys):
