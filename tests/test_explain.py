@@ -51,7 +51,7 @@ def test_estimate_comes_before_the_costly_scope_with_measured_times():
     assert [(scope, passes) for scope, _, passes in seen] == [("fisher", 16)]  # exact: d passes
     timing = seen[0][1]
     assert timing.forward_seconds > 0 and timing.backward_seconds > 0 and timing.n_targets == 1
-    assert first.metadata["settings"]["fisher_method"] == "exact"
+    assert first.metadata["settings"]["fisher_estimator"] == "exact"
     assert next(results).metadata["scope"] == "semantic"
 
 
