@@ -27,3 +27,13 @@ def llama64():
 @pytest.fixture
 def gpt2_64():
     return make_model("gpt2", torch.float64)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny Llama and the word-level test tokenizer, saved as a checkpoint folder (what
+    ``--model PATH`` and ``load_model(path)`` read), once per test module."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    make_model("llama").save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return folder

@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 
 import pytest
 import torch
-from helpers import assert_unchanged, make_model, make_tokenizer, snapshot
+from helpers import assert_unchanged, make_model, snapshot
 from matplotlib.image import imread
 
 from captum_jscopes import FisherScope, ScopeResult, SemanticScope, TemperatureScope, chat_prompt, layer_map, load_model
@@ -34,15 +34,6 @@ PROMPT = "the cat sat on the"
 WORDS = PROMPT.split()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SCOPE_CLASSES = {"semantic": SemanticScope, "temperature": TemperatureScope, "fisher": FisherScope}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A tiny Llama and the word-level test tokenizer, saved as a checkpoint folder."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    make_model("llama").save_pretrained(folder)
-    make_tokenizer().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 
 import pytest
 import torch
-from helpers import WORDS, assert_unchanged, make_model, make_tokenizer, snapshot
+from helpers import WORDS, assert_unchanged, snapshot
 
 from captum_jscopes import SemanticScope, load_model
 from captum_jscopes.runs.prompts import Prompt, load_prompts
@@ -43,15 +43,6 @@ def texts(n: int, length: int = 8) -> list[str]:
 def write_jsonl(path: Path, entries: list) -> Path:
     path.write_text("".join(json.dumps(e) + "\n" for e in entries), encoding="utf-8")
     return path
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A tiny random Llama and the word-level test tokenizer, saved as a checkpoint folder."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    make_model("llama").save_pretrained(folder)
-    make_tokenizer().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -30,16 +30,14 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from captum_jscopes.bench.methods import METHODS, VARIANTS
-from captum_jscopes.bench.report import finite_or_none, format_number, mean_sem
-from captum_jscopes.bench.verdict import ALPHA, format_p, paired_stats, pooled_records
+from captum_jscopes.bench.report import format_number, mean_sem
+from captum_jscopes.bench.verdict import ALPHA, format_p, paired_stats, runs_of, write_report
 
 __all__ = ["REFERENCE", "ZERO", "MIN_PROMPTS", "operators", "aopcs", "study", "recommend", "render_study", "main"]
 
@@ -252,22 +250,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if not args.run:
             raise ValueError("give at least one --run NAME=DIR")
-        studies = []
-        for spec in args.run:
-            name, sep, folder = spec.partition("=")
-            if not sep:
-                raise ValueError(f"--run wants NAME=DIR, got {spec!r}")
-            studies.append(study(pooled_records([Path(f) for f in folder.split("+")]), name))
+        studies = [study(records, name) for name, records in runs_of(args.run)]
     except ValueError as err:
         print(f"study: error: {err}", file=sys.stderr)
         return 2
-    text = render_study(studies, args.min_prompts)
-    print(text)
-    if args.out:
-        out = Path(args.out)
-        out.write_text(text + "\n", encoding="utf-8")
-        out.with_suffix(".json").write_text(json.dumps(finite_or_none(studies), indent=1) + "\n")
-        print(f"study written to {out} and {out.with_suffix('.json')}", file=sys.stderr)
+    write_report(render_study(studies, args.min_prompts), studies, args.out, "study")
     return 0
 
 

@@ -41,7 +41,8 @@ from captum_jscopes.bench.combine import check_same_settings
 from captum_jscopes.bench.report import finite_or_none, format_number, mean_sem, read_meta, read_run_records, wilcoxon_p
 
 __all__ = ["paired_stats", "method_costs", "strongest_baseline", "verdict", "budget_picks", "render_verdict",
-           "win_analysis", "plot_wins", "pooled_records", "loo_agreement", "loo_rows", "format_p", "main"]
+           "win_analysis", "plot_wins", "pooled_records", "loo_agreement", "loo_rows", "format_p", "runs_of",
+           "write_report", "main"]
 
 #: "no slower than the scope": a baseline's mean time at most this many times the scope's.
 SAME_BUDGET = 1.5
@@ -442,6 +443,28 @@ def pooled_records(run_dirs: Sequence[Path]) -> list[dict]:
     return records
 
 
+def runs_of(specs: Sequence[str]) -> list[tuple[str, list[dict]]]:
+    """``["NAME=DIR[+DIR...]", ...]`` (the ``--run`` flags) -> ``(name, pooled records)`` per run;
+    a one-line ValueError for a spec without ``=``."""
+    runs = []
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep:
+            raise ValueError(f"--run wants NAME=DIR, got {spec!r}")
+        runs.append((name, pooled_records([Path(f) for f in folder.split("+")])))
+    return runs
+
+
+def write_report(text: str, data: Any, out: Optional[str], what: str) -> None:
+    """Print a report's Markdown and, with ``out``, write it there with its data as JSON beside it."""
+    print(text)
+    if out:
+        path = Path(out)
+        path.write_text(text + "\n", encoding="utf-8")
+        path.with_suffix(".json").write_text(json.dumps(finite_or_none(data), indent=1) + "\n")
+        print(f"{what} written to {path} and {path.with_suffix('.json')}", file=sys.stderr)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``--run NAME=DIR`` (repeated) -> the verdict (``--out`` .md and .json);
     ``--analysis DIR`` -> the win analysis of ``--method`` against ``--rival`` (PNG and .md in DIR).
@@ -475,19 +498,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if unknown:
             raise ValueError(f"--against: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
         if args.run:
-            verdicts = []
-            for spec in args.run:
-                name, sep, folder = spec.partition("=")
-                if not sep:
-                    raise ValueError(f"--run wants NAME=DIR, got {spec!r}")
-                verdicts.append(verdict(pooled_records([Path(f) for f in folder.split("+")]), name, against))
-            text = render_verdict(verdicts)
-            print(text)
-            if args.out:
-                out = Path(args.out)
-                out.write_text(text + "\n", encoding="utf-8")
-                out.with_suffix(".json").write_text(json.dumps(finite_or_none(verdicts), indent=1) + "\n")
-                print(f"verdict written to {out} and {out.with_suffix('.json')}", file=sys.stderr)
+            verdicts = [verdict(records, name, against) for name, records in runs_of(args.run)]
+            write_report(render_verdict(verdicts), verdicts, args.out, "verdict")
         if args.analysis:
             folder = Path(args.analysis)
             analysis = win_analysis(pooled_records([folder]), args.method, args.rival)

@@ -17,7 +17,6 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 import torch
-from helpers import make_model, make_tokenizer
 
 from captum_jscopes import ScopeResult, SemanticScope, load_model
 from captum_jscopes.bench.methods import METHODS
@@ -28,14 +27,6 @@ from captum_jscopes.runs.explain import explain
 from captum_jscopes.scopes.registry import SCOPES
 
 PROMPT = "the cat sat on the"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-llama-compare")
-    make_model("llama").save_pretrained(folder)
-    make_tokenizer().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
