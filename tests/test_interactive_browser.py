@@ -23,6 +23,9 @@ from captum_jscopes import LLMScopeAttribution, ScopeResult, SemanticScope
 from captum_jscopes.display.interactive import DATA_ID, page_data, render_interactive_html, save_interactive_html
 from captum_jscopes.core.text import CONTINUATION_MARK, token_labels
 
+# drives a real headless Chromium: slow (pytest -m "not slow" leaves it out)
+pytestmark = pytest.mark.slow
+
 INSTALL = "apt-get update && apt-get install -y chromium chromium-driver"
 PROMPT = "Tom liked the food . he went to the"
 TARGET = "big red house"

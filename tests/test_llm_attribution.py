@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import json
 
 import pytest
+import numpy as np
 import torch
 from captum.attr import (
     LayerGradientXActivation,
@@ -106,10 +107,19 @@ def test_captum_plots_work_on_our_result(llama, tokenizer):
     result = LLMScopeAttribution(SemanticScope(llama, tokenizer), tokenizer).attribute(
         TextTokenInput(PROMPT, tokenizer), target="big red"
     )
-    fig, _ = result.plot_token_attr()
-    assert fig is not None
-    fig, _ = result.plot_seq_attr()
-    assert fig is not None
+    # Captum's own plots draw our scores: the heatmap holds token_attr, one row per target token,
+    # labelled with the input tokens; the bar chart's bars are seq_attr
+    _, ax = result.plot_token_attr()
+    (image,) = ax.get_images()
+    np.testing.assert_allclose(np.asarray(image.get_array()), result.token_attr.numpy(), rtol=1e-6)
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(result.input_tokens)
+    assert len(ax.get_yticklabels()) == len(result.output_tokens) == 2
+    _, ax = result.plot_seq_attr()
+    # Captum draws the positive and the negative parts as two bar series; the scores are non-negative
+    heights = np.array([bar.get_height() for bar in ax.patches]).reshape(2, -1)
+    np.testing.assert_allclose(heights[0], result.seq_attr.numpy(), rtol=1e-6)
+    assert not heights[1].any()
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(result.input_tokens)
 
 
 def test_chat_prompt_scores_only_the_users_message(llama, tokenizer):

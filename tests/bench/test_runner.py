@@ -16,6 +16,9 @@ from captum_jscopes.runs import prompts as prompt_sets
 from captum_jscopes.runs.prompts import Prompt, load_prompts
 from captum_jscopes.runs.runner import PreviousRunError, read_records, run_sharded
 
+# launches worker processes (torchrun-style shards): slow (pytest -m "not slow" leaves it out)
+pytestmark = pytest.mark.slow
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).resolve().parent / "runner_worker.py"
 
