@@ -227,7 +227,7 @@ class LLMScopeAttribution(LLMGradientAttribution):
 
     def _settings(self, inp: InterpretableInput, options: dict) -> dict:
         """The settings of a scope call, with the same keys as ``jscopes attribute``
-        writes (chat, keep_special, fisher_method, dtype, device) plus any other
+        writes (chat, keep_special, the scope's settings, dtype, device) plus any other
         option of the scope (e.g. ``n_steps``), so JSON written from Python and
         from the command line read alike."""
         scope = self.attr_method

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from captum_jscopes.core.text import Span, groups_from_display, input_texts, output_texts, token_labels
 from captum_jscopes.results.spans import aggregate, aggregation_rule, char_spans, position_spans, word_spans
+from captum_jscopes.scopes.registry import SCOPES
 
 PathLike = Union[str, Path]
 
@@ -262,8 +263,8 @@ class ScopeResult(LLMAttributionResult):
         """Inverse of ``to_dict`` (tensors come back on CPU with their dtype).
         Files written before the display fields existed read as before; their
         display text is computed from the raw pieces. Settings stored under a
-        former name are read under today's (``metadata["settings"]["fisher_method"]``
-        as ``fisher_estimator``, :data:`RENAMED_SETTINGS`)."""
+        former name are read under today's (each scope's ``renamed_settings``, e.g. the
+        Fisher Scope's estimator key; :func:`renamed_settings`)."""
         if not isinstance(data, dict):
             raise TypeError(f"from_dict expects a dict, not {type(data).__name__}")
         if data.get("format") != _FORMAT:
@@ -395,22 +396,24 @@ def sink_share(scores: Any, k: int = 1) -> Tensor:
 
 
 # ---------------------------------------------------------------- internals
-#: the fields of Captum's LLMAttributionResult that a ScopeResult holds as they are
-#: keys of ``metadata["settings"]`` that earlier versions wrote under another name: former -> today's
-RENAMED_SETTINGS = {"fisher_method": "fisher_estimator"}
+def renamed_settings() -> dict[str, str]:
+    """Keys of ``metadata["settings"]`` that earlier versions wrote under another name,
+    former -> today's: what each registered scope declares (``renamed_settings``)."""
+    return {old: new for cls in SCOPES.values() for old, new in cls.renamed_settings.items()}
 
 
 def _upgrade_metadata(metadata: Any) -> Any:
-    """``metadata`` with its settings under today's names (:data:`RENAMED_SETTINGS`),
+    """``metadata`` with its settings under today's names (:func:`renamed_settings`),
     in their order; today's name wins where a file holds both. Not changed in place."""
     settings = metadata.get("settings") if isinstance(metadata, dict) else None
-    if not isinstance(settings, dict) or not any(old in settings for old in RENAMED_SETTINGS):
+    renamed = renamed_settings()
+    if not isinstance(settings, dict) or not any(old in settings for old in renamed):
         return metadata
     upgraded = {}
     for key, value in settings.items():
-        if key in RENAMED_SETTINGS and RENAMED_SETTINGS[key] in settings:
+        if key in renamed and renamed[key] in settings:
             continue
-        upgraded[RENAMED_SETTINGS.get(key, key)] = value
+        upgraded[renamed.get(key, key)] = value
     return {**metadata, "settings": upgraded}
 
 

@@ -122,6 +122,9 @@ class JacobianScope(GradientAttribution):
     quick_look: ClassVar[dict] = {}
     #: deprecated spellings :meth:`make_options` still accepts (with a DeprecationWarning)
     deprecated_options: ClassVar[tuple[str, ...]] = ()
+    #: keys of a result's JSON settings that earlier versions wrote under another name:
+    #: former -> today's (files with the former still load)
+    renamed_settings: ClassVar[dict[str, str]] = {}
 
     def __init__(
         self,

@@ -277,6 +277,7 @@ class FisherScope(JacobianScope):
     perturbation = "isotropic"
     Options = _RegisteredOptions()  # FisherOptions, plus the options of estimators registered from outside
     deprecated_options = ("method",)
+    renamed_settings = {"fisher_method": "fisher_estimator"}  # the JSON key of 0.2.0 and before
     quick_look = {"estimator": "eig"}  # the reference's top-1 truncation: one backward pass
 
     #: what the last call ran: path, k, n_probes (and for the split path the head size), passes
