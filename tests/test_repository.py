@@ -222,3 +222,30 @@ def test_no_module_is_over_the_line_limit():
     long = {str(p.relative_to(ROOT)): n for p in sorted(PACKAGE.rglob("*.py"))
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
     assert not long, f"modules over {MAX_MODULE_LINES} lines (split them along their concerns): {long}"
+
+
+#: the test modules that test the repository as a whole, not one package folder
+_REPOSITORY_TESTS = {"test_docs.py", "test_repository.py"}
+#: test folders for what lives beside the package (the tutorials)
+_NON_PACKAGE_TEST_FOLDERS = {"tutorials"}
+
+
+def test_the_tests_mirror_the_package_folders():
+    tests = ROOT / "tests"
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    misplaced = sorted(str(p.relative_to(tests)) for p in tests.rglob("test_*.py")
+                       if (p.parent == tests and p.name not in _REPOSITORY_TESTS)
+                       or (p.parent != tests and p.relative_to(tests).parts[0] not in folders | _NON_PACKAGE_TEST_FOLDERS))
+    assert not misplaced, f"put these under tests/<package folder>/: {misplaced}"
+
+
+# what only a scope (or the Fisher estimators) may name: code elsewhere asks the scope
+_SCOPE_OWN_NAMES = ("fisher_estimator", "fisher_tol", "fisher_method", "FisherScope")
+
+
+def test_no_module_outside_the_scopes_names_a_scopes_options():
+    offenders = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
+                 for p in sorted(PACKAGE.rglob("*.py")) if p.relative_to(PACKAGE).parts[0] not in ("scopes", "fisher")
+                 for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+                 if any(name in line for name in _SCOPE_OWN_NAMES)]
+    assert not offenders, "\n".join(offenders)

@@ -34,12 +34,14 @@ from captum_jscopes.bench.speed_report import markdown
 from captum_jscopes.models import load_model
 from captum_jscopes.runs.prompts import load_prompts, prepare_prompt
 from captum_jscopes.runs.runner import read_records, run_sharded
-from captum_jscopes.scopes.fisher import FisherScope
+from captum_jscopes.scopes.registry import SCOPES
 
 #: The estimators the study compares with exact Fisher (entries of the method table).
 FISHER_STUDY_METHODS = ["fisher", "fisher_krylov", "fisher_hutchinson", "fisher_eig1", "fisher_eig4", "fisher_eig16",
                         "fisher_eig64", "fisher_deflated_8_16", "fisher_deflated_16_16", "fisher_deflated_16_32"]
 FISHER_STATS = ("spearman", "rel_l2", "time_ratio")
+#: The scope whose estimators the study compares (the method table's entries name it).
+STUDY_SCOPE = METHODS[FISHER_STUDY_METHODS[0]].scope
 #: Subfolder of the speed benchmark's output holding the Fisher study's runner files.
 FISHER_DIR = "fisher_accuracy"
 
@@ -48,7 +50,7 @@ FISHER_DIR = "fisher_accuracy"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The study's flags, on the speed benchmark's parser."""
     parser.add_argument("--fisher-n", type=int, default=0, help="prompts for the Fisher accuracy study (0: skip)")
-    parser.add_argument("--fisher-methods", default=",".join(FISHER_STUDY_METHODS),
+    parser.add_argument("--fisher-methods", dest="study_methods", default=",".join(FISHER_STUDY_METHODS),
                         help="Fisher entries of the method table compared with exact Fisher")
     parser.add_argument("--fisher-seeds", type=int, default=1,
                         help="seeds per randomised Fisher estimator in the accuracy study (default 1)")
@@ -66,10 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """``args.fisher_methods`` as a list of entries of the method table that name a
-    Fisher estimator, else a parser error."""
-    args.fisher_methods = [m for m in args.fisher_methods.split(",") if m]
-    for name in args.fisher_methods:
+    """``args.study_methods`` (``--fisher-methods``) as a list of entries of the method
+    table that name a Fisher estimator, else a parser error."""
+    args.study_methods = [m for m in args.study_methods.split(",") if m]
+    for name in args.study_methods:
         # the study compares Fisher estimators: the methods that name one
         if name not in METHODS or "estimator" not in METHODS[name].options:
             fisher = [n for n, m in METHODS.items() if "estimator" in m.options and m.variant_of is None]
@@ -120,10 +122,10 @@ def fisher_accuracy(args, model, tokenizer, out_dir: Path) -> dict:
     ratio is then against the stored seconds. ``args.fisher_seeds`` seeds per randomised estimator:
     the medians and the worst case are over every (prompt, seed).
     """
-    scope = FisherScope(model, tokenizer)
+    scope = SCOPES[STUDY_SCOPE](model, tokenizer)
     hidden = model.get_output_embeddings().weight.shape[1]
     seeds, cache_file = args.fisher_seeds, args.fisher_exact
-    settings = {"methods": args.fisher_methods, "max_tokens": args.max_tokens, "data": str(args.data)}
+    settings = {"methods": args.study_methods, "max_tokens": args.max_tokens, "data": str(args.data)}
     if seeds > 1 or cache_file:  # only then: studies of earlier versions resume as before
         settings |= {"seeds": seeds, "exact_from": cache_file}
     device = model.get_input_embeddings().weight.device
@@ -135,11 +137,11 @@ def fisher_accuracy(args, model, tokenizer, out_dir: Path) -> dict:
 
     def one_prompt(prompt) -> dict:
         ids = _prompt_ids(tokenizer, prompt.text, args.max_tokens, device)
-        return _fisher_record(scope, ids, args.fisher_methods, seeds, cached.get(prompt.id))
+        return _fisher_record(scope, ids, args.study_methods, seeds, cached.get(prompt.id))
 
     path = run_sharded(prompts, one_prompt, out_dir, desc="Fisher accuracy", meta=settings, overwrite=args.overwrite,
                        size_flag="--fisher-n")
-    return fisher_summary(read_records(path), args.fisher_methods, hidden)
+    return fisher_summary(read_records(path), args.study_methods, hidden)
 
 
 def fisher_summary(records: list[dict], methods: list[str], hidden: int) -> dict:
@@ -219,7 +221,7 @@ def cache_exact_fisher(args, model, tokenizer, out_dir: Path) -> Path:
     that ``--fisher-exact`` reads (give it ``out_dir``). Minutes per prompt on a CPU, so
     it runs through :func:`~captum_jscopes.runs.runner.run_sharded`: resumable, and
     shared between the processes of a ``torchrun`` launch."""
-    scope = FisherScope(model, tokenizer)
+    scope = SCOPES[STUDY_SCOPE](model, tokenizer)
     device = model.get_input_embeddings().weight.device
     prompts = load_prompts(args.data, args.fisher_n, offset=args.fisher_offset)
 

@@ -158,9 +158,9 @@ def describe_error(err: Exception, debug: bool) -> str:
 
 def flag_words(message: str, args: argparse.Namespace) -> tuple[str, bool]:
     """``message`` with the scopes' options named by the flags the user typed:
-    an option the command line gave, as ``fisher_tol``, ``tol=`` or ``tol``
-    (``--fisher-tol``; ``tol=0.5`` -> ``--fisher-tol 0.5``), and any option of the
-    same scopes written ``name=`` (``max_passes=`` -> ``--fisher-max-passes``).
+    an option the command line gave, as ``semantic_n_steps``, ``n_steps=`` or ``n_steps``
+    (``--semantic-n-steps``; ``n_steps=0`` -> ``--semantic-n-steps 0``), and any option
+    of the same scopes written ``name=`` (``<option>=`` -> ``--<scope>-<option>``).
     Returns the message and whether it named a flag (the error is then about
     the value of a flag: a usage error)."""
     from captum_jscopes.cli.scope_flags import flag_of, flags_given

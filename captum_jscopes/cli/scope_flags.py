@@ -113,7 +113,7 @@ def scope_settings_from_args(
 
 def flags_given(args: argparse.Namespace) -> dict[str, str]:
     """``{destination: flag}`` of the scope flags the command line gave:
-    ``{"fisher_tol": "--fisher-tol", "rules": "--rules"}`` (a setting's key, or a
+    ``{"semantic_n_steps": "--semantic-n-steps", "rules": "--rules"}`` (a setting's key, or a
     shared option's name; a deprecated alias counts as the flag it stands for)."""
     return {dest: flag_of(None, dest) for dest in sorted(getattr(args, _GIVEN, ()))}
 

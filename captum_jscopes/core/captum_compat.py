@@ -3,7 +3,7 @@
 Captum's LLM wrapper keeps a few helpers we need private: resolving a target
 (string, ids or None = generate) and formatting a Captum input for the model.
 They may change in any Captum release, so they are reached only through the
-functions below, and ``tests/test_captum_compat.py`` fails when the installed
+functions below, and ``tests/test_repository.py`` fails when the installed
 Captum is not the version they were checked against (:data:`CAPTUM_VERSION`,
 pinned in pyproject.toml): re-check this module, then update the pin and the
 constant.

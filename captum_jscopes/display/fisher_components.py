@@ -21,7 +21,7 @@ def plot_components(found: Any, tokenizer: Any, input_ids: Tensor, path=None, ro
     the line of :func:`~captum_jscopes.fisher.components.describe`.
 
     Args:
-        found: the spectral view of ``input_ids`` (``FisherScope.components``).
+        found: the spectral view of ``input_ids`` (the scope's ``components``).
         tokenizer: decodes the tokens (None: ids are shown).
         input_ids: (seq,) or (B, seq), the prompt(s) ``found`` was computed on.
         path: save the figure there (PNG etc., 120 dpi). Default None: not saved.

@@ -98,13 +98,8 @@ from captum_jscopes.scopes.registry import SCOPES, on_register
 #: Inseq's ``DecoderOnlyInputFormatter.format_attribution_args``.
 INSEQ_VERSION = "0.7.1"
 
-__all__ = [
-    "INSEQ_VERSION",
-    "JacobianScopeRegistry",
-    "SemanticScopeAttribution",
-    "TemperatureScopeAttribution",
-    "FisherScopeAttribution",
-]
+# and one ``<ScopeClass>Attribution`` per scope, made at the end of the module
+__all__ = ["INSEQ_VERSION", "JacobianScopeRegistry"]
 
 # options of JacobianScope.attribute that make sense per Inseq step (token_mask
 # does not: the prefix grows every step; position is always the step's last token)
@@ -219,7 +214,8 @@ for _cls in SCOPES.values():
     inseq_method(_cls)
 on_register(inseq_method)
 
-# the built-in scopes' methods under the names of earlier versions
-SemanticScopeAttribution = inseq_method(SCOPES["semantic"])
-TemperatureScopeAttribution = inseq_method(SCOPES["temperature"])
-FisherScopeAttribution = inseq_method(SCOPES["fisher"])
+# every scope's method under its class's name (SemanticScopeAttribution, ...; the
+# names of earlier versions); a scope registered later: inseq_method(cls)
+for _cls in list(SCOPES.values()):
+    globals()[f"{_cls.__name__}Attribution"] = _METHODS[_cls]
+    __all__.append(f"{_cls.__name__}Attribution")

@@ -346,7 +346,7 @@ def _check_previous_run(out_dir: Path, prompts: list[Prompt], meta: dict) -> set
 def _with_defaults(stored: dict, asked: dict) -> tuple[dict, dict]:
     """Two run.json contents with the options of the scopes both run filled in with
     the scopes' defaults (run.json keeps only the others), so that a difference reads
-    ``fisher_estimator: krylov (stored) vs eig (asked)``, not "not set"."""
+    ``rules: lrp (stored) vs gradient (asked)``, not "not set"."""
     sides = [stored.get("settings"), asked.get("settings")]
     if not all(isinstance(side, dict) and isinstance(side.get("scopes"), list) for side in sides):
         return stored, asked

@@ -256,7 +256,7 @@ def _check_run_settings(out_dir: Path, meta: dict, upgrade_meta: Callable[[dict]
 def settings_difference(stored: dict, asked: dict) -> str:
     """The settings that differ between a stored ``run.json`` and this run's,
     one ``name: stored value (stored) vs asked value (asked)`` each, joined by
-    "; " (``fisher_estimator: krylov (stored) vs eig (asked)``). Nested dicts
+    "; " (``rules: lrp (stored) vs gradient (asked)``). Nested dicts
     are compared key by key and named by their own keys (by the dotted path
     where a name occurs twice); a key only one side has is "not set" on the other."""
     flat_stored, flat_asked = _flatten(stored), _flatten(asked)

@@ -24,7 +24,7 @@ from captum_jscopes.bench.methods import METHODS
 from captum_jscopes.results.spans import aggregation_rule
 from captum_jscopes.scopes.registry import SCOPES, scope_class
 
-PACKAGE = Path(__file__).resolve().parents[1] / "captum_jscopes"
+PACKAGE = Path(__file__).resolve().parents[2] / "captum_jscopes"
 
 
 class EntropyScope(JacobianScope):

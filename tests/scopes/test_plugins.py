@@ -24,7 +24,7 @@ from helpers import BOS, make_model, make_tokenizer, random_ids
 from captum_jscopes.scopes import registry
 from captum_jscopes.scopes.registry import SCOPES, ScopePluginWarning, load_plugins, scope_class
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "the cat sat on the"
 
 ENTRY_POINTS = """\

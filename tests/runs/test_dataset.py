@@ -31,7 +31,7 @@ from captum_jscopes.runs.dataset import DatasetSettings, attribute_dataset, page
 from captum_jscopes.runs.explain import explain
 from captum_jscopes.scopes.registry import SCOPES
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PLAIN_WORDS = [w for w in WORDS if w.isalpha()]
 
 

@@ -18,7 +18,7 @@ from helpers import assert_unchanged, make_model, snapshot
 import captum_jscopes.integrations.inseq as inseq_methods  # registers the methods
 from captum_jscopes import FisherScope, SemanticScope, TemperatureScope
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "Tom liked the food . he went to the"
 TARGET = " big red house"  # three tokens of the test tokenizer
 METHODS = {"semantic_scope": SemanticScope, "temperature_scope": TemperatureScope, "fisher_scope": FisherScope}
