@@ -3,9 +3,15 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
-from helpers import make_model, make_tokenizer
+import os
+
+# no test reaches the model hub (CI has none): a hub name fails at once instead of
+# after the client's network retries; set before transformers reads it at import
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from helpers import make_model, make_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -73,6 +73,7 @@ def _run_in(copy: Path, *args: str, timeout: int = 600) -> subprocess.CompletedP
     return subprocess.run([sys.executable, *args], cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # clones the repository and builds a fresh virtual environment
 def test_a_clone_with_nothing_beside_it_reads_its_data(lone_clone):
     done = _run_in(lone_clone, "-c", "import captum_jscopes, sys; print(captum_jscopes.__file__)")
     assert done.returncode == 0 and done.stdout.strip().startswith(str(lone_clone)), done.stderr
@@ -81,6 +82,7 @@ def test_a_clone_with_nothing_beside_it_reads_its_data(lone_clone):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
+@pytest.mark.slow  # runs the benchmark in the fresh clone
 def test_a_clone_with_nothing_beside_it_runs_the_faithfulness_benchmark(lone_clone, tmp_path):
     model_dir = tmp_path / "tiny"
     make_model("llama").save_pretrained(model_dir)

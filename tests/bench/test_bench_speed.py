@@ -53,6 +53,7 @@ def test_speed_benchmark_writes_every_table(tiny_model_dir, prompts_file, tmp_pa
     assert (out / "speed.png").stat().st_size > 0 and (out / "fisher_accuracy.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # one process per method
 def test_peak_memory_is_measured_in_a_fresh_process_per_method(tiny_model_dir, prompts_file, tmp_path):
     # one fresh interpreter per method is what makes the CPU numbers honest, and what makes it slow: two methods
     out = tmp_path / "out"
@@ -189,6 +190,7 @@ def test_exact_cache_feeds_the_study_which_records_passes_and_coverage(tiny_mode
     assert bench_speed.main(["--fisher-pool", f"{out},{out}", "--out", str(pooled)]) == 2  # a prompt twice
 
 
+@pytest.mark.slow  # one process per length
 def test_length_memory_records_time_and_memory_per_length_and_skips_after_a_slow_call(
         tiny_model_dir, prompts_file, tmp_path):
     out = tmp_path / "out"

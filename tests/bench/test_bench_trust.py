@@ -64,6 +64,7 @@ def test_position_profile_recovers_a_planted_position_effect_and_divides_it_out(
     assert fixed[0] == pytest.approx(maps[0][0] / profile[0]) and np.array_equal(fixed[8:], maps[0][8:])
 
 
+@pytest.mark.slow  # the whole trust benchmark end to end
 def test_benchmark_writes_records_and_a_report_with_every_part(tiny_model_dir, prompts_file, tmp_path):
     out = tmp_path / "out"
     argv = ["--model", str(tiny_model_dir), "--data", str(prompts_file), "--n", "4", "--radius-tokens", "3",

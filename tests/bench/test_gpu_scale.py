@@ -18,6 +18,7 @@ def test_shapes_have_the_published_parameter_counts(shape, billions):
     assert not model.training
 
 
+@pytest.mark.slow  # times every method, repeated
 def test_tiny_run_times_every_method_against_the_floor(tmp_path):
     assert gpu_scale.main(["--tiny", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "gpu_scale.json").read_text())

@@ -567,6 +567,7 @@ def test_bench_help_reaches_the_real_benchmark(benchmark, capsys):
 # ----------------------------------------------------------------------------- installed entry points
 
 
+@pytest.mark.slow  # starts the installed console script and python -m
 def test_console_script_and_python_dash_m():
     script = Path(sys.executable).parent / "jscopes"
     assert script.is_file(), "the jscopes console script is not installed (pip install -e .)"

@@ -380,6 +380,7 @@ def test_a_rerun_with_other_settings_or_another_source_is_refused(model_dir, tmp
     assert set(next(iter(read_results(out).values()))) == {"temperature"}
 
 
+@pytest.mark.slow  # starts and kills a process
 def test_a_killed_run_resumes_without_losing_or_repeating_a_prompt(model_dir, tmp_path):
     n = 30
     source = write_jsonl(tmp_path / "prompts.jsonl", [{"text": t} for t in texts(n, length=24)])
@@ -425,6 +426,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # starts two processes
 def test_two_processes_share_the_prompts(model_dir, tiny, tmp_path):
     """torchrun -m captum_jscopes attribute-dataset: what docs/dataset.md tells users to run."""
     model, tokenizer = tiny

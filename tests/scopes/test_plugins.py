@@ -149,6 +149,7 @@ def test_a_module_that_registers_nothing_is_named(installed):
     sys.modules.pop("jscopes_demo_empty", None)
 
 
+@pytest.mark.slow  # installs a package and starts the console script
 def test_the_command_line_runs_an_installed_plugin_scope(plugin_dir, tmp_path):
     """In a fresh process, as after ``pip install``: ``--scope logit_mean`` is a choice
     and runs; the broken plugins cost one warning line each and nothing else."""
