@@ -26,7 +26,7 @@ apt_install() {  # apt_install PACKAGE...: install them (apt must be usable)
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
-# the browser test (tests/test_interactive_browser.py) drives Debian's headless chromium,
+# the browser test (tests/display/test_interactive_browser.py) drives Debian's headless chromium,
 # else the test's failure message says how. Skip with JSCOPES_NO_BROWSER=1.
 if [ -z "${JSCOPES_NO_BROWSER:-}" ] && ! command -v chromedriver >/dev/null && apt_usable; then
   apt_install chromium chromium-driver || echo "could not install chromium; the browser test will say how" >&2
