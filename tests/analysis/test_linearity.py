@@ -324,7 +324,7 @@ def test_the_callers_model_is_unchanged_also_in_train_mode_and_after_errors(toke
     for scope, kwargs in [
         (TemperatureScope(model, tokenizer), dict(target=11)),  # raised by the scope, inside the guard
         (SemanticScope(model, tokenizer), dict(tokens=[0])),  # raised after the scope ran
-        (FisherScope(model, tokenizer), dict(scope_options={"method": "nope"})),
+        (FisherScope(model, tokenizer), dict(scope_options={"estimator": "nope"})),
     ]:
         with pytest.raises(ValueError):
             linearity_check(scope, ids, **kwargs)

@@ -21,8 +21,8 @@ def test_fisher_step_rows_measure_error_against_exact_and_time_the_f_side():
     before = snapshot(model)
     # words of the tiny tokenizer; few directions (d = 16), so that the estimators are not exact
     sentences = [("one", "the cat sat on the mat", " the dog ran home"), ("two", "Tom liked food", " he went home")]
-    estimators = {"exact": dict(method="exact"), "deflated": dict(method="deflated", k=3, n_probes=4),
-                  "hutchinson": dict(method="hutchinson", k=3, n_probes=4)}
+    estimators = {"exact": dict(estimator="exact"), "deflated": dict(estimator="deflated", k=3, n_probes=4),
+                  "hutchinson": dict(estimator="hutchinson", k=3, n_probes=4)}
     rows = script.measure(model, tokenizer, seeds=2, sentences=sentences, estimators=estimators)
     assert_unchanged(model, before)
     assert [(r["language"], r["estimator"]) for r in rows] == [(s[0], e) for s in sentences for e in estimators]
@@ -44,7 +44,7 @@ def test_timing_only_rows_without_exact_have_no_errors():
     model, tokenizer = make_model(dtype=__import__("torch").float64), make_tokenizer()
     sentences = [("one", "the cat sat on the mat", " the dog ran home")]
     rows = script.measure(model, tokenizer, seeds=1, sentences=sentences,
-                          estimators={"hutchinson": dict(method="hutchinson", k=3, n_probes=4)})
+                          estimators={"hutchinson": dict(estimator="hutchinson", k=3, n_probes=4)})
     (row,) = rows
     assert row["median_rel_l2"] is None and row["worst_rel_l2"] is None and row["seconds"] > 0
     assert "| - | - |" in script._markdown(rows)

@@ -77,7 +77,7 @@ def test_semantic_scope_equals_inseqs_own_logit_saliency(llama, tokenizer):
 def test_options_pass_through_kwargs_and_attribution_args(llama, tokenizer):
     out = attribute(llama, tokenizer, "fisher_scope", k=2, attribution_args={"method": "eig"})
     assert out.info["attribution_args"] == {"method": "eig", "k": 2}
-    eig = reference(FisherScope(llama, tokenizer), tokenizer, method="eig", k=2)
+    eig = reference(FisherScope(llama, tokenizer), tokenizer, estimator="eig", k=2)
     assert_steps_equal(out, eig)
     assert not torch.allclose(eig[0], reference(FisherScope(llama, tokenizer), tokenizer)[0])
     out = attribute(llama, tokenizer, "semantic_scope", n_steps=3, exclude_special_tokens=False)

@@ -223,7 +223,7 @@ def test_json_from_the_python_api_records_model_prompt_settings_versions(tokeniz
     model = make_model("llama")
     model.name_or_path = "org/tiny-llama"  # as from_pretrained("org/tiny-llama") records it
     result = LLMScopeAttribution(FisherScope(model, tokenizer), tokenizer).attribute(
-        TextTokenInput(PROMPT, tokenizer), target="big red", method="eig"
+        TextTokenInput(PROMPT, tokenizer), target="big red", estimator="eig"
     )
     meta = ScopeResult.load_json(result.save_json(tmp_path / "fisher.json")).metadata
     assert meta["model"] == "org/tiny-llama"  # the Hub name, whole

@@ -38,7 +38,7 @@ def check_model(model, tokenizer, expected_prediction=None):
     torch.testing.assert_close(semantic, logit_gradient_norms(model, ids, predicted), rtol=1e-4, atol=1e-6)
     temperature = TemperatureScope(model, tokenizer).attribute(ids)[0]
     fisher = FisherScope(model, tokenizer)
-    exact = fisher.attribute(ids, method="exact")[0]
+    exact = fisher.attribute(ids, estimator="exact")[0]
     default, error = fisher.attribute(ids, return_error=True)
     for scores in (temperature, exact, default[0]):
         assert scores.shape == (ids.shape[1],) and torch.isfinite(scores).all() and scores.sum() > 0

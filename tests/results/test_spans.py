@@ -188,7 +188,7 @@ def test_word_fisher_score_is_the_trace_of_the_joint_block(bpe, bpe_model):
         w = bpe_model.lm_head.weight
         fisher = w.T @ (torch.diag(p) - torch.outer(p, p)) @ w  # Fisher of y (d, d)
     result = LLMScopeAttribution(FisherScope(bpe_model, bpe), bpe).attribute(
-        TextTokenInput(prompt, bpe), target=torch.tensor([0]), method="exact"
+        TextTokenInput(prompt, bpe), target=torch.tensor([0]), estimator="exact"
     )
     per_token = torch.stack([torch.trace(jac[:, t].T @ fisher @ jac[:, t]) for t in range(len(ids))])
     assert torch.allclose(result.seq_attr, per_token, rtol=1e-6)

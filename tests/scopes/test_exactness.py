@@ -37,7 +37,7 @@ def library(model, ids, position, target, foil):
         "semantic": SemanticScope(model).attribute(ids, target=target, **kwargs)[0],
         "contrastive": SemanticScope(model).attribute(ids, target=(target, foil), **kwargs)[0],
         "temperature": TemperatureScope(model).attribute(ids, **kwargs)[0],
-        "fisher": FisherScope(model).attribute(ids, method="exact", **kwargs)[0],
+        "fisher": FisherScope(model).attribute(ids, estimator="exact", **kwargs)[0],
     }
 
 
@@ -94,10 +94,10 @@ def test_fisher_eig_with_every_direction_is_exact_and_truncation_is_biased_low()
     model = make_model("gpt2", torch.float64)
     ids = prompt()
     scope = FisherScope(model)
-    exact = scope.attribute(ids, method="exact")
+    exact = scope.attribute(ids, estimator="exact")
     d = model.config.n_embd
-    torch.testing.assert_close(scope.attribute(ids, method="eig", k=d), exact, rtol=1e-10, atol=0)
-    top1 = scope.attribute(ids, method="eig", k=1)
+    torch.testing.assert_close(scope.attribute(ids, estimator="eig", k=d), exact, rtol=1e-10, atol=0)
+    top1 = scope.attribute(ids, estimator="eig", k=1)
     assert torch.all(top1 <= exact * (1 + 1e-12))
     assert top1.sum() < exact.sum()
 
@@ -107,8 +107,8 @@ def test_fisher_deflated_estimator_is_unbiased():
     model = make_model("llama", torch.float64)
     ids = prompt()
     scope = FisherScope(model)
-    exact = scope.attribute(ids, method="exact")
-    runs = torch.stack([scope.attribute(ids, method="deflated", k=2, n_probes=8, seed=s) for s in range(60)])
+    exact = scope.attribute(ids, estimator="exact")
+    runs = torch.stack([scope.attribute(ids, estimator="deflated", k=2, n_probes=8, seed=s) for s in range(60)])
     mean, spread = runs.mean(0), runs.std(0) / 60**0.5
     single_error = (runs - exact).norm(dim=-1).mean()  # typical error of one run
     assert single_error > 0, "the estimator should be random with k < d"
@@ -121,10 +121,10 @@ def test_fisher_deflated_error_estimate_is_conservative_but_informative():
     model = make_model("llama", torch.float64)
     ids = prompt()
     scope = FisherScope(model)
-    exact = scope.attribute(ids, method="exact")
+    exact = scope.attribute(ids, estimator="exact")
     errors, estimates = [], []
     for seed in range(40):
-        scores, error = scope.attribute(ids, method="deflated", k=2, n_probes=8, seed=seed, return_error=True)
+        scores, error = scope.attribute(ids, estimator="deflated", k=2, n_probes=8, seed=seed, return_error=True)
         errors.append(scores - exact)
         estimates.append(error)
     rms_error = torch.stack(errors).pow(2).mean(0).sqrt()

@@ -83,7 +83,7 @@ def test_hutchinson_standard_error_matches_the_spread_over_seeds(llama64, exact6
 def test_hutchinson_is_exact_when_the_remainder_is_isotropic():
     # a remainder whose Jacobian is isotropic gives zero variance: here J = I on a 2-d remainder
     fisher = torch.diag(torch.tensor([5.0, 1.0, 1.0], dtype=torch.float64))[None, None]
-    found = probes(fisher, method="hutchinson", k=1, n_probes=2, seed=0)
+    found = probes(fisher, "hutchinson", k=1, n_probes=2, seed=0)
     # directions' squared norms under J = I: ||z||^2 = sum of the remaining eigenvalues, for every draw
     norms = found.sampled.pow(2).sum(-1)
     torch.testing.assert_close(norms, torch.full_like(norms, 2.0))
@@ -152,7 +152,7 @@ def test_bfloat16_model_keeps_the_fisher_side_in_float32():
     model = make_model("llama", torch.bfloat16)
     forward = forward_of(model, prompt())
     for path in ("formed", "split"):
-        found = probes(None, method="hutchinson", k=2, n_probes=4, forward=forward, path=path)
+        found = probes(None, "hutchinson", k=2, n_probes=4, forward=forward, path=path)
         assert found.exact.dtype == torch.float32 and found.sampled.dtype == torch.float32
     values, vectors, _ = top_eigenpairs(forward, 2)
     assert values.dtype == torch.float32 and vectors.dtype == torch.float32
@@ -259,7 +259,7 @@ def test_every_entry_point_defaults_to_the_same_fisher_estimator():
     assert FisherScope.Options().estimator == FisherScope.make_options().estimator == DEFAULT_ESTIMATOR
     assert not {"fisher_estimator", "estimator"} & set(inspect.signature(explain).parameters)  # the scope's default
     # probes() turns a formed F into directions: krylov has no F-only form, so its default is hutchinson
-    assert default(probes, "method") == DEFAULT_PROBE_ESTIMATOR == "hutchinson"
+    assert default(probes, "name") == DEFAULT_PROBE_ESTIMATOR == "hutchinson"
     assert attribute(DatasetSettings(), "fisher_estimator", "fisher_method") == DEFAULT_ESTIMATOR
     parsed = cli.build_parser().parse_args(["attribute", "x"])
     assert attribute(parsed, "fisher_estimator", "fisher_method") == DEFAULT_ESTIMATOR

@@ -188,7 +188,7 @@ def bad_calls(tokenizer):
         ("unknown token ids", lambda m: FisherScope(m).attribute(torch.tensor([[5, 999]]))),
         ("longer than the model's context", lambda m: TemperatureScope(m).attribute(long_ids)),
         ("takes no target", lambda m: TemperatureScope(m).attribute(random_ids(1, 5), target=3)),
-        ("unknown Fisher method", lambda m: FisherScope(m).attribute(random_ids(1, 5), method="magic")),
+        ("unknown Fisher method", lambda m: FisherScope(m).attribute(random_ids(1, 5), estimator="magic")),
         ("unexpected option", lambda m: TemperatureScope(m).attribute(random_ids(1, 5), n_step=3)),
         ("same token", lambda m: SemanticScope(m).attribute(random_ids(1, 5), target=(7, 7))),
     ]

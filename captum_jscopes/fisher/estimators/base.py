@@ -355,7 +355,7 @@ def estimator(name: str = DEFAULT_ESTIMATOR, **options: Any) -> FisherEstimator:
 
 def probes(
     fisher: Optional[Tensor] = None,
-    method: str = DEFAULT_PROBE_ESTIMATOR,
+    name: str = DEFAULT_PROBE_ESTIMATOR,
     *,
     forward: Optional[ScopeForward] = None,
     seed: int = 0,
@@ -363,11 +363,11 @@ def probes(
     vocab_chunk: int = 8192,
     **options: Any,
 ) -> FisherProbes:
-    """Shorthand for ``estimator(method, **options).probes(forward, fisher=fisher, ...)``:
-    the probe directions of estimator ``method`` from a formed ``fisher`` (B, P, d, d)
+    """Shorthand for ``estimator(name, **options).probes(forward, fisher=fisher, ...)``:
+    the probe directions of the estimator ``name`` from a formed ``fisher`` (B, P, d, d)
     or from ``forward``. ``options`` are the estimator's own (``k``, ``n_probes``,
     ``budget``, ...); None values mean its defaults."""
-    chosen = estimator(method, **options)
+    chosen = estimator(name, **options)
     return chosen.probes(forward, fisher=fisher, seed=seed, path=path, vocab_chunk=vocab_chunk)
 
 
