@@ -97,7 +97,7 @@ from captum_jscopes.bench.report import (
 )
 from captum_jscopes.runs.runner import read_records, run_sharded, write_json_atomic
 
-__all__ = ["Settings", "build_parser", "main", "evaluate_prompt", "parse_fractions", "default_out_dir", "model_short_name"]
+__all__ = ["Settings", "build_parser", "main", "evaluate_prompt", "parse_fractions", "model_short_name"]
 
 # ====================================================================== constants
 IG_INTERNAL_BATCH = 10
@@ -242,11 +242,6 @@ def _evaluate_methods(model, tokenizer, ids, target, prompt_id, settings, ablati
 
 
 # ====================================================================== command line
-def default_out_dir(model: Optional[str]) -> Path:
-    """``jscopes-bench/faithfulness-<model short name>`` under the current folder."""
-    return results_dir("faithfulness", model)
-
-
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     """The argument parser of :func:`main`."""
     parser = argparse.ArgumentParser(
@@ -382,7 +377,7 @@ def main(argv: Optional[Sequence[str]] = None, *, prog: Optional[str] = None) ->
         return stop.code if isinstance(stop.code, int) else 2
     try:
         methods = _check_args(args)
-        out_dir = Path(args.out) if args.out else default_out_dir(args.model)
+        out_dir = Path(args.out) if args.out else results_dir("faithfulness", args.model)
         if args.combine:
             summary = combine_runs([Path(d) for d in args.combine.split(",") if d], out_dir)
         elif args.report_only:

@@ -47,7 +47,7 @@ from captum_jscopes.bench.common import (add_model_arguments, add_output_argumen
 from captum_jscopes.runs.prompts import Prompt, load_prompts, prepare_prompt
 from captum_jscopes.runs.runner import read_records, run_sharded
 
-__all__ = ["TrustSettings", "evaluate_prompt", "flip_bos", "shuffled_copy", "build_parser", "main", "default_out_dir"]
+__all__ = ["TrustSettings", "evaluate_prompt", "flip_bos", "shuffled_copy", "build_parser", "main"]
 
 RECORD_FORMAT = 1
 #: the study's scopes: the three built-in ones (the committed runs hold their maps)
@@ -221,11 +221,6 @@ def evaluate_prompt(model: nn.Module, tokenizer: Any, prompt: Prompt, settings: 
 
 
 # ====================================================================== command line
-def default_out_dir(model: Optional[str]) -> Path:
-    """``jscopes-bench/trust-<model short name>`` under the current folder."""
-    return results_dir("trust", model)
-
-
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     """The argument parser of :func:`main`."""
     parser = argparse.ArgumentParser(

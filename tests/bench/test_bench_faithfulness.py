@@ -17,6 +17,7 @@ from captum_jscopes.bench.methods import DEFAULT_METHODS, METHODS
 from captum_jscopes.runs.prompts import prepare_prompt
 from captum_jscopes.bench.combine import combine_runs
 from captum_jscopes.bench.report import BENCH_CURVE_FRACTIONS, SCOPES, render_report, summarize
+from captum_jscopes.bench.common import results_dir
 from captum_jscopes.metrics import aopc
 
 PROMPTS = [
@@ -376,9 +377,9 @@ def test_summary_of_no_evaluated_prompt_is_an_error():
 
 def test_default_out_dir_uses_the_model_short_name():
     # under the current folder, never the committed benchmarks/results (tests/bench/test_runner.py)
-    assert bench.default_out_dir(None) == Path("jscopes-bench") / "faithfulness-smollm2-135m-instruct"
-    assert bench.default_out_dir("smollm2").name == "faithfulness-smollm2-135m-instruct"
-    assert bench.default_out_dir("meta-llama/Llama-3.2-1B/").name == "faithfulness-Llama-3.2-1B"
+    assert results_dir("faithfulness", None) == Path("jscopes-bench") / "faithfulness-smollm2-135m-instruct"
+    assert results_dir("faithfulness", "smollm2").name == "faithfulness-smollm2-135m-instruct"
+    assert results_dir("faithfulness", "meta-llama/Llama-3.2-1B/").name == "faithfulness-Llama-3.2-1B"
 
 
 def test_prompt_words_are_in_the_tiny_vocabulary():

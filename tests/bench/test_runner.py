@@ -576,7 +576,6 @@ def test_faithfulness_with_output_to_a_log_leaves_the_estimate_and_progress_ther
 
 
 def test_default_output_folders_are_under_the_current_folder_not_the_committed_results(monkeypatch, tmp_path):
-    from captum_jscopes.bench import faithfulness, trust
     from captum_jscopes.bench.common import RESULTS_ROOT, results_dir
 
     monkeypatch.chdir(tmp_path)
@@ -585,8 +584,7 @@ def test_default_output_folders_are_under_the_current_folder_not_the_committed_r
         assert folder == Path("jscopes-bench") / f"{benchmark}-smollm2-135m-instruct"
         assert not folder.resolve().is_relative_to(RESULTS_ROOT)
         assert not (REPO_ROOT / folder).exists()  # no committed result under that name
-    assert faithfulness.default_out_dir("meta-llama/Llama-3.2-1B") == Path("jscopes-bench/faithfulness-Llama-3.2-1B")
-    assert trust.default_out_dir(None) == Path("jscopes-bench/trust-smollm2-135m-instruct")
+    assert results_dir("faithfulness", "meta-llama/Llama-3.2-1B") == Path("jscopes-bench/faithfulness-Llama-3.2-1B")
 
 
 def _bench_main(name: str):
