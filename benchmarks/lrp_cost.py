@@ -8,6 +8,7 @@ benchmarks/results/lrp_cost.md (or --out).
 
     .venv/bin/python benchmarks/lrp_cost.py --model smollm2 --n 10
     .venv/bin/python benchmarks/lrp_cost.py --model gemma3-270m --n 10
+    .venv/bin/python benchmarks/lrp_cost.py --n 4 --repeat 2 --scopes fisher_krylov   # the Fisher default only
 """
 import argparse
 import platform
@@ -24,8 +25,18 @@ parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--model", default="smollm2", help="smollm2 (default) or gemma3-270m")
 parser.add_argument("--n", type=int, default=10, help="LAMBADA prompts (default 10)")
 parser.add_argument("--repeat", type=int, default=3, help="rounds per prompt, the fastest kept (default 3)")
+parser.add_argument("--scopes", default="semantic,temperature,fisher_eig1,fisher_krylov",
+                    help="which rows, comma-separated (default all: semantic,temperature,fisher_eig1,fisher_krylov)")
 parser.add_argument("--out", default=None, help="Markdown file to append to, row by row (default benchmarks/results/lrp_cost.md)")
 args = parser.parse_args()
+VARIANTS = {"plain": {}, "+lrp": {"rules": "lrp"}, "+input": {"reduce": "input"},
+            "+lrp+input": {"rules": "lrp", "reduce": "input"}}
+SCOPES = {"semantic": (SemanticScope, {}), "temperature": (TemperatureScope, {}),
+          "fisher_eig1": (FisherScope, {"estimator": "eig", "k": 1}), "fisher_krylov": (FisherScope, {})}  # the Fisher default
+chosen = [name for name in args.scopes.split(",") if name]
+if unknown := [name for name in chosen if name not in SCOPES]:
+    parser.error(f"unknown --scopes {', '.join(unknown)}; choose from {', '.join(SCOPES)}")
+
 torch.set_num_threads(1)
 model, tok = load_model() if args.model == "smollm2" else load_model(args.model)
 prompts = [prepare_prompt(tok, p.text).input_ids for p in load_prompts("lambada", args.n)]
@@ -35,11 +46,6 @@ try:
     attnlrp_scores(model, tok, prompts[0], 0)
 except ImportError:
     attnlrp_scores = None
-
-VARIANTS = {"plain": {}, "+lrp": {"rules": "lrp"}, "+input": {"reduce": "input"},
-            "+lrp+input": {"rules": "lrp", "reduce": "input"}}
-SCOPES = {"semantic": (SemanticScope, {}), "temperature": (TemperatureScope, {}),
-          "fisher_eig1": (FisherScope, {"estimator": "eig", "k": 1}), "fisher (krylov)": (FisherScope, {})}
 
 
 def seconds(call):
@@ -65,9 +71,11 @@ def write(line: str) -> None:
 
 write(f"\n## {args.model}: {args.n} LAMBADA prompts ({min(lengths)}-{max(lengths)} tokens), 1 thread, best of "
       f"{args.repeat}, {platform.processor() or platform.machine()}\n")
-write(f"`.venv/bin/python benchmarks/lrp_cost.py --model {args.model} --n {args.n} --repeat {args.repeat}`\n")
+write(f"`.venv/bin/python benchmarks/lrp_cost.py --model {args.model} --n {args.n} --repeat {args.repeat} "
+      f"--scopes {','.join(chosen)}`\n")
 write("| scope | variant | median CPU s per prompt | median ratio to plain |\n|---|---|---|---|")
-for name, (cls, options) in SCOPES.items():
+for name in chosen:
+    cls, options = SCOPES[name]
     scope = cls(model, tok)
     times = {v: [] for v in VARIANTS}
     if name == "semantic" and attnlrp_scores is not None:
