@@ -210,12 +210,9 @@ def inseq_method(scope_class: type[JacobianScope]) -> type[JacobianScopeRegistry
 
 
 _METHODS: dict[type, type[JacobianScopeRegistry]] = {}
-for _cls in SCOPES.values():
-    inseq_method(_cls)
-on_register(inseq_method)
-
-# every scope's method under its class's name (SemanticScopeAttribution, ...; the
-# names of earlier versions); a scope registered later: inseq_method(cls)
+# every scope's method, also under its class's name here (SemanticScopeAttribution, ...:
+# the names of earlier versions); a scope registered later gets its method on registration
 for _cls in list(SCOPES.values()):
-    globals()[f"{_cls.__name__}Attribution"] = _METHODS[_cls]
+    globals()[f"{_cls.__name__}Attribution"] = inseq_method(_cls)
     __all__.append(f"{_cls.__name__}Attribution")
+on_register(inseq_method)

@@ -143,6 +143,10 @@ def test_show_and_save(llama, tokenizer, tmp_path):
 
 def test_the_three_methods_are_registered():
     assert set(METHODS) <= set(inseq.list_feature_attribution_methods())
+    # and importable under their class names, each the method of its scope
+    for cls in (SemanticScope, TemperatureScope, FisherScope):
+        method = getattr(inseq_methods, f"{cls.__name__}Attribution")
+        assert method is inseq_methods.inseq_method(cls) and f"{cls.__name__}Attribution" in inseq_methods.__all__
 
 
 def test_the_module_was_checked_against_the_installed_inseq():
