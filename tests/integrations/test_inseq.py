@@ -97,7 +97,7 @@ def test_rules_and_reduce_pass_as_every_methods_options(method, llama, tokenizer
 @pytest.mark.parametrize(
     "method, kwargs, error, message",
     [
-        ("fisher_scope", {"attribution_args": {"method": "bogus"}}, ValueError, "unknown Fisher method 'bogus'"),
+        ("fisher_scope", {"attribution_args": {"estimator": "bogus"}}, ValueError, "unknown Fisher method 'bogus'"),
         ("fisher_scope", {"budget": 0}, ValueError, "budget must be a positive int"),
         ("fisher_scope", {"attribution_args": {"kk": 3}}, TypeError, "unknown option.*'kk'.*estimator, k, n_probes"),
         ("temperature_scope", {"attribution_args": {"n_steps": 4}}, TypeError, "unknown option.*'n_steps'"),
