@@ -119,6 +119,19 @@ def assert_unchanged(model: torch.nn.Module, before: dict) -> None:
         assert (value is None) == (other is None) and (value is None or torch.equal(value, other)), f".grad of {key} changed"
 
 
+def assert_unbiased(runs: torch.Tensor, exact: torch.Tensor, random_message: str) -> None:
+    """The mean of ``runs`` (seeds, ..., n) equals ``exact`` within its standard error
+    on every scored token (|z| < 4.5, and chi^2 per degree of freedom < 3), and the
+    runs do differ from ``exact`` (an estimator that is exact proves nothing here)."""
+    seeds = runs.shape[0]
+    mean, spread = runs.mean(0), runs.std(0) / seeds**0.5
+    assert (runs - exact).abs().max() > 1e-6 * exact.max(), random_message
+    scored = exact > 0
+    z = ((mean - exact) / spread)[scored]
+    assert z.abs().max() < 4.5, z
+    assert z.pow(2).mean() < 3.0, z  # chi^2 per degree of freedom ~ 1
+
+
 def bos_prompt(n: int = 7, seed: int = 3) -> torch.Tensor:
     """(1, n) random ids that start with the BOS token."""
     ids = random_ids(1, n, seed=seed)
