@@ -11,8 +11,8 @@ from typing import Any, Callable, Optional, Sequence
 from captum_jscopes.models import DEFAULT_MODEL, EMBEDDED_MODELS, ModelNotAvailableError, load_model
 from captum_jscopes.runs.prompts import DATASETS, DEFAULT_DATASET
 
-__all__ = ["model_short_name", "model_id", "data_id", "results_dir", "add_model_arguments", "add_prompt_arguments",
-           "add_output_arguments", "cli_message", "DEFAULT_RESULTS_FOLDER", "RESULTS_ROOT"]
+__all__ = ["model_short_name", "model_id", "data_id", "results_dir", "benchmark_parser", "benchmark_main",
+           "load_benchmark_model", "cli_message", "DEFAULT_RESULTS_FOLDER", "RESULTS_ROOT"]
 
 #: the committed results of a source checkout (``benchmarks/results``); runs write there only with ``--out``
 RESULTS_ROOT = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
@@ -68,7 +68,20 @@ def cli_message(err: BaseException) -> str:
     return str(err)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def benchmark_parser(benchmark: str, prog: Optional[str], description: str, *, n_default: Optional[int] = None,
+                     epilog: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser of benchmark ``benchmark`` with the flags every benchmark shares:
+    the model's (``--model``, ``--dtype``, ``--device``, ``--threads``), the prompts'
+    (``--data``, ``--n`` with default ``n_default`` (None: all), ``--offset``) and the
+    output's (``--out``, ``--overwrite``, ``--report-only``); the benchmark adds its own."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog)
+    _add_model_arguments(parser)
+    _add_prompt_arguments(parser, n_default)
+    _add_output_arguments(parser, benchmark)
+    return parser
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model, --dtype, --device, --threads."""
     parser.add_argument("--model", default=None,
                         help="model name or path (default: the embedded SmolLM2-135M-Instruct)")
@@ -81,7 +94,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         "1 is much faster on a CPU shared with other jobs")
 
 
-def add_prompt_arguments(parser: argparse.ArgumentParser, n_default: Optional[int] = None) -> None:
+def _add_prompt_arguments(parser: argparse.ArgumentParser, n_default: Optional[int] = None) -> None:
     """--data, --n (alias --num-prompts), --offset."""
     parser.add_argument("--data", default=DEFAULT_DATASET,
                         help=f"a prompt set shipped with the package ({', '.join(DATASETS)}; default "
@@ -94,7 +107,7 @@ def add_prompt_arguments(parser: argparse.ArgumentParser, n_default: Optional[in
     parser.add_argument("--offset", type=int, default=0, help="prompts skipped at the start (default 0)")
 
 
-def add_output_arguments(parser: argparse.ArgumentParser, benchmark: str) -> None:
+def _add_output_arguments(parser: argparse.ArgumentParser, benchmark: str) -> None:
     """--out, --overwrite, --report-only."""
     parser.add_argument("--out", default=None,
                         help=f"output folder (default {DEFAULT_RESULTS_FOLDER}/{benchmark}-<model> under the current "

@@ -76,9 +76,7 @@ from captum_jscopes.metrics import (
 )
 from captum_jscopes.models import ModelNotAvailableError, load_model
 from captum_jscopes.bench.common import (
-    add_model_arguments,
-    add_output_arguments,
-    add_prompt_arguments,
+    benchmark_parser,
     cli_message,
     data_id,
     model_id,
@@ -244,16 +242,13 @@ def _evaluate_methods(model, tokenizer, ids, target, prompt_id, settings, ablati
 # ====================================================================== command line
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     """The argument parser of :func:`main`."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Faithfulness benchmark of the Jacobian Scopes paper: AOPC by deletion (and optional "
+    parser = benchmark_parser(
+        "faithfulness", prog,
+        "Faithfulness benchmark of the Jacobian Scopes paper: AOPC by deletion (and optional "
         "leave-one-out agreement) of the scopes and Captum baselines on LAMBADA passages.",
         epilog='Several processes: CUDA_VISIBLE_DEVICES="" accelerate launch --multi_gpu --num_processes 2 '
         "benchmarks/faithfulness.py ... (or torchrun --nproc_per_node 2 ...). Reruns resume.",
     )
-    add_model_arguments(parser)
-    add_prompt_arguments(parser)
-    add_output_arguments(parser, "faithfulness")
     parser.add_argument("--curve-fractions", default=",".join(map(str, BENCH_CURVE_FRACTIONS)),
                         help="fractions of the plotted deletion curve, comma-separated in [0, 1] "
                         "(default 0,0.05,...,0.5; fewer is faster, the AOPC's are always computed)")

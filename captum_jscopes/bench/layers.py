@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_jscopes.analysis.layers import layer_map, spearman_by_layer
-from captum_jscopes.bench.common import (add_model_arguments, add_output_arguments, add_prompt_arguments, benchmark_main,
+from captum_jscopes.bench.common import (benchmark_main, benchmark_parser,
                                          data_id, load_benchmark_model, model_id)
 from captum_jscopes.core.forward import accepts, decoder_layers
 from captum_jscopes.core.model_state import preserved_state
@@ -247,10 +247,7 @@ def write_layers_report(out_dir: Path, records: Optional[list[dict]] = None) -> 
 
 # ====================================================================== command line
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    add_model_arguments(parser)
-    add_prompt_arguments(parser, n_default=100)
-    add_output_arguments(parser, "layers")
+    parser = benchmark_parser("layers", prog, __doc__.split("\n\n")[0], n_default=100)
     parser.add_argument("--max-tokens", type=int, default=24, help="last tokens of each passage kept (default 24)")
     parser.add_argument("--stride", type=int, default=3,
                         help="patch rows 0, stride, 2 stride, ... and the last two (default 3; 1: every row)")

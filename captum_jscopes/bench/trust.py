@@ -42,7 +42,7 @@ from captum_jscopes.analysis.linearity import DEFAULT_EPSILONS, linearity_check
 from captum_jscopes.metrics import sink_report
 from captum_jscopes.scopes.registry import SCOPES
 from captum_jscopes.core.tokens import special_tokens_mask
-from captum_jscopes.bench.common import (add_model_arguments, add_output_arguments, add_prompt_arguments, benchmark_main,
+from captum_jscopes.bench.common import (benchmark_main, benchmark_parser,
                                          data_id, load_benchmark_model, model_id, results_dir)
 from captum_jscopes.runs.prompts import Prompt, load_prompts, prepare_prompt
 from captum_jscopes.runs.runner import read_records, run_sharded
@@ -223,14 +223,12 @@ def evaluate_prompt(model: nn.Module, tokenizer: Any, prompt: Prompt, settings: 
 # ====================================================================== command line
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     """The argument parser of :func:`main`."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="When to trust a map: attention-sink shares against leave-one-out ground truth, and "
+    parser = benchmark_parser(
+        "trust", prog,
+        "When to trust a map: attention-sink shares against leave-one-out ground truth, and "
         "validity radii, of the three scopes over LAMBADA passages (with and without a BOS).",
+        n_default=50,
     )
-    add_model_arguments(parser)
-    add_prompt_arguments(parser, n_default=50)
-    add_output_arguments(parser, "trust")
     parser.add_argument("--k", type=int, default=3, help="ordinary tokens in the first-k group (default 3)")
     parser.add_argument("--radius-tokens", type=int, default=8,
                         help="tokens per prompt checked for their validity radius (default 8; 0: none)")
