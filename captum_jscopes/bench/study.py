@@ -24,7 +24,8 @@ recorded: replacement token, attention mask):
 
 Command line::
 
-    python -m captum_jscopes.bench.study --run "SmolLM2 / LAMBADA=DIR" --run ... --out FILE.md
+    python -m captum_jscopes.bench.study --run "SmolLM2 / LAMBADA=DIR" --run ... --out FILE.md \
+        --extra-run "SmolLM2 / LAMBADA, Fisher default=COMBINED_DIR"   # reported, not recommended from
 """
 
 from __future__ import annotations
@@ -192,9 +193,11 @@ def _cell(row: dict) -> str:
             f"{format_number(row['ci_high'])}], p {format_p(row['wilcoxon_p'])}")
 
 
-def render_study(studies: Sequence[dict], min_prompts: int = MIN_PROMPTS) -> str:
+def render_study(studies: Sequence[dict], min_prompts: int = MIN_PROMPTS, extra: Sequence[dict] = ()) -> str:
     """Markdown: the recommendation, then per run the AOPC table under every operator (paired
-    with AttnLRP), the decomposition of each scope's gap and the leave-one-out agreement."""
+    with AttnLRP), the decomposition of each scope's gap and the leave-one-out agreement.
+    ``extra``: studies reported the same way after them but left out of the recommendation
+    (e.g. the Fisher default on a subset of the prompts, joined with ``--combine``)."""
     advice = recommend(studies, min_prompts)
     lines = ["# Rules x reduction: every scope under AttnLRP's rules and with the input reduction", ""]
     lines.append(f"**Recommendation:** {advice['why']}." if advice["method"] else f"**No single pick:** {advice['why']}.")
@@ -207,8 +210,9 @@ def render_study(studies: Sequence[dict], min_prompts: int = MIN_PROMPTS) -> str
               "more faithful), mean [95% t interval], Wilcoxon p. Decomposition: the paired AOPC change of each step "
               "of X -> X+lrp (rules) -> X+lrp+input (reduction) -> AttnLRP (direction; `semantic+lrp+input` is "
               "AttnLRP itself); the steps add up to X - AttnLRP.", ""]
-    for s in studies:
-        lines += [f"## {s['name']} (n = {s['n']} prompts)", ""]
+    for s in [*studies, *extra]:
+        aside = "" if s in studies else ", not part of the recommendation"
+        lines += [f"## {s['name']} (n = {s['n']} prompts{aside})", ""]
         ops = s["operators"]
         header = "| method | " + " | ".join(f"AOPC {op} | vs AttnLRP ({op})" for op in ops) + " |"
         lines += [header, "|---|" + "---|---|" * len(ops)]
@@ -243,6 +247,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--run", action="append", default=[], metavar="NAME=DIR[+DIR...]",
                         help="a faithfulness run with scope variants (partial runs read from their shards); "
                              "DIR+DIR pools runs over disjoint prompts")
+    parser.add_argument("--extra-run", action="append", default=[], metavar="NAME=DIR[+DIR...]",
+                        help="a run reported the same way but left out of the recommendation: e.g. the Fisher "
+                             "default's variants on the first 200 prompts, joined with the main run by "
+                             "jscopes bench faithfulness --combine")
     parser.add_argument("--out", default=None, help="Markdown file (a .json beside it)")
     parser.add_argument("--min-prompts", type=int, default=MIN_PROMPTS,
                         help=f"prompts every run needs before a combination is named (default {MIN_PROMPTS})")
@@ -251,10 +259,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not args.run:
             raise ValueError("give at least one --run NAME=DIR")
         studies = [study(records, name) for name, records in runs_of(args.run)]
+        extra = [study(records, name) for name, records in runs_of(args.extra_run)]
     except ValueError as err:
         print(f"study: error: {err}", file=sys.stderr)
         return 2
-    write_report(render_study(studies, args.min_prompts), studies, args.out, "study")
+    data = [{**s, "in_recommendation": s in studies} for s in [*studies, *extra]]
+    write_report(render_study(studies, args.min_prompts, extra), data, args.out, "study")
     return 0
 
 

@@ -84,5 +84,21 @@ def test_command_line_writes_markdown_and_json(tmp_path, capsys):
     assert S.main(["--run", f"tiny={run}", "--out", str(out)]) == 0
     assert "## tiny (n = 12 prompts)" in out.read_text()
     assert json.loads(out.with_suffix(".json").read_text())[0]["families"] == ["semantic"]
+    # an extra run is reported after the others and left out of the recommendation
+    worse = {"semantic": 0.2, "semantic+lrp": 0.3, "semantic+input": 0.1, "semantic+lrp+input": 0.05, "attnlrp": 0.05}
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "run.json").write_text((run / "run.json").read_text())
+    with open(other / "shard-000-of-001.jsonl", "w") as f:
+        for r in records(n=12, seed=3, offsets=worse):
+            f.write(json.dumps(r) + "\n")
+    assert S.main(["--run", f"tiny={run}", "--extra-run", f"aside={other}", "--out", str(out), "--min-prompts", "12"]) == 0
+    text, data = out.read_text(), json.loads(out.with_suffix(".json").read_text())
+    assert text.index("## tiny (n = 12 prompts)") < text.index("## aside (n = 12 prompts, not part of the recommendation)")
+    assert [d["in_recommendation"] for d in data] == [True, False]
+    # tiny alone names semantic+lrp; counting the aside run (where AttnLRP beats it) would name another
+    assert text.splitlines()[2].startswith("**Recommendation:** `semantic+lrp` is not beaten")
+    assert S.recommend([S.study(r, n) for n, r in S.runs_of([f"tiny={run}", f"aside={other}"])],
+                       min_prompts=12)["method"] != "semantic+lrp"
     assert S.main([]) == 2
     assert "give at least one --run" in capsys.readouterr().err
