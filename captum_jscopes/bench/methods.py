@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import zlib
 from collections import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Optional
 
@@ -54,8 +54,10 @@ class BenchMethod:
             paper's six methods and three more); the others are asked for by name.
         slow: the speed benchmark times it once, on its ``--n-slow`` prompts.
         same_as: the method this one equals by construction (saliency, the gradient
-            norm of the y* logit, IS the Semantic Scope with target y*): not a rival
-            in the verdict, and the report states how close their curves are.
+            norm of the y* logit, IS the Semantic Scope with target y*; ``semantic+lrp+input``
+            IS AttnLRP): a baseline that is a scope is no rival in the verdict, a scope
+            that is a baseline is paired with the next one, and the report states how
+            close their curves are.
         variant_of: for a scope method under other rules or reduction (``semantic+lrp``),
             the method it is a variant of (``semantic``); None for the table's own entries.
     """
@@ -183,6 +185,10 @@ _TABLE = (
     BenchMethod("random", "random", "random", in_default=True),
 )
 
+#: scope combinations that ARE a baseline of the table (docs/method.md, section 8): the
+#: report says how close their curves are, and the verdict pairs them with the next baseline
+_SAME_AS_BASELINE = {"semantic+lrp+input": "attnlrp"}
+
 #: the options every scope takes beside its own, as name suffixes of a scope method: ``+lrp``
 #: (``rules="lrp"``) then ``+input`` (``reduce="input"``), e.g. ``semantic+lrp+input``, ``fisher_eig1+lrp``
 VARIANTS = (
@@ -224,6 +230,8 @@ class _MethodTable(abc.Mapping):
         for name, entry in bases.items():
             table[name] = entry
             table.update((variant.name, variant) for variant in scope_variants(entry))
+        for name, baseline in _SAME_AS_BASELINE.items():
+            table[name] = replace(table[name], same_as=baseline)
         return table
 
     def __getitem__(self, name: str) -> BenchMethod:

@@ -50,7 +50,7 @@ SAME_BUDGET = 1.5
 ALPHA = 0.05
 #: Baselines that ARE a scope (not rivals), from the method table: saliency, the gradient
 #: norm of the y* logit, is the Semantic Scope with target y* (equal deletion curves in every run).
-SAME_AS_SCOPE = {name: m.same_as for name, m in METHODS.items() if m.same_as}
+SAME_AS_SCOPE = {name: m.same_as for name, m in METHODS.items() if m.same_as and not m.is_scope}
 
 
 # ====================================================================== statistics
@@ -101,11 +101,12 @@ def _baselines(methods: Sequence[str]) -> list[str]:
             and m not in SAME_AS_SCOPE]
 
 
-def strongest_baseline(records: list[dict], max_time: Optional[float] = None) -> Optional[str]:
+def strongest_baseline(records: list[dict], max_time: Optional[float] = None,
+                       excluding: Sequence[Optional[str]] = ()) -> Optional[str]:
     """The baseline with the most negative mean AOPC (optionally among those whose mean
-    time is at most ``max_time``); None when there is none."""
+    time is at most ``max_time``, and not one of ``excluding``); None when there is none."""
     costs = method_costs(records)
-    pool = [m for m in _baselines(list(costs)) if max_time is None or costs[m] <= max_time]
+    pool = [m for m in _baselines(list(costs)) if (max_time is None or costs[m] <= max_time) and m not in excluding]
     if not pool:
         return None
     return min(pool, key=lambda m: float(np.mean(_aopcs(records, m))))
@@ -136,7 +137,9 @@ def verdict(records: list[dict], name: str = "run", against: Sequence[str] = ())
         summary[m] = {"aopc_mean": mean, "aopc_sem": sem, "time_mean_s": costs[m]}
     rows = []
     for scope in (m for m in costs if METHODS[m].is_scope):
-        strongest, at_budget = strongest_baseline(done), strongest_baseline(done, SAME_BUDGET * costs[scope])
+        itself = (METHODS[scope].same_as,)  # a scope that IS a baseline is paired with the next one
+        strongest = strongest_baseline(done, excluding=itself)
+        at_budget = strongest_baseline(done, SAME_BUDGET * costs[scope], excluding=itself)
         if strongest == at_budget:  # the strongest baseline costs no more than the scope: one row says both
             pairs = [("strongest, same budget", strongest)]
         else:
@@ -208,6 +211,8 @@ def loo_rows(records: list[dict], agreement: dict[str, dict]) -> list[dict]:
     rows = []
     for scope in (m for m in agreement if METHODS[m].is_scope):
         for comparison, base in rivals.items():
+            if base == METHODS[scope].same_as:  # the scope IS that baseline
+                continue
             rho = {m: [r["methods"][m]["loo"]["spearman"] for r in prompts] for m in (scope, base)}
             # paired_stats counts "better" as lower: pass the baseline first and turn the difference round
             row = paired_stats(rho[base], rho[scope])
@@ -257,7 +262,10 @@ def render_verdict(verdicts: Sequence[dict]) -> str:
     lines += ["", "Difference = scope AOPC - baseline AOPC per prompt (negative = the scope is more faithful), "
               "mean with its 95% t interval; Wilcoxon signed-rank p; share of prompts where the scope is better. "
               f"'same budget': the strongest baseline whose mean time is at most {SAME_BUDGET}x the scope's. "
-              + " ".join(f"`{b}` is not a rival: it is the `{s}` scope." for b, s in SAME_AS_SCOPE.items()), ""]
+              + " ".join(f"`{b}` is not a rival: it is the `{s}` scope." for b, s in SAME_AS_SCOPE.items())
+              + "".join(f" `{m}` is `{METHODS[m].same_as}`: it is paired with the next baseline."
+                        for m in sorted({r["scope"] for v in verdicts for r in v["rows"]}, key=list(METHODS).index)
+                        if METHODS[m].same_as), ""]
     for v in verdicts:
         lines += [f"## {v['name']} (n = {v['n']} prompts)", "",
                   "| scope | vs | baseline | difference [95% CI] | Wilcoxon p | scope better on | n |",

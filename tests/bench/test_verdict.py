@@ -25,7 +25,7 @@ def records(n=40, seed=0, offsets=None):
     out = []
     for i in range(n):
         base = -1.0 + 0.3 * rng.standard_normal()
-        methods = {m: {"aopc": base + off + 0.05 * rng.standard_normal(), "time_s": TIMES[m] * (1 + 0.01 * i),
+        methods = {m: {"aopc": base + off + 0.05 * rng.standard_normal(), "time_s": TIMES.get(m, 1.0) * (1 + 0.01 * i),
                        "top_position": int(rng.integers(0, 10 + i))} for m, off in offsets.items()}
         out.append({"id": str(i), "n_tokens": 10 + i, "log_prob": float(np.log(rng.uniform(0.05, 0.95))),
                     "correct": True, "methods": methods})
@@ -97,6 +97,22 @@ def test_no_warning_when_the_scopes_win():
     assert [(r["scope"], r["comparison"], r["baseline"]) for r in v["rows"]] == [
         ("semantic", "strongest, same budget", "grad_x_input")]
     assert v["loo"] == {} and v["loo_best"] is None  # no leave-one-out in these records
+
+
+def test_a_scope_that_is_a_baseline_is_paired_with_the_next_one():
+    # semantic+lrp+input IS attnlrp (the same scores): its rows take the next strongest baseline
+    offsets = {"semantic": -0.10, "semantic+lrp+input": -0.30, "attnlrp": -0.30, "grad_x_input": -0.05, "random": 0.8}
+    recs = records(n=30, offsets=offsets)
+    for i, r in enumerate(recs):
+        r["methods"]["semantic+lrp+input"] = dict(r["methods"]["attnlrp"])
+        for m, e in r["methods"].items():
+            e["time_s"] = 1.0
+            e["loo"] = {"spearman": {"attnlrp": 0.6, "semantic+lrp+input": 0.6}.get(m, 0.4) + 0.01 * (i % 5)}
+    v = V.verdict(recs, "same")
+    pairs = {(r["scope"], r["baseline"]) for r in v["rows"]}
+    assert pairs == {("semantic", "attnlrp"), ("semantic+lrp+input", "grad_x_input")}
+    assert {(r["scope"], r["baseline"]) for r in v["loo_rows"]} == {("semantic", "attnlrp")}
+    assert "`semantic+lrp+input` is `attnlrp`: it is paired with the next baseline." in V.render_verdict([v])
 
 
 def test_leave_one_out_agreement_over_the_prompts_where_every_method_has_it():
