@@ -144,7 +144,7 @@ def verdict(records: list[dict], name: str = "run", against: Sequence[str] = ())
             pairs = [("strongest, same budget", strongest)]
         else:
             pairs = [("strongest", strongest), ("same budget", at_budget)]
-        pairs += [("named", m) for m in against if m in costs and m not in (strongest, at_budget)]
+        pairs += [("named", m) for m in against if m in costs and m not in (strongest, at_budget, *itself)]
         rows += [{"scope": scope, "comparison": comparison, "baseline": base,
                   **paired_stats(_aopcs(done, scope), _aopcs(done, base))} for comparison, base in pairs if base]
     wins = [r for r in rows if r["mean_difference"] > 0 and r["wilcoxon_p"] < ALPHA]

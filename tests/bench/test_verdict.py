@@ -112,6 +112,8 @@ def test_a_scope_that_is_a_baseline_is_paired_with_the_next_one():
     pairs = {(r["scope"], r["baseline"]) for r in v["rows"]}
     assert pairs == {("semantic", "attnlrp"), ("semantic+lrp+input", "grad_x_input")}
     assert {(r["scope"], r["baseline"]) for r in v["loo_rows"]} == {("semantic", "attnlrp")}
+    named = V.verdict(recs, "same", against=("attnlrp",))  # a named baseline is no pair for the scope that IS it
+    assert ("semantic+lrp+input", "attnlrp") not in {(r["scope"], r["baseline"]) for r in named["rows"]}
     assert "`semantic+lrp+input` is `attnlrp`: it is paired with the next baseline." in V.render_verdict([v])
 
 
