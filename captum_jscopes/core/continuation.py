@@ -26,7 +26,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from captum_jscopes.core.forward import accepts, module_device
+from captum_jscopes.core.forward import cache_argument, module_device
 from captum_jscopes.core.model_state import preserved_state
 from captum_jscopes.core.tokens import special_token_ids
 
@@ -60,12 +60,12 @@ class _Greedy:
         self.device = module_device(model.get_input_embeddings())
         self.pending = ids.reshape(1, -1).to(self.device)
         self.cache = None
-        # transformers 5 names the cache ``cache`` (``past_key_values`` is deprecated); earlier ones the latter
-        self.name = "cache" if accepts(model, "cache") else "past_key_values"
+        self.name = cache_argument(model)
 
     def __call__(self) -> int:
-        out = self.model(input_ids=self.pending, use_cache=True, **{self.name: self.cache})
-        self.cache = getattr(out, self.name, None)
+        cache = {self.name: self.cache} if self.name else {}
+        out = self.model(input_ids=self.pending, use_cache=self.name is not None, **cache)
+        self.cache = getattr(out, self.name, None) if self.name else None
         token = int(out.logits[0, -1].float().argmax())
         if self.cache is None:  # a model without a cache: run the whole sequence again
             self.pending = torch.cat([self.pending, torch.tensor([[token]], device=self.device)], dim=1)

@@ -73,6 +73,16 @@ def accepts(model: nn.Module, argument: str) -> bool:
     return argument in inspect.signature(model.forward).parameters
 
 
+def cache_argument(model: nn.Module) -> Optional[str]:
+    """The keyword (and output field) of ``model``'s key/value cache, or None for a
+    model without one: transformers 5 names it ``cache`` (``past_key_values`` is
+    deprecated there), earlier versions ``past_key_values``."""
+    for name in ("cache", "past_key_values"):
+        if accepts(model, name):
+            return name
+    return None
+
+
 def context_length(model: nn.Module) -> Optional[int]:
     config = getattr(model, "config", None)
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):

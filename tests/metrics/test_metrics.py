@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 from helpers import CONFIGS, assert_unchanged, make_model, snapshot
 from transformers import (
     GPT2Config,
@@ -167,6 +168,62 @@ def test_batched_ablations_match_one_at_a_time(mode):
     loo_batched = F.leave_one_out(model, ids, mode=mode, replacement_id=7, batch_size=16).kl
     loo_single = F.leave_one_out(model, ids, mode=mode, replacement_id=7, batch_size=1).kl
     torch.testing.assert_close(loo_batched, loo_single, atol=1e-5, rtol=0)
+
+
+def _tokens_seen(model, run):
+    """``run()``'s result and the positions the first decoder layer was given,
+    forward by forward (a hook on a real module, removed after)."""
+    layer = next(m for m in model.modules() if isinstance(m, nn.ModuleList))[0]
+    seen = []
+    handle = layer.register_forward_pre_hook(lambda module, args, kwargs: seen.append(
+        (args[0] if args else kwargs["hidden_states"]).shape[1]), with_kwargs=True)
+    try:
+        return run(), seen
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("arch", sorted(CONFIGS))
+@pytest.mark.parametrize("mode", F.ABLATION_MODES)
+def test_a_prepared_prompt_runs_each_batch_from_its_first_ablation_and_matches_whole_forwards(arch, mode):
+    # the states before a variant's first ablated token are the intact prompt's: AblatedPrompt runs
+    # from there, ablated_log_probs (the reference here) runs every variant whole; float64, so the
+    # two agree to round-off
+    model, n = make_model(arch, dtype=torch.float64), 16
+    ids = torch.cat([torch.tensor([1]), torch.randint(6, VOCAB, (n - 1,), generator=torch.Generator().manual_seed(0))])
+    ablate = torch.rand(30, n, generator=torch.Generator().manual_seed(1)) < 0.15
+    ablate[:3, :2] = True  # leading runs: "mask" mode leaves them out
+    ablate[3] = False  # the intact prompt
+    late = torch.zeros(4, n, dtype=torch.bool)
+    late[torch.arange(4), torch.arange(10, 14)] = True  # one batch, its earliest ablation at 10
+    settings = F.AblationSettings(mode=mode, replacement_id=7, batch_size=4)
+    # the tiny Gemma-3's sliding window (4) is shorter than the prompt: its cache keeps only the
+    # window, so nothing is reused there; every other architecture keeps all states
+    reused = model.config.model_type != "gemma3_text"
+    for position in (n - 1, 9):
+        prepared = F.AblatedPrompt.prepare(model, ids, position, settings)
+        assert (prepared.intact is not None) == reused
+        whole = F.ablated_log_probs(model, ids, ablate, position=position, settings=settings)
+        torch.testing.assert_close(prepared.run(ablate), whole, atol=1e-12, rtol=0)
+        fast, seen = _tokens_seen(model, lambda: prepared.run(late))
+        whole = F.ablated_log_probs(model, ids, late, position=position, settings=settings)
+        torch.testing.assert_close(fast, whole, atol=1e-12, rtol=0)
+        assert seen == [n - min(10, position) if reused else n]
+
+
+def test_a_gemma3_prompt_inside_its_sliding_window_reuses_the_intact_states():
+    config = CONFIGS["gemma3"]()
+    config.sliding_window, config._attn_implementation = 32, "eager"
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config).double().eval()
+    ids = prompt(16, seed=2)
+    loo_fast = F.leave_one_out(model, ids)
+    prepared = F.AblatedPrompt.prepare(model, ids, -1, F.AblationSettings())
+    assert prepared.intact is not None
+    intact = log_probs_zeroed(model, ids, [])
+    for t in (1, 8, 15):
+        kl = float((intact.exp() * (intact - log_probs_zeroed(model, ids, [t]))).sum())
+        assert float(loo_fast.kl[t]) == pytest.approx(kl, rel=1e-9, abs=1e-12)
 
 
 @pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2])
