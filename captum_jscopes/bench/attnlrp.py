@@ -36,8 +36,7 @@ from typing import Any, Iterator, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from captum_jscopes.core.forward import accepts
-from captum_jscopes.core.model_state import preserved_state
+from captum_jscopes.core.model_state import accepts, preserved_state
 
 __all__ = ["INSTALL", "REDUCTIONS", "attnlrp_relevance", "attnlrp_scores", "lxt_patched", "modeling_module"]
 

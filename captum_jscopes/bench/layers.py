@@ -39,8 +39,8 @@ from torch import Tensor, nn
 from captum_jscopes.analysis.layers import layer_map, spearman_by_layer
 from captum_jscopes.bench.common import (benchmark_main, benchmark_parser,
                                          data_id, load_benchmark_model, model_id)
-from captum_jscopes.core.forward import accepts, decoder_layers
-from captum_jscopes.core.model_state import preserved_state
+from captum_jscopes.core.forward import decoder_layers
+from captum_jscopes.core.model_state import accepts, preserved_state
 from captum_jscopes.core.tokens import special_tokens_mask
 from captum_jscopes.runs.prompts import Prompt, load_prompts, prepare_prompt
 from captum_jscopes.runs.runner import read_records, read_shard_records, run_sharded, write_json_atomic, write_text_atomic

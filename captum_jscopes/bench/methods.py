@@ -26,9 +26,8 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from captum_jscopes.core.forward import accepts
 from captum_jscopes.metrics import replacement_token_id
-from captum_jscopes.core.model_state import preserved_state
+from captum_jscopes.core.model_state import accepts, preserved_state
 from captum_jscopes.scopes.registry import SCOPES
 
 __all__ = ["BenchMethod", "METHODS", "DEFAULT_METHODS", "VARIANTS", "method", "parse_methods", "random_scores",

@@ -26,8 +26,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from captum_jscopes.core.forward import cache_argument, module_device
-from captum_jscopes.core.model_state import preserved_state
+from captum_jscopes.core.forward import module_device
+from captum_jscopes.core.model_state import cache_argument, preserved_state
 from captum_jscopes.core.tokens import special_token_ids
 
 __all__ = ["NEXT_UNITS", "WORD_TOKENS", "continuation", "check_next", "is_fragment"]

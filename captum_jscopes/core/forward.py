@@ -14,7 +14,6 @@ Shapes used throughout: ``B`` prompts, ``n`` tokens, ``e`` embedding width,
 
 from __future__ import annotations
 
-import inspect
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_jscopes.core.lrp import lrp_rules
+from captum_jscopes.core.model_state import accepts
 from captum_jscopes.core.tokens import InputError
 
 _BATCHED_VJP_WORKS: dict[type, bool] = {}
@@ -66,21 +66,6 @@ def head_weight(head: nn.Module) -> Tensor:
             raise RuntimeError("the output-embedding weight is on the meta device and no offload map holds it")
         weight = weights_map["weight"].to(module_device(head))
     return weight.detach()
-
-
-def accepts(model: nn.Module, argument: str) -> bool:
-    """Whether ``model.forward`` takes the keyword ``argument``."""
-    return argument in inspect.signature(model.forward).parameters
-
-
-def cache_argument(model: nn.Module) -> Optional[str]:
-    """The keyword (and output field) of ``model``'s key/value cache, or None for a
-    model without one: transformers 5 names it ``cache`` (``past_key_values`` is
-    deprecated there), earlier versions ``past_key_values``."""
-    for name in ("cache", "past_key_values"):
-        if accepts(model, name):
-            return name
-    return None
 
 
 def context_length(model: nn.Module) -> Optional[int]:

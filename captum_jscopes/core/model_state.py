@@ -1,11 +1,12 @@
-"""Checks that a model is a causal LM we can explain, and a guard that leaves the
-caller's model exactly as it was (train/eval flags, requires_grad) after a scope
-ran on it, also when the scope raised."""
+"""Checks that a model is a causal LM we can explain, what its forward takes, and
+a guard that leaves the caller's model exactly as it was (train/eval flags,
+requires_grad) after a scope ran on it, also when the scope raised."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import inspect
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
@@ -35,6 +36,21 @@ def check_causal_lm(model: nn.Module) -> None:
         )
     if not callable(getattr(model, "get_input_embeddings", None)) or model.get_input_embeddings() is None:
         raise TypeError(f"{type(model).__name__} has no input embeddings (get_input_embeddings() is None)")
+
+
+def accepts(model: nn.Module, argument: str) -> bool:
+    """Whether ``model.forward`` takes the keyword ``argument``."""
+    return argument in inspect.signature(model.forward).parameters
+
+
+def cache_argument(model: nn.Module) -> Optional[str]:
+    """The keyword (and output field) of ``model``'s key/value cache, or None for a
+    model without one: transformers 5 names it ``cache`` (``past_key_values`` is
+    deprecated there), earlier versions ``past_key_values``."""
+    for name in ("cache", "past_key_values"):
+        if accepts(model, name):
+            return name
+    return None
 
 
 @contextlib.contextmanager

@@ -24,8 +24,7 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
-from captum_jscopes.core.forward import accepts, cache_argument
-from captum_jscopes.core.model_state import check_causal_lm, preserved_state
+from captum_jscopes.core.model_state import accepts, cache_argument, check_causal_lm, preserved_state
 from captum_jscopes.core.tokens import TargetLike, resolve_target, special_tokens_mask
 from captum_jscopes.metrics.checks import check_order, check_position, check_prompt
 from captum_jscopes.metrics.settings import ABLATION_MODES, AblationSettings
