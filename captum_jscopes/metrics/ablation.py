@@ -255,7 +255,8 @@ def ablated_log_probs(
     settings: Optional[AblationSettings] = None,
     **ablation: Any,
 ) -> Tensor:
-    """Next-token log-probabilities at ``position`` for ablated copies of a prompt.
+    """Next-token log-probabilities at ``position`` for ablated copies of a prompt,
+    each run whole (the reference :class:`AblatedPrompt` agrees with).
 
     Args:
         model: a Hugging Face causal LM (not modified).
@@ -290,8 +291,10 @@ def ablated_log_probs(
 @dataclass
 class AblatedPrompt:
     """A checked prompt with its intact prediction, from which the metrics run
-    their ablations. Build it with :meth:`prepare` inside
-    ``preserved_state(model, grad=False)``."""
+    their ablations: :meth:`run` starts each batch of variants from the intact
+    prompt's key/value states at the batch's earliest ablated token (``intact``;
+    None for a model whose cache cannot be reused, which runs variants whole).
+    Build it with :meth:`prepare` inside ``preserved_state(model, grad=False)``."""
 
     model: nn.Module
     ids: Tensor  # (n,) on the embedding device
