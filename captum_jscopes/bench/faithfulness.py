@@ -95,7 +95,7 @@ from captum_jscopes.bench.report import (
 )
 from captum_jscopes.runs.runner import read_records, run_sharded, write_json_atomic
 
-__all__ = ["Settings", "build_parser", "main", "evaluate_prompt", "parse_fractions", "model_short_name"]
+__all__ = ["Settings", "build_parser", "main", "evaluate_prompt", "parse_fractions", "model_short_name", "run_settings"]
 
 # ====================================================================== constants
 IG_INTERNAL_BATCH = 10
@@ -302,9 +302,9 @@ def _device(choice: Optional[str]) -> str:
     return "cpu"
 
 
-def _run(args: argparse.Namespace, methods: tuple[str, ...], out_dir: Path) -> dict:
-    prompts = load_prompts(args.data, args.n, offset=args.offset)
-    curve_fractions = parse_fractions(args.curve_fractions)
+def run_settings(args: argparse.Namespace, methods: tuple[str, ...]) -> dict:
+    """The settings a run stores in its ``run.json`` (a rerun into the folder must ask the same
+    to resume it): parsed arguments and the checked methods -> JSON-ready dict."""
     meta = {
         "benchmark": "faithfulness",
         "format": RECORD_FORMAT,
@@ -315,12 +315,20 @@ def _run(args: argparse.Namespace, methods: tuple[str, ...], out_dir: Path) -> d
         "loo_n": args.loo_n,
         "seed": args.seed,
         "aopc_fractions": list(AOPC_FRACTIONS),
-        "curve_fractions": list(curve_fractions),
+        "curve_fractions": list(parse_fractions(args.curve_fractions)),
         "ablation": "zero",
     }
     extra = parse_extra_ablations(args.extra_ablations)
     if extra:  # only then: runs made before the option resume with the same settings
         meta["extra_ablations"] = list(extra)
+    return meta
+
+
+def _run(args: argparse.Namespace, methods: tuple[str, ...], out_dir: Path) -> dict:
+    prompts = load_prompts(args.data, args.n, offset=args.offset)
+    curve_fractions = parse_fractions(args.curve_fractions)
+    extra = parse_extra_ablations(args.extra_ablations)
+    meta = run_settings(args, methods)
     settings = Settings(
         methods=methods,
         loo_ids=frozenset(p.id for p in prompts[: args.loo_n]),

@@ -1,15 +1,21 @@
 """Tests of captum_jscopes.bench.study (the rules x reduction study) on synthetic
 records: operators found, pairing with AttnLRP, the decomposition adding up, the
-leave-one-out leader and the recommendation both ways, the command line."""
+leave-one-out leader and the recommendation both ways, the command line; and the
+queue of the study's runs (benchmarks/rules_reduction_runs.sh) against the committed folders."""
 
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from captum_jscopes.bench import study as S
+from captum_jscopes.bench.faithfulness import build_parser, run_settings
+from captum_jscopes.bench.methods import parse_methods
 
 FAMILY = ("semantic", "semantic+lrp", "semantic+input", "semantic+lrp+input")
 
@@ -102,3 +108,26 @@ def test_command_line_writes_markdown_and_json(tmp_path, capsys):
                        min_prompts=12)["method"] != "semantic+lrp"
     assert S.main([]) == 2
     assert "give at least one --run" in capsys.readouterr().err
+
+
+def test_the_run_queue_resumes_every_committed_study_folder_with_its_stored_settings():
+    # benchmarks/rules_reduction_runs.sh is how the study's runs resume: each command must ask exactly
+    # the settings its folder's run.json holds (else the runner refuses it), and no folder may be left out
+    root = Path(__file__).resolve().parents[2]
+    script = root / "benchmarks" / "rules_reduction_runs.sh"
+    lines = subprocess.run(["bash", str(script), "--dry-run"], capture_output=True, text=True, check=True,
+                           cwd=root).stdout.splitlines()
+    assert len(lines) == 10  # five per model
+    asked = {}
+    for line in lines:
+        words = shlex.split(line)
+        assert words[1:3] == ["bench", "faithfulness"], line
+        args = build_parser().parse_args(words[3:])
+        settings = run_settings(args, parse_methods(args.methods))
+        assert asked.setdefault(args.out, settings) == settings, f"{args.out} asked with two settings"
+    committed = {str(p.parent.relative_to(root)) for p in (root / "benchmarks" / "results").glob("*-variants*/run.json")
+                 if "combined_from" not in json.loads(p.read_text())}
+    assert committed, "no study folder committed"
+    assert committed <= set(asked), f"not in the queue: {sorted(committed - set(asked))}"
+    for folder in committed:
+        assert json.loads((root / folder / "run.json").read_text()) == asked[folder], folder
