@@ -5,8 +5,8 @@ through ``AblatedPrompt`` (each batch starts at its earliest ablated token from 
 prompt's states: what leave_one_out, the deletion curves and the sink report do) and through
 ``ablated_log_probs`` (every variant whole, the reference). Two workloads: leave-one-out (every
 token alone) and the deletion points of the study (the top 5/10/20% of five score vectors: the
-leave-one-out KL itself, gradient x input's stand-in |x_t| . 1 and three random vectors; the
-curves of a real attribution sit between the first and the random ones). CPU seconds of the
+drop of log p(y*) when each token alone is zeroed (leave-one-out's ranking), the embedding norms
+and three random vectors; the curves of a real attribution sit between the first and the random ones). CPU seconds of the
 process on one thread, best of --repeat rounds; the table gives the median per prompt and the
 median ratio whole / reused, and the largest difference of the log-probabilities. Appends to
 benchmarks/results/ablation_reuse.md (or --out).
@@ -45,8 +45,8 @@ def workloads(prepared: AblatedPrompt) -> dict[str, torch.Tensor]:
     """(V, n) ablation rows of each workload, duplicates removed (as the metrics do)."""
     positions = prepared.rankable.nonzero().flatten()
     loo = prepared.masks([t.view(1) for t in positions])
-    kl = -ablated_log_probs(model, prepared.ids, loo, settings=settings)[:, prepared.target]  # stand-in LOO score
-    scores = [torch.zeros(prepared.n).index_put_((positions,), kl.float()),
+    drop = -ablated_log_probs(model, prepared.ids, loo, settings=settings)[:, prepared.target]
+    scores = [torch.zeros(prepared.n).index_put_((positions,), drop.float()),
               model.get_input_embeddings().weight[prepared.ids].norm(dim=-1).detach()]
     scores += [torch.randn(prepared.n, generator=torch.Generator().manual_seed(i)) for i in range(3)]
     counts = [n_tokens_for_fraction(f, prepared.m) for f in FRACTIONS]

@@ -326,16 +326,14 @@ def run_settings(args: argparse.Namespace, methods: tuple[str, ...]) -> dict:
 
 def _run(args: argparse.Namespace, methods: tuple[str, ...], out_dir: Path) -> dict:
     prompts = load_prompts(args.data, args.n, offset=args.offset)
-    curve_fractions = parse_fractions(args.curve_fractions)
-    extra = parse_extra_ablations(args.extra_ablations)
     meta = run_settings(args, methods)
     settings = Settings(
         methods=methods,
         loo_ids=frozenset(p.id for p in prompts[: args.loo_n]),
         seed=args.seed,
-        curve_fractions=curve_fractions,
+        curve_fractions=tuple(meta["curve_fractions"]),
         batch_size=args.batch_size,
-        extra_ablations=extra,
+        extra_ablations=tuple(meta.get("extra_ablations", ())),
     )
     if args.threads is not None:
         torch.set_num_threads(args.threads)
